@@ -1,0 +1,51 @@
+"""Progress bars for the terminal (rich), fed by :class:`being_core.progress.Reporter` events."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from .progress import Reporter
+
+
+class _RateColumn(ProgressColumn):
+    """Units per second, e.g. ``212.4 frame/s``."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+
+class RichReporter(Reporter):
+    def __init__(self, console: Console):
+        super().__init__()
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  console=console, transient=False)
+        self._tasks: dict[int, int] = {}
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+        return False
+
+    def on_start(self, task_id, description, total, unit):
+        self._tasks[task_id] = self._progress.add_task(description, total=total, unit=unit)
+
+    def on_advance(self, task_id, n):
+        if task_id in self._tasks:
+            self._progress.advance(self._tasks[task_id], n)
+
+    def on_close(self, task_id):
+        rich_id = self._tasks.pop(task_id, None)
+        if rich_id is not None:
+            task = self._progress.tasks[rich_id]
+            if task.total is None:
+                self._progress.update(rich_id, total=task.completed)
+            self._progress.stop_task(rich_id)

@@ -1,0 +1,101 @@
+"""Being audio_encoder ``mel``: log-mel features, the weightless default.
+
+Timing (shared with the wav2vec2 layout the public trainers use): features at 50 Hz (hop 320 samples at
+16 kHz); video frame ``i`` (centre time ``(i + 0.5) / fps``) takes the ``window`` 50 Hz frames centred on it,
+edge frames repeated at the clip's ends. The feature count is matched to the ingested frame count ``N``:
+a difference of up to ``max_mismatch_frames`` (audio and video tracks rarely end together) is padded or
+trimmed at the end, a larger one is an error.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from being_core import AudioEncoder, StageConfig, StageContext, StageReport, hookimpl
+
+FEATURE_FILE = "aud_mel.npy"
+SAMPLE_RATE = 16000
+HOP = 320  # 20 ms: 50 feature frames per second, two per 25 fps video frame
+
+
+class MelConfig(StageConfig):
+    n_mels: int = Field(80, ge=8, le=256, description="Mel bands, the feature width D.")
+    window: int = Field(16, ge=1, le=64, description="50 Hz frames per video frame, the window W (even).")
+    n_fft: int = Field(512, ge=128, description="FFT size in samples (32 ms at 16 kHz).")
+    fmin: float = Field(55.0, ge=0, description="Lowest mel frequency, Hz.")
+    fmax: float = Field(7600.0, gt=0, le=8000, description="Highest mel frequency, Hz.")
+    max_mismatch_frames: int = Field(
+        25, ge=0, description="Largest difference between audio length and video frame count, in video frames."
+    )
+
+
+class MelEncoder(AudioEncoder):
+    """Log-mel spectrogram windows per video frame (librosa; no weights)."""
+
+    name = "mel"
+    version = "1.0.0"
+    Config = MelConfig
+    outputs = (FEATURE_FILE,)
+
+    def run(self, ctx: StageContext) -> StageReport:
+        import numpy as np
+
+        cfg: MelConfig = ctx.config  # type: ignore[assignment]
+        n_frames = int(ctx.dataset["n_frames"])
+        fps = float(ctx.dataset.get("fps", 25.0))
+        audio = load_audio(ctx.input("aud.wav"))
+        with ctx.progress.task("audio: log-mel", total=1, unit="clip") as task:
+            feats = log_mel(audio, cfg)
+            task.advance()
+        windows, mismatch = frame_windows(feats, n_frames, fps, cfg.window)
+        if abs(mismatch) > cfg.max_mismatch_frames:
+            raise ValueError(
+                f"aud.wav lasts {len(audio) / SAMPLE_RATE:.2f} s but the video has {n_frames} frames at {fps:g} fps "
+                f"({mismatch:+d} frames); raise max_mismatch_frames if the tracks really are this far apart"
+            )
+        np.save(ctx.output(FEATURE_FILE), windows.astype(np.float32))
+        return StageReport(
+            metrics={"seconds_of_audio": round(len(audio) / SAMPLE_RATE, 3), "frame_mismatch": mismatch},
+            info={"encoder": self.name, "file": FEATURE_FILE, "dim": cfg.n_mels, "window": cfg.window,
+                  "rate": SAMPLE_RATE / HOP, "source_rate": SAMPLE_RATE, "shape": list(windows.shape)},
+        )
+
+
+def load_audio(path):
+    """``[T] float32`` mono samples at 16 kHz (what ingest writes)."""
+    import numpy as np
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"{path} is sampled at {rate} Hz; the audio encoders expect {SAMPLE_RATE} Hz from ingest")
+    return np.ascontiguousarray(data.mean(axis=1))
+
+
+def log_mel(audio, cfg: MelConfig):
+    """``[T50, n_mels] float32`` natural-log mel energies at 50 Hz."""
+    import librosa
+    import numpy as np
+
+    mel = librosa.feature.melspectrogram(y=audio, sr=SAMPLE_RATE, n_fft=cfg.n_fft, hop_length=HOP,
+                                         win_length=400, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+                                         center=True, power=2.0)
+    return np.log(mel + 1e-6).T.astype(np.float32)
+
+
+def frame_windows(feats, n_frames: int, fps: float, window: int):
+    """Cut ``[T50, D]`` features into ``[n_frames, window, D]``; returns it with the frame-count mismatch
+    (audio frames minus video frames) before padding or trimming."""
+    import numpy as np
+
+    per_frame = (SAMPLE_RATE / HOP) / fps
+    audio_frames = int(round(len(feats) / per_frame))
+    centres = np.round((np.arange(n_frames) + 0.5) * per_frame).astype(int)
+    offsets = np.arange(window) - window // 2
+    index = np.clip(centres[:, None] + offsets[None, :], 0, len(feats) - 1)
+    return feats[index], audio_frames - n_frames
+
+
+@hookimpl
+def being_register_stages(registry):
+    registry.add(MelEncoder)
