@@ -1,0 +1,135 @@
+"""Being face_tracker ``mediapipe``: FaceMesh landmarks and a head model fitted to the clip itself.
+
+No Basel Face Model, no pytorch3d, no downloads: mediapipe 0.10.21 bundles its FaceMesh model, and the
+morphable model (mean shape + expression basis) is learned from the clip's own landmarks.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from being_core import FaceTracker, StageConfig, StageContext, StageReport, hookimpl
+
+
+class MediapipeConfig(StageConfig):
+    max_faces: int = Field(4, ge=1, le=10, description="Faces FaceMesh looks for; the subject is followed.")
+    min_confidence: float = Field(0.5, gt=0, lt=1, description="FaceMesh detection and tracking threshold.")
+    max_missing_ratio: float = Field(
+        0.1, ge=0, le=1, description="Largest share of frames without a face before the stage fails."
+    )
+    n_exp: int = Field(16, ge=1, le=64, description="Expression basis size learned from the clip.")
+    iterations: int = Field(300, ge=10, description="Optimiser steps of the final pose/expression fit.")
+    focal_factors: tuple[float, ...] = Field(
+        (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), min_length=1, description="Focal lengths searched, in image widths."
+    )
+    smooth: float = Field(1.0, ge=0, description="Weight of the temporal smoothness of pose.")
+    densify_level: int = Field(4, ge=1, le=8, description="Barycentric steps per mesh triangle for `vertices`.")
+    val_fraction_den: int = Field(11, ge=2, description="Train/val split: the last 1/this of frames is val.")
+
+
+class MediapipeTracker(FaceTracker):
+    """FaceMesh 478 landmarks, 68-point .lms, a head model fitted by reprojection, cameras for the trainers."""
+
+    name = "mediapipe"
+    version = "0.1.0"
+    Config = MediapipeConfig
+    outputs = (*FaceTracker.outputs, "face/head_model.npz", "track_params.pt", "transforms_train.json",
+               "transforms_val.json")
+    test_config = {"iterations": 60, "focal_factors": [1.5, 2.5]}
+
+    def run(self, ctx: StageContext) -> StageReport:
+        import json
+        import os
+
+        os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging would bypass the run log
+        import numpy as np
+        import torch
+
+        from .fit import SEARCH_ITERATIONS, c2w_matrices, densify_weights, fit_head
+        from .lm68 import MESH_TO_68
+        from .track import detect, fill_gaps, missing_runs
+
+        cfg: MediapipeConfig = ctx.config  # type: ignore[assignment]
+        n = int(ctx.dataset["n_frames"])
+        width, height = int(ctx.dataset["width"]), int(ctx.dataset["height"])
+        tracks = detect(_Frames(ctx, n), width, height, cfg.max_faces, cfg.min_confidence, ctx.progress)
+        n_missing = int((~tracks.found).sum())
+        if n_missing == n:
+            raise ValueError(f"no face found in any of the {n} frames of ori_imgs/")
+        if n_missing > cfg.max_missing_ratio * n:
+            raise ValueError(f"no face in {n_missing} of {n} frames of ori_imgs/ (more than max_missing_ratio="
+                             f"{cfg.max_missing_ratio:g}): frames {', '.join(missing_runs(tracks.found))}")
+        if tracks.multi_face_frames:
+            ctx.log.warning("more than one face in %d frames; following the largest, most consistent one",
+                            len(tracks.multi_face_frames))
+        landmarks = fill_gaps(tracks.landmarks, tracks.found)
+
+        with ctx.progress.task("face: head model fit", total=SEARCH_ITERATIONS * len(cfg.focal_factors) + cfg.iterations,
+                               unit="step") as task:
+            fit = fit_head(landmarks, width, height, n_exp=cfg.n_exp, iterations=cfg.iterations,
+                           focal_factors=cfg.focal_factors, smooth=cfg.smooth,
+                           weights=tracks.found.astype(np.float32), progress=task)
+
+        import mediapipe as mp
+
+        dense = densify_weights(mp.solutions.face_mesh.FACEMESH_TESSELATION, landmarks.shape[1], cfg.densify_level)
+        shapes = fit.mean[None] + np.einsum("nk,kvc->nvc", fit.exp, fit.basis)
+        vertices = np.einsum("dv,nvc->ndc", dense, shapes).astype(np.float32)
+
+        np.save(ctx.output("face/landmarks.npy"), landmarks.astype(np.float32))
+        np.save(ctx.output("face/confidence.npy"), tracks.found.astype(np.float32))
+        for i in range(n):
+            np.savetxt(ctx.output(f"ori_imgs/{i}.lms"), landmarks[i, MESH_TO_68, :2], "%f")
+        np.savez(ctx.output("face/head_model.npz"), mean=fit.mean, basis=fit.basis, dense_weights=dense,
+                 found=tracks.found)
+        torch.save({
+            "id": torch.from_numpy(fit.mean.reshape(1, -1).copy()),
+            "exp": torch.from_numpy(fit.exp.copy()),
+            "euler": torch.from_numpy(fit.euler.copy()),
+            "trans": torch.from_numpy(fit.trans.copy()),
+            "focal": torch.tensor([fit.focal], dtype=torch.float32),
+            "vertices": torch.from_numpy(vertices),
+        }, ctx.output("track_params.pt"))
+        c2w = c2w_matrices(fit.euler.astype(np.float64), fit.trans.astype(np.float64))
+        split = int(n * (cfg.val_fraction_den - 1) / cfg.val_fraction_den)
+        for name, ids in (("train", range(0, split)), ("val", range(split, n))):
+            doc = {"focal_len": fit.focal, "cx": width / 2.0, "cy": height / 2.0,
+                   "frames": [{"img_id": i, "aud_id": i, "transform_matrix": c2w[i].tolist()} for i in ids]}
+            ctx.output(f"transforms_{name}.json").write_text(json.dumps(doc, indent=1))
+
+        err = fit.errors[tracks.found]
+        jitter = np.abs(np.diff(fit.trans, 2, axis=0)).mean() * 100 if n > 2 else 0.0  # dm -> mm
+        return StageReport(
+            metrics={"reprojection_px_mean": round(float(err.mean()), 3),
+                     "reprojection_px_p95": round(float(np.percentile(err, 95)), 3),
+                     "pose_jitter_mm": round(float(jitter), 4),
+                     "pose_jitter_deg": round(float(np.degrees(np.abs(np.diff(fit.euler, 2, axis=0)).mean())), 4)
+                     if n > 2 else 0.0,
+                     "focal": round(fit.focal, 1), "focal_search_px": fit.focal_search,
+                     "frames_without_face": n_missing, "multi_face_frames": len(tracks.multi_face_frames)},
+            info={"landmarks": 478, "vertices": int(vertices.shape[1]), "n_exp": int(fit.basis.shape[0]),
+                  "focal": fit.focal, "missing_frames": missing_runs(tracks.found)},
+        )
+
+
+class _Frames:
+    """Frames read on demand as RGB ``[H, W, 3] uint8`` (bounded memory for long clips)."""
+
+    def __init__(self, ctx: StageContext, n: int):
+        self.ctx, self.n = ctx, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        import cv2
+
+        image = cv2.imread(str(self.ctx.input(f"ori_imgs/{i}.jpg")))
+        if image is None:
+            raise ValueError(f"ori_imgs/{i}.jpg cannot be read")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@hookimpl
+def being_register_stages(registry):
+    registry.add(MediapipeTracker)
