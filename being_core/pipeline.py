@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .config import ResolvedConfig, ResolvedStage, StageSelection, dump_yaml
-from .errors import InputError, StageFailed
+from .errors import InputError, StageFailed, UsageError
 from .ingest import AUDIO_FILE, check_run_folder, extract_audio, ingest, probe
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
@@ -43,7 +43,7 @@ class Pipeline:
         self.force = set(force)
         unknown = self.force - {"ingest", "all", *map(str, StageKind)}
         if unknown:
-            raise InputError(f"--force got unknown stage(s): {', '.join(sorted(unknown))}; "
+            raise UsageError(f"--force got unknown stage(s): {', '.join(sorted(unknown))}; "
                              f"use ingest, {', '.join(map(str, StageKind))} or all")
         self.manifest: Manifest | None = None
 
@@ -229,7 +229,7 @@ class Pipeline:
         self.manifest.save()
         log.info("%s '%s': running (%s runner)", kind, cls.name, rs.selection.runner)
         get_runner(rs.selection.runner).launch(request_path, self.root, cls, rs.selection.runner_options,
-                                               self.progress)
+                                               self.progress, self.registry)
         result_path = self.root / request.result_path
         if not result_path.is_file():
             raise StageFailed(f"{kind} '{cls.name}' left no result ({result_path}); nothing it wrote was kept")

@@ -15,6 +15,7 @@ from .config import RunnerOptions
 from .errors import StageFailed, UsageError
 from .execute import execute
 from .progress import Reporter, replay
+from .registry import Registry
 from .stage import Stage
 
 log = logging.getLogger("being.runner")
@@ -27,7 +28,8 @@ class Runner:
         """Raise a UsageError before any stage starts when this runner cannot run ``stage``."""
 
     def launch(self, request: Path, root: Path, stage: type[Stage], options: RunnerOptions,
-               progress: Reporter) -> None:
+               progress: Reporter, registry: Registry | None = None) -> None:
+        """Run the request to completion; ``registry`` is the caller's (used only in-process)."""
         raise NotImplementedError
 
 
@@ -36,8 +38,8 @@ class InProcessRunner(Runner):
 
     name = "inprocess"
 
-    def launch(self, request, root, stage, options, progress):
-        execute(request, root, progress)
+    def launch(self, request, root, stage, options, progress, registry=None):
+        execute(request, root, progress, registry)
 
 
 class SubprocessRunner(Runner):
@@ -45,7 +47,7 @@ class SubprocessRunner(Runner):
 
     name = "subprocess"
 
-    def launch(self, request, root, stage, options, progress):
+    def launch(self, request, root, stage, options, progress, registry=None):
         cmd = [sys.executable, "-m", "being_core", "stage", str(request), "--root", str(root),
                "--progress", "jsonl"]
         log_path = request.parent / "work" / "stage.log"

@@ -1,0 +1,53 @@
+"""The stage contract, checked for every registered implementation (built-in and third-party alike)."""
+
+import json
+import re
+
+import pytest
+
+from being_core.manifest import matches_any
+from being_core.plugins import load_registry
+from being_core.protocol import StageResult
+from being_core.stage import PREPARE_STAGES, StageConfig
+
+IMPLEMENTATIONS = load_registry().all()
+IDS = [f"{i.cls.kind}-{i.cls.name}" for i in IMPLEMENTATIONS]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=IDS)
+def test_declaration(impl):
+    cls = impl.cls
+    assert cls.check_definition() == []
+    assert cls.summary(), "the class docstring's first line is shown by `being plugins`"
+    assert issubclass(cls.Config, StageConfig)
+    assert cls.Config.model_config["extra"] == "forbid"
+    assert all(f.description for f in cls.Config.model_fields.values())
+    cls.Config()  # every field has a default, so `impl: name` alone is a valid selection
+    assert cls.Config.model_validate(cls.test_config)
+    assert re.fullmatch(r"being/[a-z]+-[a-z0-9-]+:\d+\.\d+\.\d+", cls.image()) and cls.version in cls.image()
+    kind_base = next(b for b in cls.__mro__[1:] if b.__module__ == "being_core.stage")
+    assert set(kind_base.outputs) <= set(cls.outputs), "an implementation keeps its kind's outputs"
+
+
+@pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS if i.cls.kind in PREPARE_STAGES],
+                         ids=[x for x, i in zip(IDS, IMPLEMENTATIONS) if i.cls.kind in PREPARE_STAGES])
+def test_runs_on_a_real_clip(impl, prepared_copy, being_run_stage):
+    cls = impl.cls
+    entry = being_run_stage(prepared_copy, str(cls.kind), cls.name, cls.test_config, force=True)
+    assert entry["status"] == "done" and entry["impl"] == cls.name and entry["version"] == cls.version
+    outputs = list(entry["outputs"])
+    assert all(matches_any(rel, cls.outputs) for rel in outputs)
+    assert all(any(matches_any(rel, (p,)) for rel in outputs) for p in cls.outputs)
+    assert all((prepared_copy / rel).is_file() for rel in outputs)
+    work = prepared_copy / ".being" / "stages" / str(cls.kind)
+    result = StageResult.model_validate_json((work / "work" / "result.json").read_text())
+    assert result.ok and result.kind == "being.stage-result" and result.schema_version == 1
+    request = json.loads((work / "request.json").read_text())
+    assert request["kind"] == "being.stage-request" and request["impl"] == cls.name
+    assert all(not p.startswith("/") for p in request["inputs"]), "paths are relative to the run folder"
+    assert not (work / "work" / "out").exists(), "published outputs leave nothing behind"
+    json.dumps(entry["metrics"]) and json.dumps(entry["info"])  # JSON-serialisable
+    n = json.loads((prepared_copy / "being.json").read_text())["dataset"]["n_frames"]
+    per_frame = [p for p in cls.outputs if "*" in p]
+    for pattern in per_frame:
+        assert sum(matches_any(rel, (pattern,)) for rel in outputs) == n, f"{pattern}: one file per frame"

@@ -1,0 +1,100 @@
+"""face_tracker 'mediapipe' on real clips."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from being_face_mediapipe.fit import euler2rot, pose, project
+from conftest import FAST_FACE, make_video, prepare
+
+from being_core.errors import StageFailed
+
+FACE = [f"stages.face_tracker.config.{k}={v}" for k, v in FAST_FACE.items()]
+
+
+def test_every_frame_has_landmarks(prepared_face5):
+    lm = np.load(prepared_face5 / "face" / "landmarks.npy")
+    assert lm.shape == (122, 478, 3) and lm.dtype == np.float32
+    assert np.load(prepared_face5 / "face" / "confidence.npy").tolist() == [1.0] * 122
+    for i in (0, 60, 121):
+        lms = np.loadtxt(prepared_face5 / "ori_imgs" / f"{i}.lms")
+        assert lms.shape == (68, 2)
+        assert (lms >= 0).all() and (lms < 512).all()
+
+
+def test_68_point_boxes_hold_the_mouth_and_eyes(prepared_face5):
+    lm = np.load(prepared_face5 / "face" / "landmarks.npy")
+    for i in range(0, 122, 10):
+        lms = np.loadtxt(prepared_face5 / "ori_imgs" / f"{i}.lms")
+        lips, eyes, jaw = lms[48:60], lms[36:48], lms[0:17]
+        (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
+        for mouth_point in lm[i, [13, 14, 78, 308], :2]:  # inner-lip centre and corners of the mesh
+            assert x0 - 1 <= mouth_point[0] <= x1 + 1 and y0 - 1 <= mouth_point[1] <= y1 + 1
+        assert eyes[:, 1].max() < y0, "eyes above the mouth"
+        face_width = jaw[:, 0].max() - jaw[:, 0].min()
+        assert 0.25 < (x1 - x0) / face_width < 0.6
+        assert lms[36, 0] < lms[45, 0], "iBUG order: subject's right eye (image left) first"
+
+
+def test_reprojection_error_is_small(prepared_face5):
+    metrics = json.loads((prepared_face5 / "being.json").read_text())["stages"]["face_tracker"]["metrics"]
+    assert metrics["reprojection_px_mean"] < 2.0
+    assert metrics["reprojection_px_p95"] < 4.0
+
+
+def test_cameras_round_trip_to_the_landmarks(prepared_face5):
+    params = torch.load(prepared_face5 / "track_params.pt")
+    lm = np.load(prepared_face5 / "face" / "landmarks.npy")
+    model = np.load(prepared_face5 / "face" / "head_model.npz")
+    assert params["euler"].shape == (122, 3) and params["trans"].shape == (122, 3)
+    assert params["exp"].shape[0] == 122 and params["focal"].shape == (1,)
+    assert params["vertices"].shape[0] == 122 and params["vertices"].shape[1] >= 3000
+    shape = torch.as_tensor(model["mean"] + np.einsum("nk,kvc->nvc", params["exp"].numpy(), model["basis"]))
+    uv = project(pose(shape, params["euler"], params["trans"]), params["focal"], 256.0, 256.0)
+    assert (uv - torch.as_tensor(lm[..., :2])).norm(dim=-1).mean() < 2.0
+    # The same points through transforms_*.json the way ER-NeRF-style readers use it (metres, c2w).
+    train = json.loads((prepared_face5 / "transforms_train.json").read_text())
+    val = json.loads((prepared_face5 / "transforms_val.json").read_text())
+    assert [f["img_id"] for f in train["frames"]] == list(range(110))
+    assert [f["aud_id"] for f in val["frames"]] == list(range(110, 122))
+    assert (train["cx"], train["cy"]) == (256.0, 256.0)
+    for frame in (train["frames"][5], val["frames"][-1]):
+        i = frame["img_id"]
+        w2c = np.linalg.inv(np.array(frame["transform_matrix"]))
+        cam = (w2c[:3, :3] @ (shape[i].numpy().T / 10) + w2c[:3, 3:]).T
+        u = 256.0 - train["focal_len"] * cam[:, 0] / cam[:, 2]
+        v = 256.0 + train["focal_len"] * cam[:, 1] / cam[:, 2]
+        assert np.abs(np.stack([u, v], 1) - lm[i, :, :2]).max() < 10
+        assert (cam[:, 2] < 0).all(), "OpenGL camera: the head lies at negative z"
+    rot = euler2rot(params["euler"])
+    assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3).expand(122, 3, 3), atol=1e-5)
+
+
+def test_dense_vertices_cover_the_face(prepared_face5):
+    params = torch.load(prepared_face5 / "track_params.pt")
+    verts = params["vertices"].mean(0)
+    model = np.load(prepared_face5 / "face" / "head_model.npz")
+    shapes = model["mean"] + np.einsum("nk,kvc->nvc", params["exp"].numpy(), model["basis"])
+    lo, hi = shapes.mean(0).min(0), shapes.mean(0).max(0)
+    assert (verts.numpy() >= lo - 1e-3).all() and (verts.numpy() <= hi + 1e-3).all()
+    width = hi[0] - lo[0]
+    assert 1.0 < width < 2.2, "a face is 10-22 cm wide in decimetre units"
+
+
+def test_several_faces_follow_the_largest(being_testdata, tmp_path):
+    video = make_video(tmp_path / "group.mp4", "-loop", "1", "-i", str(being_testdata / "images" / "pyfeat_multi_face.jpg"),
+                       "-t", "2.4", "-r", "25", "-vf", "scale=1000:666", "-pix_fmt", "yuv420p")
+    manifest = prepare(video, tmp_path / "run", [*FACE, "ingest.audio=optional", "ingest.crop=none",
+                                                 "ingest.min_frames=10"])
+    metrics = manifest.stages["face_tracker"]["metrics"]
+    assert metrics["multi_face_frames"] > 0 and metrics["frames_without_face"] == 0
+
+
+def test_a_clip_without_a_face_is_an_error_and_writes_nothing(tmp_path):
+    video = make_video(tmp_path / "wall.mp4", "-f", "lavfi", "-i", "color=c=0x808070:s=256x256:d=2.4:r=25",
+                       "-pix_fmt", "yuv420p")
+    with pytest.raises(StageFailed) as err:
+        prepare(video, tmp_path / "run", [*FACE, "ingest.audio=optional", "ingest.min_frames=10"])
+    assert str(err.value) == "face_tracker 'mediapipe' failed: ValueError: no face found in any of the 60 frames of ori_imgs/"
+    assert not list((tmp_path / "run").glob("ori_imgs/*.lms")) and not (tmp_path / "run" / "track_params.pt").exists()
