@@ -192,7 +192,8 @@ class Pipeline:
             log.info("%s '%s': unchanged, skipped", name, cls.name)
             return entry
         result = self._launch(name, kind, cls, rs, inputs, action, params or {})
-        published = self._publish(name, cls.outputs if action == "run" else cls.render_outputs, cls, result)
+        declared = cls.outputs if action == "run" else cls.render_outputs
+        published = self._publish(name, declared, cls.optional_outputs if action == "run" else (), cls, result)
         m.stages[name] = {
             "status": "done", "impl": cls.name, "version": cls.version, "distribution":
             self.registry.implementation(kind, cls.name).distribution, "runner": rs.selection.runner,
@@ -242,11 +243,12 @@ class Pipeline:
             raise StageFailed(f"{kind} '{cls.name}' failed: {err.message if err else 'no reason given'}")
         return result
 
-    def _publish(self, name: str, declared: tuple[str, ...], cls: type[Stage], result: StageResult) -> list[str]:
+    def _publish(self, name: str, declared: tuple[str, ...], optional: tuple[str, ...], cls: type[Stage],
+                 result: StageResult) -> list[str]:
         """Check the stage's files against its declared outputs, then move them into the run folder."""
         out = self.root / INTERNAL_DIR / "stages" / name.replace(":", "-") / "work" / "out"
         written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-        undeclared = [rel for rel in written if not matches_any(rel, declared)]
+        undeclared = [rel for rel in written if not matches_any(rel, (*declared, *optional))]
         if undeclared:
             raise StageFailed(f"{name} '{cls.name}' wrote files it does not declare: {', '.join(undeclared[:5])}"
                               f"{' ...' if len(undeclared) > 5 else ''}; nothing was kept")

@@ -125,6 +125,8 @@ class Stage:
     #: Inputs used when present (e.g. landmarks that sharpen a mask) but not required.
     optional_inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: Files an implementation may write in some configurations (e.g. a reference file name).
+    optional_outputs: ClassVar[tuple[str, ...]] = ()
     #: Config the contract tests use to run this implementation quickly on a short real clip.
     test_config: ClassVar[dict[str, Any]] = {}
 
@@ -155,7 +157,7 @@ class Stage:
             problems.append(f"version {getattr(cls, 'version', None)!r} must look like 1.2.3")
         if not (isinstance(cls.Config, type) and issubclass(cls.Config, StageConfig)):
             problems.append("Config must subclass being_core.StageConfig")
-        for pattern in (*cls.inputs, *cls.optional_inputs, *cls.outputs):
+        for pattern in (*cls.inputs, *cls.optional_inputs, *cls.outputs, *cls.optional_outputs):
             if pattern.startswith("/") or ".." in Path(pattern).parts or pattern.startswith(".being"):
                 problems.append(f"path {pattern!r} must be relative to the run folder and outside .being/")
         if not cls.outputs:
@@ -185,9 +187,11 @@ class AudioEncoder(Stage):
     """Turns ``aud.wav`` into per-video-frame features.
 
     Inputs: ``aud.wav`` 16 kHz mono.
-    Outputs: ``aud_<name>.npy`` ``[N, W, D] float32`` with ``N`` the number of ingested frames; the report's
-    ``info`` must carry ``file``, ``dim`` (D), ``window`` (W) and ``rate`` (feature rate in Hz) so that the
-    trainer and render-time encoding read them from ``being.json``.
+    Outputs: one features file ``aud_<name>.npy`` ``[N, W, D] float32`` with ``N`` the number of ingested
+    frames (``being_core.audio.frame_windows`` cuts them), optionally also under the reference name of the
+    model it ran (``aud_eo.npy``, ``aud_hu.npy``). The report's ``info`` must carry ``encoder``, ``file``,
+    ``dim`` (D), ``window`` (W), ``rate`` (feature rate in Hz) and ``source_rate``, so that the trainer and
+    render-time encoding read them from ``being.json``.
     """
 
     kind = StageKind.AUDIO_ENCODER

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
-from being_audio_mel import MelConfig, frame_windows, load_audio, log_mel
+from being_audio_mel import MelConfig, log_mel
+
+from being_core.audio import frame_windows, read_wav
 from conftest import make_video
 
 from being_core.ingest import extract_audio
@@ -10,7 +12,7 @@ from being_core.progress import Reporter
 
 
 def encode(wav, n_frames, **cfg):
-    feats = log_mel(load_audio(wav), MelConfig(**cfg))
+    feats = log_mel(read_wav(wav), MelConfig(**cfg))
     return frame_windows(feats, n_frames, 25.0, MelConfig(**cfg).window)
 
 
@@ -44,8 +46,13 @@ def test_deterministic(being_testdata, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_wrong_rate_is_a_clear_error(being_testdata):
-    path = being_testdata / "audio" / "sadtalker_fayu_pcm24.wav"
+def test_wrong_rate_or_format_is_a_clear_error(being_testdata, tmp_path):
+    path = make_video(tmp_path / "48k.wav", "-i", str(being_testdata / "audio" / "sadtalker_fayu_pcm24.wav"),
+                      "-c:a", "pcm_s16le")
     with pytest.raises(ValueError) as err:
-        load_audio(path)
+        read_wav(path)
     assert str(err.value) == f"{path} is sampled at 48000 Hz; the audio encoders expect 16000 Hz from ingest"
+    path = being_testdata / "audio" / "sadtalker_fayu_pcm24.wav"  # 24-bit WAVE_FORMAT_EXTENSIBLE
+    with pytest.raises(ValueError) as err:
+        read_wav(path)
+    assert str(err.value) == f"{path} is not a PCM wav file: unknown format: 65534"

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from being_core import AudioEncoder, StageConfig, StageContext, StageReport, hookimpl
+from being_core.audio import SAMPLE_RATE, check_mismatch, frame_windows, read_wav
 
 FEATURE_FILE = "aud_mel.npy"
-SAMPLE_RATE = 16000
 HOP = 320  # 20 ms: 50 feature frames per second, two per 25 fps video frame
+WIN = 400  # 25 ms analysis window
 
 
 class MelConfig(StageConfig):
@@ -43,16 +44,12 @@ class MelEncoder(AudioEncoder):
         cfg: MelConfig = ctx.config  # type: ignore[assignment]
         n_frames = int(ctx.dataset["n_frames"])
         fps = float(ctx.dataset.get("fps", 25.0))
-        audio = load_audio(ctx.input("aud.wav"))
+        audio = read_wav(ctx.input("aud.wav"))
         with ctx.progress.task("audio: log-mel", total=1, unit="clip") as task:
             feats = log_mel(audio, cfg)
             task.advance()
         windows, mismatch = frame_windows(feats, n_frames, fps, cfg.window)
-        if abs(mismatch) > cfg.max_mismatch_frames:
-            raise ValueError(
-                f"aud.wav lasts {len(audio) / SAMPLE_RATE:.2f} s but the video has {n_frames} frames at {fps:g} fps "
-                f"({mismatch:+d} frames); raise max_mismatch_frames if the tracks really are this far apart"
-            )
+        check_mismatch(mismatch, cfg.max_mismatch_frames, len(audio), n_frames, fps)
         np.save(ctx.output(FEATURE_FILE), windows.astype(np.float32))
         return StageReport(
             metrics={"seconds_of_audio": round(len(audio) / SAMPLE_RATE, 3), "frame_mismatch": mismatch},
@@ -61,39 +58,15 @@ class MelEncoder(AudioEncoder):
         )
 
 
-def load_audio(path):
-    """``[T] float32`` mono samples at 16 kHz (what ingest writes)."""
-    import numpy as np
-    import soundfile as sf
-
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"{path} is sampled at {rate} Hz; the audio encoders expect {SAMPLE_RATE} Hz from ingest")
-    return np.ascontiguousarray(data.mean(axis=1))
-
-
 def log_mel(audio, cfg: MelConfig):
     """``[T50, n_mels] float32`` natural-log mel energies at 50 Hz."""
     import librosa
     import numpy as np
 
     mel = librosa.feature.melspectrogram(y=audio, sr=SAMPLE_RATE, n_fft=cfg.n_fft, hop_length=HOP,
-                                         win_length=400, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+                                         win_length=WIN, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
                                          center=True, power=2.0)
     return np.log(mel + 1e-6).T.astype(np.float32)
-
-
-def frame_windows(feats, n_frames: int, fps: float, window: int):
-    """Cut ``[T50, D]`` features into ``[n_frames, window, D]``; returns it with the frame-count mismatch
-    (audio frames minus video frames) before padding or trimming."""
-    import numpy as np
-
-    per_frame = (SAMPLE_RATE / HOP) / fps
-    audio_frames = int(round(len(feats) / per_frame))
-    centres = np.round((np.arange(n_frames) + 0.5) * per_frame).astype(int)
-    offsets = np.arange(window) - window // 2
-    index = np.clip(centres[:, None] + offsets[None, :], 0, len(feats) - 1)
-    return feats[index], audio_frames - n_frames
 
 
 @hookimpl

@@ -1,0 +1,58 @@
+"""Audio helpers shared by audio encoders: reading ingest's wav and cutting per-video-frame windows.
+
+numpy only (imported inside the functions); no model code.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+SAMPLE_RATE = 16000
+FEATURE_RATE = 50.0  # 20 ms hop: the rate of wav2vec2/HuBERT states and of the mel features
+
+
+def read_wav(path: Path):
+    """``[T] float32`` in [-1, 1] from a 16 kHz 16-bit PCM wav (what ingest writes); any channel count is
+    averaged to mono. Raises ValueError naming the file otherwise."""
+    import numpy as np
+
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            data = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path} is not a PCM wav file: {exc}") from None
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"{path} is sampled at {rate} Hz; the audio encoders expect {SAMPLE_RATE} Hz from ingest")
+    if width != 2:
+        raise ValueError(f"{path} has {8 * width}-bit samples; the audio encoders expect 16-bit PCM from ingest")
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    return samples.reshape(-1, channels).mean(axis=1)
+
+
+def frame_windows(feats, n_frames: int, fps: float, window: int, rate: float = FEATURE_RATE):
+    """Cut ``[T, D]`` features at ``rate`` Hz into ``[n_frames, window, D]``, one window per video frame.
+
+    Video frame ``i`` is centred at ``(i + 0.5) / fps`` seconds, i.e. feature index ``c = round((i + 0.5) *
+    rate / fps)``; its window is ``c - window // 2 ... c + window - window // 2 - 1`` (at 50 Hz and 25 fps,
+    ``window=2`` gives the pair ``2i, 2i + 1``), with the first/last feature repeated beyond the ends.
+    Returns the windows and the frame-count mismatch (audio length in video frames minus ``n_frames``).
+    """
+    import numpy as np
+
+    per_frame = rate / fps
+    audio_frames = int(round(len(feats) / per_frame))
+    centres = np.round((np.arange(n_frames) + 0.5) * per_frame).astype(int)
+    offsets = np.arange(window) - window // 2
+    index = np.clip(centres[:, None] + offsets[None, :], 0, len(feats) - 1)
+    return np.ascontiguousarray(feats[index]), audio_frames - n_frames
+
+
+def check_mismatch(mismatch: int, limit: int, n_samples: int, n_frames: int, fps: float) -> None:
+    """Fail when audio and video lengths differ by more than ``limit`` video frames."""
+    if abs(mismatch) > limit:
+        raise ValueError(
+            f"aud.wav lasts {n_samples / SAMPLE_RATE:.2f} s but the video has {n_frames} frames at {fps:g} fps "
+            f"({mismatch:+d} frames); raise max_mismatch_frames if the tracks really are this far apart"
+        )
