@@ -131,6 +131,12 @@ class Stage:
     test_config: ClassVar[dict[str, Any]] = {}
 
     @classmethod
+    def contract_config(cls, workdir: Path) -> dict[str, Any]:
+        """Config for the contract tests; override to build test assets first (e.g. a tiny model in
+        ``workdir``). Default: ``test_config``."""
+        return dict(cls.test_config)
+
+    @classmethod
     def image(cls) -> str:
         """The container image that runs this implementation, tagged with its version."""
         return f"being/{cls.slug()}:{cls.version}"

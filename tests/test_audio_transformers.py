@@ -6,35 +6,15 @@ import json
 import numpy as np
 import pytest
 from being_audio_wav2vec2.inference import chunked, load, n_states, normalise, runner
+from being_audio_wav2vec2.testing import save_tiny_model
 
 from being_core.manifest import Manifest, audio_features
-
-CONV = dict(conv_dim=(16,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2))
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-            do_stable_layer_norm=True, **CONV)  # like the large models: no clip-wide GroupNorm
-
-
-def save_tiny(folder, kind):
-    import torch
-    from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
-                              Wav2Vec2ForCTC)
-
-    torch.manual_seed(0)
-    if kind == "wav2vec2":
-        model = Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=44, **TINY))
-    else:
-        model = HubertModel(HubertConfig(**TINY))
-    model.save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True).save_pretrained(folder)
-    return str(folder)
-
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"wav2vec2": save_tiny(root / "wav2vec2-large-xlsr-53-esperanto", "wav2vec2"),
-            "hubert": save_tiny(root / "tiny-hubert", "hubert")}
+    return {"wav2vec2": save_tiny_model(root / "wav2vec2-large-xlsr-53-esperanto", "wav2vec2"),
+            "hubert": save_tiny_model(root / "tiny-hubert", "hubert")}
 
 
 def test_the_stride_is_the_real_one(tiny_models):

@@ -31,9 +31,10 @@ def test_declaration(impl):
 
 @pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS if i.cls.kind in PREPARE_STAGES],
                          ids=[x for x, i in zip(IDS, IMPLEMENTATIONS) if i.cls.kind in PREPARE_STAGES])
-def test_runs_on_a_real_clip(impl, prepared_copy, being_run_stage):
+def test_runs_on_a_real_clip(impl, prepared_copy, being_run_stage, tmp_path_factory):
     cls = impl.cls
-    entry = being_run_stage(prepared_copy, str(cls.kind), cls.name, cls.test_config, force=True)
+    config = cls.contract_config(tmp_path_factory.mktemp("assets"))
+    entry = being_run_stage(prepared_copy, str(cls.kind), cls.name, config, force=True)
     assert entry["status"] == "done" and entry["impl"] == cls.name and entry["version"] == cls.version
     outputs = list(entry["outputs"])
     assert all(matches_any(rel, cls.outputs) for rel in outputs)

@@ -98,3 +98,60 @@ def test_a_clip_without_a_face_is_an_error_and_writes_nothing(tmp_path):
         prepare(video, tmp_path / "run", [*FACE, "ingest.audio=optional", "ingest.min_frames=10"])
     assert str(err.value) == "face_tracker 'mediapipe' failed: ValueError: no face found in any of the 60 frames of ori_imgs/"
     assert not list((tmp_path / "run").glob("ori_imgs/*.lms")) and not (tmp_path / "run" / "track_params.pt").exists()
+
+
+def read_like_a_trainer(root, i):
+    """Load one frame the way GaussianTalker-style readers do: images from ori_imgs, head mask from parsing
+    (B=255, G=0, R=0 in cv2 order), background = torso_imgs alpha-composited over bc.jpg."""
+    import cv2
+
+    image = cv2.imread(str(root / "ori_imgs" / f"{i}.jpg"))
+    parsing = cv2.imread(str(root / "parsing" / f"{i}.png"))
+    head = (parsing[..., 0] == 255) & (parsing[..., 1] == 0) & (parsing[..., 2] == 0)
+    torso = cv2.imread(str(root / "torso_imgs" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+    bc = cv2.imread(str(root / "bc.jpg"))
+    alpha = torso[..., 3:] / 255.0
+    background = torso[..., :3] * alpha + bc * (1 - alpha)
+    return image, head, background, parsing
+
+
+def test_composites_reconstruct_the_frame(prepared_face5):
+    import cv2
+
+    for i in (0, 50, 121):
+        image, head, background, _ = read_like_a_trainer(prepared_face5, i)
+        recon = np.where(head[..., None], image, background)
+        gt = cv2.imread(str(prepared_face5 / "gt_imgs" / f"{i}.jpg")).astype(np.float64)
+        mse = ((recon - gt) ** 2).mean()
+        assert 10 * np.log10(255 ** 2 / mse) > 32, "head over (torso over bc) is the frame, up to JPEG"
+        assert head.mean() > 0.1
+
+
+def test_parsing_covers_the_face(prepared_face5):
+    import cv2
+    from being_face_mediapipe.parsing import face_oval_loop
+
+    lm = np.load(prepared_face5 / "face" / "landmarks.npy")
+    oval = face_oval_loop()
+    for i in (0, 60, 121):
+        _, head, _, parsing = read_like_a_trainer(prepared_face5, i)
+        face = np.zeros(head.shape, np.uint8)
+        cv2.fillPoly(face, [np.round(lm[i, oval, :2]).astype(np.int32)], 1)
+        assert head[face.astype(bool)].mean() > 0.99
+        colours = {tuple(c) for c in np.unique(parsing.reshape(-1, 3), axis=0)}
+        assert colours <= {(255, 255, 255), (255, 0, 0), (0, 255, 0), (0, 0, 255)}
+        assert (0, 255, 0) in colours and (0, 0, 255) in colours, "neck and torso are visible in this clip"
+    bc = cv2.imread(str(prepared_face5 / "bc.jpg"))
+    assert bc.shape == (512, 512, 3)
+    assert len(list(prepared_face5.glob("gt_imgs/*.jpg"))) == len(list(prepared_face5.glob("torso_imgs/*.png"))) == 122
+
+
+def test_talkinggaussian_parsing_variant(prepared_copy, being_run_stage):
+    import cv2
+
+    being_run_stage(prepared_copy, "face_tracker", "mediapipe", {**FAST_FACE, "parsing_variant": "talkinggaussian"})
+    colours = set()
+    for i in range(0, 122, 6):
+        parsing = cv2.imread(str(prepared_copy / "parsing" / f"{i}.png"))
+        colours |= {tuple(c) for c in np.unique(parsing.reshape(-1, 3), axis=0)}
+    assert {(100, 100, 100), (0, 0, 0), (255, 0, 0)} <= colours

@@ -38,6 +38,12 @@ class HubertEncoder(AudioEncoder):
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
 
+    @classmethod
+    def contract_config(cls, workdir):
+        from being_audio_wav2vec2.testing import save_tiny_model
+
+        return {"model": save_tiny_model(workdir / "tiny-hubert", "hubert")}
+
     def run(self, ctx: StageContext) -> StageReport:
         from being_audio_wav2vec2 import encode, reference_name
         from transformers import HubertModel

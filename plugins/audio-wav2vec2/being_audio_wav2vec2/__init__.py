@@ -43,6 +43,12 @@ class Wav2Vec2Encoder(AudioEncoder):
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
 
+    @classmethod
+    def contract_config(cls, workdir):
+        from .testing import save_tiny_model
+
+        return {"model": save_tiny_model(workdir / "tiny-wav2vec2", "wav2vec2")}
+
     def run(self, ctx: StageContext) -> StageReport:
         cfg: Wav2Vec2Config = ctx.config  # type: ignore[assignment]
         from transformers import Wav2Vec2ForCTC, Wav2Vec2Model

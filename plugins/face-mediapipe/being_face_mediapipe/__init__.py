@@ -6,6 +6,8 @@ morphable model (mean shape + expression basis) is learned from the clip's own l
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from being_core import FaceTracker, StageConfig, StageContext, StageReport, hookimpl
@@ -18,13 +20,19 @@ class MediapipeConfig(StageConfig):
         0.1, ge=0, le=1, description="Largest share of frames without a face before the stage fails."
     )
     n_exp: int = Field(16, ge=1, le=64, description="Expression basis size learned from the clip.")
-    iterations: int = Field(300, ge=10, description="Optimiser steps of the final pose/expression fit.")
+    iterations: int = Field(80, ge=10, description="Optimiser steps of the final pose/expression fit.")
     focal_factors: tuple[float, ...] = Field(
         (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), min_length=1, description="Focal lengths searched, in image widths."
     )
     smooth: float = Field(1.0, ge=0, description="Weight of the temporal smoothness of pose.")
     densify_level: int = Field(4, ge=1, le=8, description="Barycentric steps per mesh triangle for `vertices`.")
     val_fraction_den: int = Field(11, ge=2, description="Train/val split: the last 1/this of frames is val.")
+    parsing_variant: Literal["ernerf", "talkinggaussian"] = Field(
+        "ernerf", description="'talkinggaussian' also paints the inner mouth grey and the hair black."
+    )
+    person_threshold: float = Field(0.5, gt=0, lt=1, description="Selfie-segmentation score that counts as person.")
+    hair_margin: float = Field(0.25, ge=0, le=1, description="Head region reaches this share of the face width "
+                                                             "beyond the face on each side (hair, ears).")
 
 
 class MediapipeTracker(FaceTracker):
@@ -34,7 +42,7 @@ class MediapipeTracker(FaceTracker):
     version = "0.1.0"
     Config = MediapipeConfig
     outputs = (*FaceTracker.outputs, "face/head_model.npz", "track_params.pt", "transforms_train.json",
-               "transforms_val.json")
+               "transforms_val.json", "parsing/*.png", "bc.jpg", "gt_imgs/*.jpg", "torso_imgs/*.png")
     test_config = {"iterations": 60, "focal_factors": [1.5, 2.5]}
 
     def run(self, ctx: StageContext) -> StageReport:
@@ -97,6 +105,8 @@ class MediapipeTracker(FaceTracker):
                    "frames": [{"img_id": i, "aud_id": i, "transform_matrix": c2w[i].tolist()} for i in ids]}
             ctx.output(f"transforms_{name}.json").write_text(json.dumps(doc, indent=1))
 
+        parse_metrics = write_parsing(ctx, cfg, landmarks, n)
+
         err = fit.errors[tracks.found]
         jitter = np.abs(np.diff(fit.trans, 2, axis=0)).mean() * 100 if n > 2 else 0.0  # dm -> mm
         return StageReport(
@@ -106,10 +116,47 @@ class MediapipeTracker(FaceTracker):
                      "pose_jitter_deg": round(float(np.degrees(np.abs(np.diff(fit.euler, 2, axis=0)).mean())), 4)
                      if n > 2 else 0.0,
                      "focal": round(fit.focal, 1), "focal_search_px": fit.focal_search,
-                     "frames_without_face": n_missing, "multi_face_frames": len(tracks.multi_face_frames)},
+                     "focal_at_search_edge": fit.focal in (min(fit.focal_search), max(fit.focal_search)),
+                     "frames_without_face": n_missing, "multi_face_frames": len(tracks.multi_face_frames),
+                     **parse_metrics},
             info={"landmarks": 478, "vertices": int(vertices.shape[1]), "n_exp": int(fit.basis.shape[0]),
                   "focal": fit.focal, "missing_frames": missing_runs(tracks.found)},
         )
+
+
+def write_parsing(ctx: StageContext, cfg: MediapipeConfig, landmarks, n: int) -> dict:
+    """parsing/<i>.png and bc.jpg (pass 1), then gt_imgs/<i>.jpg and torso_imgs/<i>.png (pass 2)."""
+    import cv2
+    import mediapipe as mp
+    import numpy as np
+
+    from .parsing import BackgroundEstimate, face_oval_loop, label, masks_from_parsing, paint, torso_rgba
+
+    oval = face_oval_loop()
+    frames = _Frames(ctx, n)
+    background = None
+    head_share = []
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        for i in ctx.progress.track(range(n), "face: parsing", unit="frame"):
+            rgb = frames[i]
+            person = seg.process(rgb).segmentation_mask > cfg.person_threshold
+            head, neck, torso = label(person, landmarks[i], oval, cfg.hair_margin)
+            cv2.imwrite(str(ctx.output(f"parsing/{i}.png")),
+                        paint(head, neck, torso, landmarks[i], oval, cfg.parsing_variant))
+            if background is None:
+                background = BackgroundEstimate(*person.shape)
+            background.add(rgb[..., ::-1], head | neck | torso)
+            head_share.append(head.mean())
+    bc = background.result()
+    cv2.imwrite(str(ctx.output("bc.jpg")), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    for i in ctx.progress.track(range(n), "face: composites", unit="frame"):
+        bgr = frames[i][..., ::-1]
+        m = masks_from_parsing(cv2.imread(str(ctx.out / "parsing" / f"{i}.png")))
+        gt = np.where(m["background"][..., None], bc, bgr)
+        cv2.imwrite(str(ctx.output(f"gt_imgs/{i}.jpg")), gt, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        cv2.imwrite(str(ctx.output(f"torso_imgs/{i}.png")), torso_rgba(bgr, m["head"], m["neck"], m["torso"],
+                                                                       landmarks[i]))
+    return {"head_pixels_share_mean": round(float(np.mean(head_share)), 4)}
 
 
 class _Frames:

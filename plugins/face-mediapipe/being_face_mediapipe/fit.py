@@ -21,7 +21,7 @@ import torch
 
 EYE_OUTER = (33, 263)
 EYE_DISTANCE_DM = 0.9
-SEARCH_ITERATIONS = 100  # optimiser steps per focal candidate, on a sample of frames
+SEARCH_ITERATIONS = 30  # optimiser steps per focal candidate, on a sample of frames
 
 
 def euler2rot(euler: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class HeadFit:
     focal_search: dict[float, float]  # focal -> mean error at the search stage
 
 
-def fit_head(landmarks: np.ndarray, width: int, height: int, n_exp: int = 16, iterations: int = 300,
+def fit_head(landmarks: np.ndarray, width: int, height: int, n_exp: int = 16, iterations: int = 80,
              focal_factors: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), smooth: float = 1.0,
              weights: np.ndarray | None = None, progress=None, seed: int = 0) -> HeadFit:
     """Learn a mean shape and expression basis from ``landmarks [N, V, 3]`` (pixels; z = depth, smaller
