@@ -24,6 +24,7 @@ class RichReporter(Reporter):
         super().__init__()
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  TextColumn("{task.fields[note]}"),
                                   console=console, transient=False)
         self._tasks: dict[int, int] = {}
 
@@ -36,11 +37,15 @@ class RichReporter(Reporter):
         return False
 
     def on_start(self, task_id, description, total, unit):
-        self._tasks[task_id] = self._progress.add_task(description, total=total, unit=unit)
+        self._tasks[task_id] = self._progress.add_task(description, total=total, unit=unit, note="")
 
     def on_advance(self, task_id, n):
         if task_id in self._tasks:
             self._progress.advance(self._tasks[task_id], n)
+
+    def on_note(self, task_id, text):
+        if task_id in self._tasks:
+            self._progress.update(self._tasks[task_id], note=text)
 
     def on_close(self, task_id):
         rich_id = self._tasks.pop(task_id, None)

@@ -73,8 +73,10 @@ def execute(request_path: Path, root: Path | None = None, progress: Reporter | N
         out.mkdir(parents=True)
         manifest_path = root / MANIFEST_NAME
         manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
-        ctx = StageContext(root=root, out=out, config=config, manifest=manifest,
-                           progress=progress or Reporter(), action=request.action, params=request.params)
+        state = root / request.work_dir / "state"
+        state.mkdir(exist_ok=True)
+        ctx = StageContext(root=root, out=out, config=config, manifest=manifest, progress=progress or Reporter(),
+                           action=request.action, params=request.params, state=state)
         stage = cls()
         report = stage.render(ctx) if request.action == "render" else stage.run(ctx)
         outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

@@ -191,7 +191,7 @@ class Pipeline:
         if entry and entry.get("key") == key and m.outputs_intact(name) and not self._forced(str(kind)):
             log.info("%s '%s': unchanged, skipped", name, cls.name)
             return entry
-        result = self._launch(name, kind, cls, rs, inputs, action, params or {})
+        result = self._launch(name, kind, cls, rs, inputs, action, params or {}, key)
         declared = cls.outputs if action == "run" else cls.render_outputs
         published = self._publish(name, declared, cls.optional_outputs if action == "run" else (), cls, result)
         m.stages[name] = {
@@ -213,12 +213,10 @@ class Pipeline:
         return [rel for hits in (*found.values(), *optional.values()) for rel in hits]
 
     def _launch(self, name: str, kind: StageKind, cls: type[Stage], rs: ResolvedStage, inputs: list[str],
-                action: str, params: dict[str, Any]) -> StageResult:
+                action: str, params: dict[str, Any], key: str) -> StageResult:
         stage_dir = self.root / INTERNAL_DIR / "stages" / name.replace(":", "-")
         work = stage_dir / "work"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        _clear_work(work, key, resume=not self._forced(str(kind)))
         request = StageRequest(stage=str(kind), impl=cls.name, version=cls.version, action=action,
                                config=rs.config.model_dump(mode="json"), inputs=inputs,
                                work_dir=work.relative_to(self.root).as_posix(), params=params)
@@ -270,6 +268,18 @@ class Pipeline:
         for rel in stale:
             (self.root / rel).unlink(missing_ok=True)
         self.manifest.forget(stale)
+
+
+def _clear_work(work: Path, key: str, resume: bool) -> None:
+    """Empty a stage's work folder, keeping ``state/`` (checkpoints) when the same attempt resumes."""
+    state_key = work / "state" / ".key"
+    keep = resume and state_key.is_file() and state_key.read_text() == key
+    if work.exists():
+        for child in work.iterdir():
+            if not (keep and child.name == "state"):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    (work / "state").mkdir(parents=True, exist_ok=True)
+    state_key.write_text(key)
 
 
 def _safe_stem(stem: str) -> str:

@@ -25,6 +25,10 @@ class Task:
     def advance(self, n: int = 1) -> None:
         self._reporter.on_advance(self.id, n)
 
+    def note(self, text: str) -> None:
+        """Show a short status next to the bar (e.g. ``loss 0.031 PSNR 28.4 dB``)."""
+        self._reporter.on_note(self.id, text)
+
     def close(self) -> None:
         self._reporter.on_close(self.id)
 
@@ -61,6 +65,9 @@ class Reporter:
     def on_advance(self, task_id: int, n: int) -> None:
         pass
 
+    def on_note(self, task_id: int, text: str) -> None:
+        pass
+
     def on_close(self, task_id: int) -> None:
         pass
 
@@ -95,6 +102,10 @@ class JsonLinesReporter(Reporter):
                 self._emit(op="advance", id=task_id, n=n)
         self._pending.clear()
 
+    def on_note(self, task_id, text):
+        self._flush()
+        self._emit(op="note", id=task_id, text=text)
+
     def on_close(self, task_id):
         self._flush()
         self._emit(op="close", id=task_id)
@@ -113,6 +124,8 @@ def replay(line: str, target: Reporter, tasks: dict[int, Task]) -> bool:
         tasks[task_id] = target.task(event.get("description", ""), event.get("total"), event.get("unit", "it"))
     elif op == "advance" and task_id in tasks:
         tasks[task_id].advance(int(event.get("n", 1)))
+    elif op == "note" and task_id in tasks:
+        tasks[task_id].note(str(event.get("text", "")))
     elif op == "close" and task_id in tasks:
         tasks.pop(task_id).close()
     return True

@@ -86,6 +86,9 @@ class StageContext:
     progress: Reporter
     action: str = "run"
     params: dict[str, Any] = field(default_factory=dict)
+    #: Scratch folder kept between attempts of the same stage with the same inputs and config (checkpoints
+    #: for resuming); wiped when they change. Never published.
+    state: Path | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("being.stage"))
 
     def input(self, rel: str) -> Path:

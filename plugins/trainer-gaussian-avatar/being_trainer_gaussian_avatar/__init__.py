@@ -1,0 +1,85 @@
+"""Being trainer ``gaussian-avatar``: an audio-driven 3D Gaussian head, our implementation of the
+GaussianTalker method, trained on a prepared run and rendered for any new audio.
+
+Training: a coarse stage (static Gaussians initialised from the tracked vertices, densify and prune, batch 1)
+then a fine stage (tri-plane features + a transformer over audio, eye, camera and null tokens predicting
+per-Gaussian offsets; batches of frames; L1 + D-SSIM + lip L1 + head-mask alpha loss). The audio width
+``D`` and window ``W`` come from the run manifest, so any audio encoder works without code changes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from being_core import StageConfig, StageContext, StageReport, Trainer, hookimpl
+
+
+class AvatarConfig(StageConfig):
+    resolution: int | None = Field(None, ge=32, description="Training/render width in pixels; null = dataset size.")
+    coarse_iterations: int = Field(2000, ge=1, description="Static-Gaussian steps (batch 1).")
+    fine_iterations: int = Field(3000, ge=0, description="Deformation steps (batch_size frames each).")
+    batch_size: int = Field(32, ge=1, description="Frames per fine step.")
+    densify_from: int = Field(200, ge=1, description="First coarse step that densifies.")
+    densify_until: int = Field(1500, ge=1, description="Last coarse step that densifies.")
+    densify_interval: int = Field(100, ge=1, description="Coarse steps between densify/prune passes.")
+    densify_grad: float = Field(0.0002, gt=0, description="View-space gradient (NDC) that makes a Gaussian grow.")
+    prune_opacity: float = Field(0.005, ge=0, description="Gaussians below this opacity are removed.")
+    init_extra: float = Field(0.5, ge=0, le=4, description="Extra random Gaussians around the face (hair, "
+                                                            "ears, skull), as a share of the tracked vertices.")
+    max_gaussians: int = Field(60000, ge=100, description="Upper bound on the number of Gaussians.")
+    lr_means: float = Field(1.6e-4, gt=0, description="Position learning rate, times the head's extent.")
+    lr_deformer: float = Field(1e-3, gt=0, description="Deformation network learning rate (tri-plane: x10).")
+    width: int = Field(64, ge=8, description="Feature width of the deformation transformer.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    plane_resolution: int = Field(64, ge=4, description="Tri-plane resolution.")
+    plane_channels: int = Field(32, ge=1, description="Tri-plane channels per plane.")
+    lambda_dssim: float = Field(0.2, ge=0, description="Weight of D-SSIM.")
+    lambda_lip: float = Field(1.0, ge=0, description="Weight of the lip-box L1 (fine stage).")
+    lambda_alpha: float = Field(0.1, ge=0, description="Weight of the head-mask alpha loss.")
+    backend: Literal["auto", "gsplat", "reference"] = Field(
+        "auto", description="Rasteriser: gsplat on CUDA, the PyTorch reference on CPU; 'auto' picks.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
+    num_workers: int = Field(-1, ge=-1, description="Data-loader workers; -1 = min(4, cores / 2).")
+    seed: int = Field(0, description="Random seed (same seed, same data, same device: same run).")
+    log_every: int = Field(50, ge=1, description="Steps between progress/TensorBoard updates.")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
+    tensorboard: bool = Field(True, description="Write TensorBoard logs when tensorboard is installed.")
+    render_batch: int = Field(16, ge=1, description="Frames per rendering batch.")
+
+
+class GaussianAvatar(Trainer):
+    """Audio-driven 3D Gaussian avatar (GaussianTalker method): gsplat on CUDA, PyTorch on CPU."""
+
+    name = "gaussian-avatar"
+    version = "0.1.0"
+    Config = AvatarConfig
+    needs_gpu = True
+    inputs = ("ori_imgs/*.jpg", "ori_imgs/*.lms", "parsing/*.png", "torso_imgs/*.png", "bc.jpg",
+              "track_params.pt", "face/landmarks.npy", "aud_*.npy")
+    optional_inputs = ("au.csv",)
+    outputs = ("avatar/model.pt", "avatar/metrics.json", "avatar/val.mp4")
+    optional_outputs = ("avatar/tb/*",)
+    render_inputs = ("avatar/model.pt", "track_params.pt", "torso_imgs/*.png", "bc.jpg", "ori_imgs/*.lms",
+                     "face/landmarks.npy")
+    test_config = {"resolution": 64, "coarse_iterations": 12, "fine_iterations": 6, "batch_size": 2,
+                   "densify_from": 5, "densify_interval": 5, "densify_until": 11, "log_every": 3,
+                   "num_workers": 0, "tensorboard": False, "plane_resolution": 16}
+
+    def run(self, ctx: StageContext) -> StageReport:
+        from .train import train
+
+        metrics = train(ctx, ctx.config)
+        return StageReport(metrics={k: v for k, v in metrics.items() if k != "history"},
+                           info={"model": "avatar/model.pt", "gaussians": metrics["gaussians"]})
+
+    def render(self, ctx: StageContext) -> StageReport:
+        from .render import render
+
+        return StageReport(metrics=render(ctx, ctx.config))
+
+
+@hookimpl
+def being_register_stages(registry):
+    registry.add(GaussianAvatar)

@@ -1,0 +1,142 @@
+"""The prepared run folder as the trainer reads it, frames streamed from disk with bounded memory.
+
+Cameras come from ``track_params.pt`` (euler, raw trans in decimetres, focal), images from ``ori_imgs``,
+the head mask from ``parsing`` (B=255, G=0, R=0 in cv2 order, i.e. RGB (0, 0, 255)), the per-frame background is
+``torso_imgs`` composited over ``bc.jpg``, audio features from the file the manifest names.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from being_core.manifest import audio_features
+
+# FaceMesh eye contour points for the eye-aspect-ratio blink signal (used when there is no au.csv).
+EYES = [(159, 145, 33, 133), (386, 374, 362, 263)]
+
+
+def euler2rot(euler: torch.Tensor) -> torch.Tensor:
+    """The reference's ``rot_x @ rot_y @ rot_z`` (its matrices are the standard ones transposed)."""
+    a, b, c = euler[:, 0], euler[:, 1], euler[:, 2]
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+    rx = torch.stack([one, zero, zero, zero, a.cos(), a.sin(), zero, -a.sin(), a.cos()], 1).view(-1, 3, 3)
+    ry = torch.stack([b.cos(), zero, -b.sin(), zero, one, zero, b.sin(), zero, b.cos()], 1).view(-1, 3, 3)
+    rz = torch.stack([c.cos(), c.sin(), zero, -c.sin(), c.cos(), zero, zero, zero, one], 1).view(-1, 3, 3)
+    return rx @ ry @ rz
+
+
+def viewmats_from_track(euler: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+    """World (head frame) to OpenCV camera ``[N, 4, 4]``: the tracker's OpenGL camera with y and z flipped."""
+    w2c = torch.eye(4).repeat(len(euler), 1, 1)
+    w2c[:, :3, :3] = euler2rot(euler)
+    w2c[:, :3, 3] = trans
+    return torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0])) @ w2c
+
+
+def eye_signal(root: Path, n: int) -> tuple[np.ndarray, str]:
+    """``[n]`` eye closure in [0, 1]: OpenFace-style ``AU45_r`` clipped to [0, 2] / 2 when ``au.csv`` exists,
+    otherwise one minus the normalised eye aspect ratio of the tracked landmarks."""
+    au = root / "au.csv"
+    if au.is_file():
+        with open(au, newline="") as f:
+            rows = list(csv.DictReader(f, skipinitialspace=True))
+        if len(rows) == n and rows and "AU45_r" in rows[0]:
+            return np.clip(np.array([float(r["AU45_r"]) for r in rows]), 0, 2) / 2, "au.csv AU45_r"
+    lm = np.load(root / "face" / "landmarks.npy")
+    ear = np.mean([np.linalg.norm(lm[:, up, :2] - lm[:, lo, :2], axis=-1) /
+                   np.linalg.norm(lm[:, l, :2] - lm[:, r, :2], axis=-1).clip(1e-6) for up, lo, l, r in EYES], 0)
+    lo, hi = np.percentile(ear, 2), np.percentile(ear, 98)
+    return np.clip(1 - (ear - lo) / max(hi - lo, 1e-6), 0, 1), "landmark eye aspect ratio"
+
+
+class RunData:
+    """Everything per frame that is small enough to keep in memory; pixels are read on demand."""
+
+    def __init__(self, root: Path, manifest: dict, resolution: int | None):
+        ds = manifest["dataset"]
+        self.root, self.n = root, int(ds["n_frames"])
+        self.src_w, self.src_h = int(ds["width"]), int(ds["height"])
+        self.width = resolution or self.src_w
+        self.height = round(self.src_h * self.width / self.src_w)
+        s = self.width / self.src_w
+        track = torch.load(root / "track_params.pt", map_location="cpu")
+        self.euler, self.trans = track["euler"].float(), track["trans"].float()
+        focal = float(track["focal"].reshape(-1)[0])
+        self.points = track["vertices"].float().mean(0)
+        self.viewmats = viewmats_from_track(self.euler, self.trans)
+        k = torch.tensor([[focal * s, 0, self.src_w / 2 * s], [0, focal * s, self.src_h / 2 * s], [0, 0, 1]])
+        self.Ks = k.repeat(self.n, 1, 1)
+        cam = torch.cat([self.euler, self.trans], 1)
+        self.camera = (cam - cam.mean(0)) / cam.std(0).clamp(min=1e-4)
+        self.features = audio_features(manifest)
+        audio = np.load(root / self.features.file)
+        if audio.shape[0] != self.n or audio.shape[2] != self.features.dim:
+            raise ValueError(f"{self.features.file} has shape {list(audio.shape)}, but the manifest says "
+                             f"[{self.n}, {self.features.window}, {self.features.dim}]")
+        self.audio = torch.from_numpy(audio).float()
+        eye, self.eye_source = eye_signal(root, self.n)
+        self.eye = torch.from_numpy(eye).float()
+        lms = np.stack([np.loadtxt(root / "ori_imgs" / f"{i}.lms") for i in range(self.n)]) * s
+        self.lips = lip_boxes(lms, self.width, self.height)
+        split = int(self.n * 10 / 11)
+        self.train_ids, self.val_ids = list(range(split)), list(range(split, self.n))
+
+    def pixels(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame ``i`` at the training size: RGB image, head mask and background, float32 in [0, 1]."""
+        from PIL import Image
+
+        size = (self.width, self.height)
+
+        def load(rel: str, mode: str) -> Image.Image:
+            try:
+                image = Image.open(self.root / rel)
+                image.load()
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{rel} in {self.root} cannot be read: {exc}") from None
+            image = image.convert(mode)
+            return image if image.size == size else image.resize(size, Image.BOX)
+
+        rgb = np.asarray(load(f"ori_imgs/{i}.jpg", "RGB"), np.float32) / 255
+        parsing = _nearest(self.root / f"parsing/{i}.png", size)
+        head = ((parsing[..., 0] == 0) & (parsing[..., 1] == 0) & (parsing[..., 2] == 255)).astype(np.float32)
+        torso = np.asarray(load(f"torso_imgs/{i}.png", "RGBA"), np.float32) / 255
+        bc = np.asarray(load("bc.jpg", "RGB"), np.float32) / 255
+        alpha = torso[..., 3:]
+        return rgb, head, torso[..., :3] * alpha + bc * (1 - alpha)
+
+
+def _nearest(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A parsing image resized without blending its label colours (RGB order: head is (0, 0, 255))."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    return np.asarray(image if image.size == size else image.resize(size, Image.NEAREST))
+
+
+def lip_boxes(lms: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """``[N, 4]`` (x0, y0, x1, y1) squared boxes around the 68-point lips (48-60), as the reference crops."""
+    lips = lms[:, 48:60]
+    lo, hi = lips.min(1), lips.max(1)
+    c, half = (lo + hi) / 2, (hi - lo).max(1) / 2 * 1.2 + 2
+    box = np.stack([c[:, 0] - half, c[:, 1] - half, c[:, 0] + half, c[:, 1] + half], 1)
+    box = np.clip(np.round(box), 0, [width, height, width, height]).astype(np.int64)
+    return torch.from_numpy(box)
+
+
+class Frames(torch.utils.data.Dataset):
+    """Frames by id, for a DataLoader: ``(id, image [H, W, 3], mask [H, W], background [H, W, 3])``."""
+
+    def __init__(self, data: RunData, ids: list[int]):
+        self.data, self.ids = data, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int):
+        i = self.ids[k]
+        rgb, head, bg = self.data.pixels(i)
+        return i, torch.from_numpy(rgb.copy()), torch.from_numpy(head.copy()), torch.from_numpy(bg.copy())

@@ -1,0 +1,57 @@
+"""Rendering the trained avatar for new audio."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .data import RunData
+from .train import Avatar
+from .video import write_video
+
+
+def pingpong(n_source: int, n_out: int) -> np.ndarray:
+    """``0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...`` for ``n_out`` frames: poses and backgrounds played back and
+    forth, so a long render never jumps."""
+    if n_source == 1:
+        return np.zeros(n_out, dtype=np.int64)
+    cycle = np.concatenate([np.arange(n_source), np.arange(n_source - 2, 0, -1)])
+    return cycle[np.arange(n_out) % len(cycle)]
+
+
+@torch.no_grad()
+def render(ctx, cfg) -> dict:
+    params = ctx.params
+    model = torch.load(ctx.input("avatar/model.pt"), map_location="cpu", weights_only=False)
+    features = np.load(ctx.input(params["features"])).astype(np.float32)
+    want = model["audio"]
+    if features.shape[1:] != (want["window"], want["dim"]):
+        raise ValueError(f"{params['features']} has windows {list(features.shape[1:])}, but the avatar was trained "
+                         f"on [{want['window']}, {want['dim']}] from '{want['encoder']}'")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    data = RunData(ctx.root, ctx.manifest, model["width"])
+    av = Avatar(data, cfg, device)
+    av.load(model["model"])
+    n_out = int(params["n_frames"])
+    seq = pingpong(len(data.train_ids), n_out)
+    audio = torch.from_numpy(features[:n_out])
+    if len(audio) < n_out:  # at most one frame short: repeat the last window
+        audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
+    started = time.monotonic()
+
+    def frames():
+        with ctx.progress.task("render: frames", total=n_out, unit="frame") as task:
+            for lo in range(0, n_out, cfg.render_batch):
+                ids = seq[lo:lo + cfg.render_batch]
+                bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
+                rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[lo:lo + len(ids)],
+                                      eye=data.eye[torch.as_tensor(ids)])
+                for frame in (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8):
+                    yield frame
+                task.advance(len(ids))
+
+    write_video(ctx.output(params["output"]), frames(), audio=ctx.input(params["audio"]))
+    return {"frames": n_out, "seconds": round(time.monotonic() - started, 2), "device": str(device)}

@@ -1,0 +1,294 @@
+"""Training (coarse: static Gaussians with densify/prune; fine: deformation over batches of frames),
+checkpoints that resume, evaluation on the held-out frames."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .data import Frames, RunData
+from .model import Deformer, Gaussians, deformed
+from .raster import pick_backend
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of ``[B, H, W, 3]`` images in [0, 1] (11x11 Gaussian window, sigma 1.5)."""
+    x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+    g = torch.exp(-((torch.arange(11, device=a.device) - 5.0) ** 2) / (2 * 1.5 ** 2))
+    g = (g / g.sum())
+    win = (g[:, None] * g[None, :]).expand(3, 1, 11, 11).contiguous()
+
+    def blur(t):
+        return F.conv2d(t, win, padding=5, groups=3)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10 * torch.log10(((a - b) ** 2).mean().clamp(min=1e-10)))
+
+
+class Avatar:
+    """Gaussians + deformer + rasteriser for one run, on one device."""
+
+    def __init__(self, data: RunData, cfg, device: torch.device):
+        self.data, self.cfg, self.device = data, cfg, device
+        self.gauss = Gaussians(data.points, extra=cfg.init_extra, seed=cfg.seed).to(device)
+        pts = self.gauss.means.detach().cpu()
+        pad = (pts.max(0).values - pts.min(0).values) * 0.15
+        self.deformer = Deformer(pts.min(0).values - pad, pts.max(0).values + pad, data.features.dim,
+                                 data.features.window, cfg.width, cfg.heads, cfg.plane_resolution,
+                                 cfg.plane_channels).to(device)
+        self.raster = pick_backend(cfg.backend, device)
+        self.extent = float((pts.max(0).values - pts.min(0).values).norm())
+
+    def render(self, ids: torch.Tensor, backgrounds: torch.Tensor | None, deform: bool, audio=None, eye=None):
+        """Render frames ``ids`` (cameras of those training frames) over per-pixel ``backgrounds [B, H, W, 3]``;
+        ``audio``/``eye`` override the frames' own. Returns ``(rgb, alpha, means2d)``."""
+        d = self.data
+        ids_cpu = ids.cpu()
+        offsets = None
+        if deform:
+            audio = (d.audio[ids_cpu] if audio is None else audio).to(self.device)
+            eye = (d.eye[ids_cpu] if eye is None else eye).to(self.device)
+            offsets = self.deformer(self.gauss.means, audio, eye, d.camera[ids_cpu].to(self.device))
+        means, quats, scales, opac, colours = deformed(self.gauss, offsets, len(ids_cpu))
+        rgb, alpha, means2d = self.raster(means, quats, scales, opac, colours, d.viewmats[ids_cpu].to(self.device),
+                                          d.Ks[ids_cpu].to(self.device), d.width, d.height)
+        if backgrounds is not None:
+            rgb = rgb + (1 - alpha) * backgrounds
+        return rgb, alpha, means2d
+
+    def optimizer(self, fine: bool) -> torch.optim.Optimizer:
+        c, g = self.cfg, self.gauss
+        scale = 0.1 if fine else 1.0  # the fine stage mostly trains the deformer
+        groups = [{"params": [g.means], "lr": c.lr_means * self.extent * scale},
+                  {"params": [g.log_scales], "lr": 5e-3 * scale}, {"params": [g.quats], "lr": 1e-3 * scale},
+                  {"params": [g.opacity_logits], "lr": 5e-2 * scale}, {"params": [g.colour_logits], "lr": 1e-2 * scale}]
+        if fine:
+            groups += [{"params": self.deformer.triplane.parameters(), "lr": c.lr_deformer * 10},
+                       {"params": [p for n, p in self.deformer.named_parameters() if not n.startswith("triplane")],
+                        "lr": c.lr_deformer}]
+        return torch.optim.Adam(groups, eps=1e-15)
+
+    def state(self) -> dict:
+        return {"gaussians": {k: v.detach().cpu() for k, v in self.gauss.state_dict().items()},
+                "deformer": {k: v.detach().cpu() for k, v in self.deformer.state_dict().items()}}
+
+    def load(self, state: dict) -> None:
+        self.gauss.replace(**{k: v.to(self.device) for k, v in state["gaussians"].items()})
+        self.deformer.load_state_dict(state["deformer"])
+
+
+def densify_and_prune(av: Avatar, grad_accum: torch.Tensor, counts: torch.Tensor, cfg) -> dict:
+    """3DGS-style: clone small / split large Gaussians with a high view-space gradient, prune transparent ones."""
+    g = av.gauss
+    with torch.no_grad():
+        avg = grad_accum / counts.clamp(min=1)
+        max_scale = g.log_scales.exp().max(1).values
+        grow = avg > cfg.densify_grad
+        room = max(0, cfg.max_gaussians - len(g))
+        if grow.sum() > room:
+            grow &= avg >= avg[grow].topk(room).values.min() if room else torch.zeros_like(grow)
+        small = grow & (max_scale <= 0.01 * av.extent)
+        large = grow & ~small
+        params = {k: getattr(g, k).detach() for k in ("means", "log_scales", "quats", "opacity_logits", "colour_logits")}
+        new = {k: [v, v[small]] for k, v in params.items()}
+        if large.any():
+            from .raster import quat_to_rotmat
+
+            std = params["log_scales"][large].exp()
+            for _ in range(2):
+                offset = (quat_to_rotmat(params["quats"][large]) @ (torch.randn_like(std) * std)[..., None])[..., 0]
+                new["means"].append(params["means"][large] + offset)
+                new["log_scales"].append(params["log_scales"][large] - math.log(1.6))
+                for k in ("quats", "opacity_logits", "colour_logits"):
+                    new[k].append(params[k][large])
+            keep = torch.cat([~large, torch.ones(int(small.sum()) + 2 * int(large.sum()), dtype=torch.bool,
+                                                 device=large.device)])
+        else:
+            keep = torch.ones(len(g) + int(small.sum()), dtype=torch.bool, device=grow.device)
+        merged = {k: torch.cat(v)[keep] for k, v in new.items()}
+        alive = (torch.sigmoid(merged["opacity_logits"][:, 0]) > cfg.prune_opacity) & (
+            merged["log_scales"].exp().max(1).values < 0.2 * av.extent)
+        g.replace(**{k: v[alive] for k, v in merged.items()})
+    return {"cloned": int(small.sum()), "split": int(large.sum()), "count": len(g)}
+
+
+def loop(loader):
+    while True:
+        yield from loader
+
+
+def train(ctx, cfg) -> dict:
+    """Train on ``ctx.root``; writes avatar/model.pt, avatar/metrics.json, avatar/val.mp4 into ctx.out."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    data = RunData(ctx.root, ctx.manifest, cfg.resolution)
+    av = Avatar(data, cfg, device)
+    ckpt_path = ctx.state / "checkpoint.pt"
+    step, started = 0, time.monotonic()
+    writer = _tensorboard(ctx.output("avatar/tb/.keep").parent) if cfg.tensorboard else None
+    resumed = None
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        av.load(ckpt["model"])
+        step, resumed = ckpt["step"], ckpt["step"]
+        torch.set_rng_state(ckpt["rng"])
+        ctx.log.info("resuming training at step %d from %s", step, ckpt_path)
+    total = cfg.coarse_iterations + cfg.fine_iterations
+    workers = cfg.num_workers if cfg.num_workers >= 0 else min(4, max(0, (os.cpu_count() or 2) // 2))
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+
+    def loader(batch):
+        return torch.utils.data.DataLoader(Frames(data, data.train_ids), batch_size=batch, shuffle=True,
+                                           generator=gen, num_workers=workers, drop_last=False,
+                                           persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    history = []
+    with ctx.progress.task("trainer: gaussian avatar", total=total, unit="it") as task:
+        task.advance(step)
+        for phase, first, last, batch in (("coarse", 0, cfg.coarse_iterations, 1),
+                                          ("fine", cfg.coarse_iterations, total, cfg.batch_size)):
+            if step >= last:
+                continue
+            fine = phase == "fine"
+            opt = av.optimizer(fine)
+            grad_accum = torch.zeros(len(av.gauss), device=device)
+            counts = torch.zeros(len(av.gauss), device=device)
+            batches = loop(loader(batch))
+            while step < last:
+                ids, image, mask, bg = (t.to(device, non_blocking=True) for t in next(batches))
+                rgb, alpha, means2d = av.render(ids, bg, deform=fine)
+                loss, parts = losses(rgb, alpha, image, mask, data.lips[ids.cpu()], cfg, fine)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                task.advance()
+                if not fine and step < cfg.densify_until and means2d.grad is not None:
+                    g2 = means2d.grad.detach().reshape(-1, len(av.gauss), 2)
+                    g2 = g2 * torch.tensor([data.width / 2, data.height / 2], device=device)
+                    norm = g2.norm(dim=-1).sum(0)
+                    grad_accum += norm
+                    counts += (norm > 0).float()
+                    if step >= cfg.densify_from and step % cfg.densify_interval == 0:
+                        info = densify_and_prune(av, grad_accum, counts, cfg)
+                        ctx.log.info("step %d: densify %s", step, info)
+                        opt = av.optimizer(fine)
+                        grad_accum = torch.zeros(len(av.gauss), device=device)
+                        counts = torch.zeros(len(av.gauss), device=device)
+                if step % cfg.log_every == 0 or step == last:
+                    p = psnr(rgb.detach(), image)
+                    history.append({"step": step, "phase": phase, "loss": float(loss), "psnr": p,
+                                    "gaussians": len(av.gauss)})
+                    task.note(f"{phase} loss {float(loss):.4f} PSNR {p:.2f} dB, {len(av.gauss)} Gaussians")
+                    if writer:
+                        writer.add_scalar(f"{phase}/loss", float(loss), step)
+                        writer.add_scalar(f"{phase}/psnr", p, step)
+                        for k, v in parts.items():
+                            writer.add_scalar(f"{phase}/{k}", v, step)
+                if step % cfg.checkpoint_every == 0 or step == last:
+                    save_checkpoint(ckpt_path, av, step)
+    seconds = time.monotonic() - started
+    model_path = ctx.output("avatar/model.pt")
+    torch.save({"model": av.state(), "config": cfg.model_dump(mode="json"), "width": data.width,
+                "height": data.height, "audio": {"encoder": data.features.encoder, "dim": data.features.dim,
+                                                 "window": data.features.window, "file": data.features.file},
+                "eye_source": data.eye_source, "gaussians": len(av.gauss)}, model_path)
+    metrics = evaluate(ctx, av, data)
+    metrics.update({"train_seconds": round(seconds, 1), "steps": step, "resumed_from_step": resumed,
+                    "gaussians": len(av.gauss), "device": str(device), "backend": av.raster.__name__,
+                    "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+                    if device.type == "cuda" else None, "history": history[-20:]})
+    ctx.output("avatar/metrics.json").write_text(json.dumps(metrics, indent=2))
+    if writer:
+        writer.close()
+    return metrics
+
+
+def losses(rgb, alpha, image, mask, lips, cfg, fine: bool):
+    l1 = (rgb - image).abs().mean()
+    d_ssim = 1 - ssim(rgb, image)
+    l_alpha = F.binary_cross_entropy(alpha[..., 0].clamp(1e-5, 1 - 1e-5), mask)
+    loss = l1 + cfg.lambda_dssim * d_ssim + cfg.lambda_alpha * l_alpha
+    parts = {"l1": l1.item(), "dssim": d_ssim.item(), "alpha": l_alpha.item()}
+    if fine and cfg.lambda_lip > 0:
+        lip = torch.stack([(rgb[b, y0:y1, x0:x1] - image[b, y0:y1, x0:x1]).abs().mean()
+                           for b, (x0, y0, x1, y1) in enumerate(lips.tolist()) if y1 > y0 and x1 > x0]).mean()
+        loss = loss + cfg.lambda_lip * lip
+        parts["lip_l1"] = lip.item()
+    return loss, parts
+
+
+def save_checkpoint(path: Path, av: Avatar, step: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": av.state(), "step": step, "rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+@torch.no_grad()
+def evaluate(ctx, av: Avatar, data: RunData) -> dict:
+    """PSNR/SSIM on the held-out frames (the val split), a side-by-side video, and LMD where mediapipe is
+    installed (mouth landmarks of rendered vs real frames, in pixels at the training size)."""
+    from .video import write_video
+
+    preds, gts = [], []
+    for chunk in np.array_split(np.array(data.val_ids), max(1, len(data.val_ids) // 8)):
+        frames = [data.pixels(i) for i in chunk]
+        bg = torch.from_numpy(np.stack([f[2] for f in frames])).to(av.device)
+        rgb, _, _ = av.render(torch.as_tensor(chunk), bg, deform=True)
+        preds.append(rgb.clamp(0, 1).cpu())
+        gts.append(torch.from_numpy(np.stack([f[0] for f in frames])))
+    pred, gt = torch.cat(preds), torch.cat(gts)
+    out = {"val_frames": len(data.val_ids), "psnr": round(psnr(pred, gt), 3),
+           "ssim": round(float(ssim(pred, gt)), 4)}
+    out["lmd"] = mouth_landmark_distance(pred.numpy(), gt.numpy())
+    write_video(ctx.output("avatar/val.mp4"), (torch.cat([pred, gt], 2).numpy() * 255).astype(np.uint8))
+    return out
+
+
+MOUTH = [61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91, 78, 81, 13, 311, 308, 402, 14, 178]
+
+
+def mouth_landmark_distance(pred: np.ndarray, gt: np.ndarray):
+    """Mean distance (pixels) between FaceMesh mouth landmarks of rendered and real frames; None when
+    mediapipe is not installed here."""
+    try:
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        import mediapipe as mp
+    except ImportError:
+        return None
+    dists = []
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
+        for p, g in zip(pred, gt):
+            pts = []
+            for img in (p, g):
+                res = fm.process((img * 255).astype(np.uint8))
+                if not res.multi_face_landmarks:
+                    break
+                lm = res.multi_face_landmarks[0].landmark
+                pts.append(np.array([(lm[k].x * img.shape[1], lm[k].y * img.shape[0]) for k in MOUTH]))
+            if len(pts) == 2:
+                dists.append(np.linalg.norm(pts[0] - pts[1], axis=1).mean())
+    return round(float(np.mean(dists)), 3) if dists else None

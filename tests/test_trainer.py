@@ -1,0 +1,158 @@
+"""trainer 'gaussian-avatar' on the CPU: the reference rasteriser against analytic cases and finite
+differences, training on a real clip, the audio width from the manifest, rendering, resume."""
+
+import json
+import math
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from being_trainer_gaussian_avatar import AvatarConfig, GaussianAvatar
+from being_trainer_gaussian_avatar.data import RunData
+from being_trainer_gaussian_avatar.raster import EPS2D, rasterize_reference
+from being_trainer_gaussian_avatar.train import Avatar, losses
+
+from being_core.config import resolve
+from being_core.ingest import probe
+from being_core.manifest import Manifest
+from being_core.pipeline import Pipeline
+
+TINY = GaussianAvatar.test_config
+
+
+def camera(f=100.0, size=32):
+    view = torch.eye(4, dtype=torch.float64)[None]
+    K = torch.tensor([[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]], dtype=torch.float64)
+    return view, K
+
+
+def splat(means, scales, opac, colours, size=32, quats=None):
+    view, K = camera(size=size)
+    n = means.shape[0]
+    quats = quats if quats is not None else torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).repeat(n, 1)
+    return rasterize_reference(means[None], quats[None], scales[None], opac[None], colours[None], view, K,
+                               size, size)
+
+
+def test_one_gaussian_footprint_is_analytic():
+    z, sigma, f = 2.0, 0.05, 100.0
+    means = torch.tensor([[0.0, 0.0, z]], dtype=torch.float64)
+    rgb, alpha, m2d = splat(means, torch.full((1, 3), sigma, dtype=torch.float64),
+                            torch.tensor([0.8], dtype=torch.float64), torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64))
+    assert torch.allclose(m2d[0, 0], torch.tensor([16.0, 16.0], dtype=torch.float64))
+    var = (f * sigma / z) ** 2 + EPS2D
+    for (py, px) in [(16, 16), (15, 18), (20, 10)]:
+        d2 = (px + 0.5 - 16) ** 2 + (py + 0.5 - 16) ** 2
+        expected = 0.8 * math.exp(-0.5 * d2 / var)
+        expected = expected if expected >= 1 / 255 else 0.0
+        assert alpha[0, py, px, 0].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert rgb[0, py, px].tolist() == pytest.approx([expected, expected * 0.5, expected * 0.25])
+
+
+def test_compositing_is_front_to_back():
+    scales = torch.full((2, 3), 0.2, dtype=torch.float64)
+    opac = torch.tensor([0.9, 0.9], dtype=torch.float64)
+    red_blue = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64)
+    near_red = torch.tensor([[0.0, 0, 2.0], [0.0, 0, 3.0]], dtype=torch.float64)
+    rgb, alpha, _ = splat(near_red, scales, opac, red_blue)
+    a_front = rgb[0, 16, 16, 0].item()
+    a_back = rgb[0, 16, 16, 2].item()
+    assert a_front > 0.85 and a_back == pytest.approx((1 - a_front) * 0.9, rel=0.05)
+    rgb2, _, _ = splat(near_red.flip(0), scales, opac, red_blue)  # blue now in front
+    assert rgb2[0, 16, 16, 2] > 0.85 and rgb2[0, 16, 16, 0] < 0.15
+    assert alpha[0, 16, 16, 0].item() == pytest.approx(1 - 0.1 * 0.1, rel=0.01)
+
+
+def test_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    means = torch.tensor([[0.02, -0.03, 2.0], [-0.05, 0.04, 2.4], [0.06, 0.05, 2.2]], dtype=torch.float64)
+    log_scales = torch.log(torch.tensor([[0.08, 0.06, 0.07], [0.1, 0.09, 0.08], [0.07, 0.1, 0.09]], dtype=torch.float64))
+    quats = torch.tensor([[1.0, 0.1, 0.2, 0.0], [0.9, 0.0, 0.3, 0.1], [1.0, -0.2, 0.0, 0.1]], dtype=torch.float64)
+    opac = torch.tensor([0.5, 0.6, 0.4], dtype=torch.float64)
+    colours = torch.rand(3, 3, dtype=torch.float64)
+    weights = torch.rand(1, 16, 16, 3, dtype=torch.float64)
+
+    def f(m, ls, q, o, c):
+        rgb, alpha, _ = splat(m, ls.exp(), o, c, size=16, quats=q)
+        return (rgb * weights).sum() + alpha.sum()
+
+    args = [t.clone().requires_grad_(True) for t in (means, log_scales, quats, opac, colours)]
+    assert torch.autograd.gradcheck(f, args, eps=1e-7, atol=1e-5, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def data(prepared_face5):
+    return RunData(prepared_face5, json.loads((prepared_face5 / "being.json").read_text()), 64)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_real_clip(data):
+    torch.manual_seed(0)
+    cfg = AvatarConfig(**{**TINY, "init_extra": 0.2})
+    av = Avatar(data, cfg, torch.device("cpu"))
+    ids = torch.tensor([0, 40, 80])
+    frames = [data.pixels(i) for i in ids.tolist()]
+    image, mask, bg = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(3))
+
+    def loss():
+        rgb, alpha, _ = av.render(ids, bg, deform=False)
+        return losses(rgb, alpha, image, mask, data.lips[ids], cfg, fine=False)[0]
+
+    opt = av.optimizer(fine=False)
+    before = float(loss())
+    for _ in range(25):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert float(loss()) < 0.8 * before
+
+
+def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_stage, tmp_path, being_testdata):
+    from being_audio_wav2vec2.testing import save_tiny_model
+
+    # mel (D=80) first, then a wav2vec2 model (D=44): the trainer's input layer follows the manifest.
+    entry = being_run_stage(prepared_copy, "trainer", "gaussian-avatar", TINY)
+    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)
+    assert model["audio"] == {"encoder": "mel", "dim": 80, "window": 16, "file": "aud_mel.npy"}
+    assert model["model"]["deformer"]["audio.0.weight"].shape == (TINY.get("width", 64), 80)
+    metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
+    assert metrics["val_frames"] == 12 and metrics["psnr"] > 8 and metrics["steps"] == 18
+    assert entry["metrics"]["backend"] == "rasterize_reference"
+    assert imageio_ffmpeg.count_frames_and_secs(str(prepared_copy / "avatar" / "val.mp4"))[0] == 12
+
+    tiny = save_tiny_model(tmp_path / "w2v", "wav2vec2")
+    being_run_stage(prepared_copy, "audio_encoder", "wav2vec2", {"model": tiny})
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", TINY)
+    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)
+    assert model["audio"]["dim"] == 44 and model["audio"]["encoder"] == "wav2vec2"
+    assert model["model"]["deformer"]["audio.0.weight"].shape[1] == 44
+
+    # Render new audio (5.02 s, 44.1 kHz stereo): frames follow the audio, whose stream is muxed in.
+    registry = __import__("being_core.plugins", fromlist=["load_registry"]).load_registry()
+    resolved = resolve({"stages": {"trainer": {"impl": "gaussian-avatar", "config": TINY}}}, registry)
+    audio = being_testdata / "audio" / "videoretalking_audio1.wav"
+    out = Pipeline(prepared_copy, resolved, registry).render(audio, tmp_path / "says.mp4")
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(out))
+    assert frames == round(5.02 * 25) or abs(frames - 5.02 * 25) <= 1
+    info = probe(out)
+    assert info.audio_codec == "aac" and abs(info.duration_s - 5.02) < 0.15
+    sub = Manifest.load(next((prepared_copy / "renders").iterdir()))
+    assert sub.stages["audio_encoder"]["impl"] == "wav2vec2", "render encodes with the run's own encoder"
+
+
+def test_checkpoints_resume_the_same_run(prepared_copy, being_run_stage, monkeypatch):
+    from being_trainer_gaussian_avatar import train as train_module
+
+    from being_core.errors import StageFailed
+
+    real = train_module.evaluate
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(train_module, "evaluate", crash)
+    with pytest.raises(StageFailed):
+        being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "checkpoint_every": 6})
+    monkeypatch.setattr(train_module, "evaluate", real)
+    entry = being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "checkpoint_every": 6})
+    assert entry["metrics"]["resumed_from_step"] == 18 and entry["metrics"]["steps"] == 18
