@@ -41,7 +41,7 @@ class AvatarConfig(StageConfig):
     backend: Literal["auto", "gsplat", "reference"] = Field(
         "auto", description="Rasteriser: gsplat on CUDA, the PyTorch reference on CPU; 'auto' picks.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
-    num_workers: int = Field(-1, ge=-1, description="Data-loader workers; -1 = min(4, cores / 2).")
+    num_workers: int = Field(-1, ge=-1, description="Data-loader workers; -1 = min(8, cores / 2).")
     seed: int = Field(0, description="Random seed (same seed, same data, same device: same run).")
     log_every: int = Field(50, ge=1, description="Steps between progress/TensorBoard updates.")
     checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")

@@ -4,7 +4,7 @@ Both take gsplat's arguments and conventions: ``means [B, N, 3]`` in world space
 (w, x, y, z; any norm), ``scales [B, N, 3]``, ``opacities [B, N]``, ``colors [B, N, 3]``, world-to-camera
 ``viewmats [B, 4, 4]`` in OpenCV axes (x right, y down, z forward), intrinsics ``Ks [B, 3, 3]``, pixel
 centres at ``+0.5``, a 0.3 px² blur on the 2D covariance, alpha capped at 0.999 and ignored below 1/255.
-They return ``rgb [B, H, W, 3]``, ``alpha [B, H, W, 1]`` and ``means2d [B, N, 2]`` (pixels; for
+They return ``rgb [B, H, W, 3]``, ``alpha [B, H, W, 1]`` and ``means2d`` (``[B, N, 2]``, gsplat ``[B, 1, N, 2]``; pixels; for
 densification, its ``.grad`` is filled by backward when ``retain_grad()`` was called).
 """
 
@@ -111,10 +111,10 @@ def rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, widt
     rgb, alpha, info = rasterization(means, quats, scales, opacities, colors, viewmats[:, None], Ks[:, None],
                                      width, height, packed=False, near_plane=NEAR,
                                      backgrounds=None if backgrounds is None else backgrounds[:, None])
-    means2d = info["means2d"]
+    means2d = info["means2d"]  # [B, 1, N, 2]; returned as is so that its retained .grad stays reachable
     if means2d.requires_grad:
         means2d.retain_grad()
-    return rgb[:, 0], alpha[:, 0], means2d[:, 0] if means2d.dim() == 4 else means2d
+    return rgb[:, 0], alpha[:, 0], means2d
 
 
 def pick_backend(name: str, device: torch.device):
