@@ -150,7 +150,10 @@ def _pipeline(args, reporter, root: Path):
 def _cmd_prepare(args, reporter) -> int:
     from .ingest import check_run_folder, probe
 
+    from .stage import STAGE_ORDER, PREPARE_STAGES
+
     pipeline = _pipeline(args, reporter, args.output)
+    pipeline.check(STAGE_ORDER if args.command == "run" else PREPARE_STAGES)  # before anything is written
     probe(args.video)
     check_run_folder(args.video, args.output)
     _log_to_run(args.output)

@@ -110,10 +110,6 @@ def get_runner(name: str) -> Runner:
     if name == "subprocess":
         return SubprocessRunner()
     if name == "docker":
-        try:
-            from .docker_runner import DockerRunner
-        except ImportError as exc:
-            raise UsageError(f"the docker runner is not available: {exc}") from None
-        return DockerRunner()
+        raise UsageError("runner 'docker' is not part of this version of Being yet; use inprocess or subprocess")
     raise UsageError(f"unknown runner '{name}'; available: inprocess, subprocess, docker")
 

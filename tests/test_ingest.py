@@ -10,7 +10,8 @@ from being_core.config import IngestConfig
 from being_core.errors import InputError
 from being_core.ingest import ingest, probe
 
-NO_FACE_STAGES = ["stages.face_tracker=null", "stages.audio_encoder=null"]
+NO_FACE_STAGES = ["stages.face_tracker=null", "stages.audio_encoder=null", "stages.au_extractor=null",
+                  "stages.teeth_segmenter=null"]
 
 
 def decoded_frames(path):

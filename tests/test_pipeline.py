@@ -140,8 +140,8 @@ def test_missing_result_fails_the_stage(face5, prepared_copy, registry, monkeypa
 
     monkeypatch.setattr(pipeline, "get_runner", lambda name: Silent())
     with pytest.raises(StageFailed) as err:
-        run_prepare(face5, prepared_copy, registry, ["stages.teeth_segmenter.impl=counting"],
-                    force=["teeth_segmenter"])
+        run_prepare(face5, prepared_copy, registry, ["stages.teeth_segmenter.impl=counting",
+                                                     "stages.au_extractor=null"], force=["teeth_segmenter"])
     result = prepared_copy / ".being" / "stages" / "teeth_segmenter" / "work" / "result.json"
     assert str(err.value) == f"teeth_segmenter 'counting' left no result ({result}); nothing it wrote was kept"
 

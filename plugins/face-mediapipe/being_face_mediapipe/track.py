@@ -27,6 +27,8 @@ def detect(frames, width: int, height: int, max_faces: int, min_confidence: floa
     With several faces, follows the subject: the largest face first, then the one nearest the previous
     subject position, so a passer-by never takes over.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import mediapipe as mp
 
     n = len(frames)
@@ -37,9 +39,14 @@ def detect(frames, width: int, height: int, max_faces: int, min_confidence: floa
     last_centre = None
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=max_faces, refine_landmarks=True,
                                          min_detection_confidence=min_confidence,
-                                         min_tracking_confidence=min_confidence) as mesh:
+                                         min_tracking_confidence=min_confidence) as mesh, \
+            ThreadPoolExecutor(max_workers=1) as reader:  # decode frame i+1 while FaceMesh runs on frame i
+        upcoming = reader.submit(frames.__getitem__, 0) if n else None
         for i in progress.track(range(n), "face: landmarks", unit="frame"):
-            result = mesh.process(frames[i])
+            image = upcoming.result()
+            if i + 1 < n:
+                upcoming = reader.submit(frames.__getitem__, i + 1)
+            result = mesh.process(image)
             faces = result.multi_face_landmarks or []
             if not faces:
                 continue
