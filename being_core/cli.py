@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STAGE_FAILED, EXIT_USAGE, BeingError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STAGE_FAILED, BeingError
 
 log = logging.getLogger("being")
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train": lambda: _cmd_train(args, reporter), "render": lambda: _cmd_render(args, reporter),
                 "stage": lambda: _cmd_stage(args, reporter)}
     try:
-        with bars if bars else _nullcontext():
+        with bars if bars else contextlib.nullcontext():
             return handlers[args.command]()
     except BeingError as exc:
         if args.traceback:
@@ -224,14 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def stage_main() -> int:
     """``being-stage REQUEST``: the entry point containers run."""
     return main(["stage", *sys.argv[1:]])
@@ -239,5 +232,3 @@ def stage_main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["main", "stage_main", "EXIT_USAGE"]

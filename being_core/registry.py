@@ -6,7 +6,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import PluginError, UnknownImplementationError, UsageError
+from .errors import PluginError, UnknownImplementationError
 from .stage import Stage, StageKind
 
 
@@ -82,11 +82,3 @@ class Registry:
     def all(self) -> list[Implementation]:
         order = {k: i for i, k in enumerate(StageKind)}
         return sorted(self._impls.values(), key=lambda i: (order[i.cls.kind], i.cls.name))
-
-    def by_slug(self, slug: str) -> Implementation:
-        for impl in self._impls.values():
-            if impl.cls.slug() == slug:
-                return impl
-        known = ", ".join(sorted(i.cls.slug() for i in self._impls.values())) or "none"
-        raise UsageError(f"no installed implementation is called '{slug}'; installed: {known}")
-

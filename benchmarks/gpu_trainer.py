@@ -12,7 +12,6 @@ Writes OUT/gpu_results.json after every step.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

@@ -31,7 +31,7 @@ def align(lm: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 def raw_measures(s: np.ndarray) -> dict[str, np.ndarray]:
     """Signed measures per frame from aligned shapes ``[N, V, 3]`` (larger = more of the AU)."""
-    y, x = s[..., 1], s[..., 0]
+    y = s[..., 1]
 
     def dist(a, b):
         return np.linalg.norm(s[:, a, :2] - s[:, b, :2], axis=-1)
