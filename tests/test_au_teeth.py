@@ -121,3 +121,35 @@ def test_teeth_masks_open_and_closed_mouth(prepared_copy, being_run_stage):
     lm = np.load(prepared_copy / "face" / "landmarks.npy")
     ys, xs = np.nonzero(masks[36])
     assert lm[36, 61, 0] <= xs.min() and xs.max() <= lm[36, 291, 0], "teeth lie between the mouth corners"
+
+
+def test_easyportrait_letterboxes_and_maps_back(prepared_copy, being_run_stage, tmp_path):
+    from being_teeth_easyportrait import EasyPortraitConfig
+    from being_teeth_easyportrait.testing import save_tiny_model
+    from PIL import Image
+
+    # A non-square 48x64 model on 512x512 frames: letterboxed to 48x48, padded right, mapped back.
+    model = save_tiny_model(tmp_path / "tiny.onnx", height=48, width=64)
+    entry = being_run_stage(prepared_copy, "teeth_segmenter", "easyportrait", {"model": str(model)})
+    assert entry["metrics"]["input_size"] == [48, 64]
+    cfg = EasyPortraitConfig()
+    for i in (0, 60):
+        mask = np.load(prepared_copy / "teeth_mask" / f"{i}.npy")
+        assert mask.dtype == bool and mask.shape == (512, 512)
+        rgb = np.asarray(Image.open(prepared_copy / "ori_imgs" / f"{i}.jpg").convert("RGB"), np.float32)
+        expected = (((rgb - cfg.mean) / cfg.std).sum(-1) > 3.0)  # the tiny model's rule, at full resolution
+        iou = (mask & expected).sum() / (mask | expected).sum()
+        assert iou > 0.7, iou
+
+
+def test_easyportrait_model_errors(prepared_copy, being_run_stage, tmp_path):
+    from being_core.errors import StageFailed
+
+    with pytest.raises(StageFailed) as err:
+        being_run_stage(prepared_copy, "teeth_segmenter", "easyportrait", {"model": str(tmp_path / "none.onnx")})
+    assert str(err.value) == (f"teeth_segmenter 'easyportrait' failed: ValueError: stages.teeth_segmenter.config.model: "
+                              f"{tmp_path / 'none.onnx'} does not exist")
+    with pytest.raises(StageFailed) as err:
+        being_run_stage(prepared_copy, "teeth_segmenter", "easyportrait")
+    assert str(err.value) == ("teeth_segmenter 'easyportrait' failed: ValueError: stages.teeth_segmenter.config.model "
+                              "is not set: export an EasyPortrait model to ONNX and give its path")
