@@ -156,3 +156,14 @@ def test_checkpoints_resume_the_same_run(prepared_copy, being_run_stage, monkeyp
     monkeypatch.setattr(train_module, "evaluate", real)
     entry = being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "checkpoint_every": 6})
     assert entry["metrics"]["resumed_from_step"] == 18 and entry["metrics"]["steps"] == 18
+
+
+def test_same_seed_same_avatar(prepared_copy, being_run_stage):
+    config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
+    first = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config, force=True)
+    second = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    for part in ("gaussians", "deformer"):
+        for name, value in first[part].items():
+            assert torch.equal(value, second[part][name]), f"{part}.{name}"
