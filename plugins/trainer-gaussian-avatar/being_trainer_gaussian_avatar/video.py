@@ -21,7 +21,7 @@ def write_video(path: Path, frames, fps: float = 25.0, audio: Path | None = None
                                          pix_fmt_out="yuv420p", macro_block_size=2,
                                          audio_path=str(audio) if audio else None,
                                          audio_codec="aac" if audio else None,
-                                         output_params=["-shortest"] if audio else None)
+                                         output_params=["-shortest"] if audio else None, ffmpeg_log_level="error")
     writer.send(None)
     writer.send(np.ascontiguousarray(first))
     for frame in frames:
