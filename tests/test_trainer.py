@@ -99,12 +99,12 @@ def test_a_few_steps_reduce_the_loss_on_a_real_clip(data):
         return losses(rgb, alpha, image, mask, data.lips[ids], cfg, fine=False)[0]
 
     opt = av.optimizer(fine=False)
-    before = float(loss())
+    before = loss().item()
     for _ in range(25):
         opt.zero_grad()
         loss().backward()
         opt.step()
-    assert float(loss()) < 0.8 * before
+    assert loss().item() < 0.8 * before
 
 
 def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_stage, tmp_path, being_testdata):
