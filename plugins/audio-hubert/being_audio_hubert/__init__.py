@@ -6,27 +6,22 @@ With ``facebook/hubert-large-ls960-ft``, the last layer and ``window: 2`` this i
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from being_core import AudioEncoder, StageConfig, StageContext, StageReport, hookimpl
+from being_audio_wav2vec2 import ChunkedModelConfig, encode, reference_name
+
+from being_core import AudioEncoder, StageContext, StageReport, hookimpl
 
 REFERENCE_MODEL = "facebook/hubert-large-ls960-ft"
 FEATURE_FILE = "aud_hubert.npy"
 REFERENCE_FILE = "aud_hu.npy"
 
 
-class HubertConfig(StageConfig):
+class HubertConfig(ChunkedModelConfig):
     model: str = Field(REFERENCE_MODEL, description="Local folder, or a model id already in the local Hugging "
                                                     "Face cache; never downloaded at run time.")
     layer: int = Field(-1, description="Hidden layer (-1 = last, 0 = the conv features).")
     window: int = Field(2, ge=1, le=64, description="50 Hz states per video frame (W); 2 as the reference.")
-    chunk_seconds: float = Field(20.0, gt=0, description="Audio per model call; bounds memory on long clips.")
-    context_seconds: float = Field(2.0, ge=0, description="Extra audio each side of a chunk, then dropped.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
-    fp16: bool = Field(False, description="Half precision (GPU only).")
-    max_mismatch_frames: int = Field(25, ge=0, description="Largest audio/video length difference, in frames.")
 
 
 class HubertEncoder(AudioEncoder):
@@ -45,7 +40,6 @@ class HubertEncoder(AudioEncoder):
         return {"model": save_tiny_model(workdir / "tiny-hubert", "hubert")}
 
     def run(self, ctx: StageContext) -> StageReport:
-        from being_audio_wav2vec2 import encode, reference_name
         from transformers import HubertModel
 
         cfg: HubertConfig = ctx.config  # type: ignore[assignment]
