@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STAGE_FAILED, BeingError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PLUGIN, EXIT_STAGE_FAILED, BeingError
 
 log = logging.getLogger("being")
 
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plugins", parents=[common], help="list installed stage implementations")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--strict", action="store_true", help="exit with code 4 when a plugin is broken")
 
     sp = sub.add_parser("config", parents=[common], help="show or validate a run config")
     csub = sp.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -59,6 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("video", type=Path)
     sp.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     sp.add_argument("--no-audio", action="store_true", help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("images", parents=[common], help="build, list and prune the stages' container images")
+    isub = sp.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    ib = isub.add_parser("build", parents=[common], help="build images (default: every implementation with one)")
+    ib.add_argument("names", nargs="*", metavar="IMPL", help="e.g. face-mediapipe (see `being plugins`)")
+    ib.add_argument("--variant", choices=["cpu", "cuda"], default="cpu", help="torch build inside the image")
+    ib.add_argument("--base", help="base image (default: being/base:<suite>, bootstrapped from the host's apt "
+                                   "mirror; e.g. python:3.11-slim where a registry is reachable)")
+    ib.add_argument("--force", action="store_true", help="rebuild even when the image is current")
+    ib.add_argument("--preprocess", action="store_true",
+                    help="only the dataset stages' images (face, audio, AU, teeth), not the trainer's")
+    il = isub.add_parser("list", parents=[common], help="Being's images: tag, size, age, current or stale")
+    il.add_argument("--json", action="store_true", help="machine-readable output")
+    ip = isub.add_parser("prune", parents=[common], help="remove stale images and those of uninstalled plugins")
+    ip.add_argument("--all", action="store_true", help="remove every image Being built (not the base)")
+    ik = isub.add_parser("lock", parents=[common], help="re-resolve and pin an image's packages (host pip)")
+    ik.add_argument("names", nargs="*", metavar="IMPL")
+    ik.add_argument("--variant", choices=["cpu", "cuda"], default="cpu")
 
     sp = sub.add_parser("stage", parents=[common], help="run one stage request (what runners launch)")
     sp.add_argument("request", type=Path)
@@ -112,7 +131,7 @@ def _cmd_plugins(args, console) -> int:
             "broken": [{"entry_point": b.entry_point, "distribution": b.distribution, "error": b.error}
                        for b in registry.broken]}
         console.print_json(json.dumps(data))
-        return EXIT_OK
+        return EXIT_PLUGIN if args.strict and registry.broken else EXIT_OK
     from rich.table import Table
 
     table = Table(title="Installed stage implementations")
@@ -124,7 +143,7 @@ def _cmd_plugins(args, console) -> int:
     console.print(table)
     for b in registry.broken:
         console.print(f"[red]broken[/red] {b.describe()}")
-    return EXIT_OK
+    return EXIT_PLUGIN if args.strict and registry.broken else EXIT_OK
 
 
 def _cmd_config(args, console) -> int:
@@ -192,6 +211,50 @@ def _cmd_stage(args, reporter) -> int:
     return EXIT_OK if result.ok else EXIT_STAGE_FAILED
 
 
+def _cmd_images(args, console, reporter) -> int:
+    from . import images
+    from .plugins import load_registry
+
+    registry = load_registry()
+    if args.images_command == "lock":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for spec in images.specs(registry, args.names, args.variant):
+                cons = images.read_constraints(spec, Path(tmp) / "environment.txt")
+                console.print(f"wrote {images.write_lock(spec, cons)}")
+        return EXIT_OK
+    c = images.client()
+    if args.images_command == "build":
+        todo = images.specs(registry, args.names, args.variant)
+        if args.preprocess:
+            from .stage import PREPARE_STAGES
+
+            todo = [spec for spec in todo if spec.impl.cls.kind in PREPARE_STAGES]
+        base = args.base or images.ensure_base(c, reporter)
+        for spec in todo:
+            images.check_python(c, base)
+            console.print(f"{images.build(c, spec, base, reporter, args.force)} ready")
+        return EXIT_OK
+    if args.images_command == "prune":
+        removed = images.prune(c, registry, args.all)
+        console.print(f"removed {len(removed)} image(s){': ' + ', '.join(removed) if removed else ''}")
+        return EXIT_OK
+    rows = images.listing(c, registry)
+    if args.json:
+        console.print_json(json.dumps(rows))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="Being images")
+    for col in ("tag", "size", "created", "age", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["tag"], f"{r['size_mb']} MB", r["created"], r["age"], r["status"])
+    console.print(table)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
@@ -202,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.quiet, err_console)
     reporter = Reporter()
     bars = None
-    if not args.quiet and args.command in ("prepare", "train", "render", "run") or (
+    if not args.quiet and args.command in ("prepare", "train", "render", "run", "images") or (
             args.command == "stage" and args.progress == "bars" and not args.quiet):
         from .console import RichReporter
 
@@ -211,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"plugins": lambda: _cmd_plugins(args, Console()), "config": lambda: _cmd_config(args, Console()),
                 "prepare": lambda: _cmd_prepare(args, reporter), "run": lambda: _cmd_prepare(args, reporter),
                 "train": lambda: _cmd_train(args, reporter), "render": lambda: _cmd_render(args, reporter),
-                "stage": lambda: _cmd_stage(args, reporter)}
+                "stage": lambda: _cmd_stage(args, reporter),
+                "images": lambda: _cmd_images(args, Console(), reporter)}
     try:
         with bars if bars else contextlib.nullcontext():
             return handlers[args.command]()

@@ -110,6 +110,8 @@ def get_runner(name: str) -> Runner:
     if name == "subprocess":
         return SubprocessRunner()
     if name == "docker":
-        raise UsageError("runner 'docker' is not part of this version of Being yet; use inprocess or subprocess")
+        from .dockerrun import DockerRunner
+
+        return DockerRunner()
     raise UsageError(f"unknown runner '{name}'; available: inprocess, subprocess, docker")
 

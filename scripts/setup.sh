@@ -12,6 +12,6 @@ fi
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 plugins=()
 for dir in plugins/*/; do plugins+=(-e "$dir"); done
-.venv/bin/python -m pip install --quiet -e ".[test]" "${plugins[@]}" -e examples/teeth-bright
+.venv/bin/python -m pip install --quiet -e ".[test,docker]" "${plugins[@]}" -e examples/teeth-bright
 .venv/bin/being plugins --json > /dev/null
 echo "Being is installed in .venv (activate with: source .venv/bin/activate)"

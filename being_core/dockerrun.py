@@ -1,0 +1,165 @@
+"""The docker runner: one stage request in its implementation's own image, through the docker SDK.
+
+Inside the container the run folder is mounted read-only at ``/being/run``; only the stage's work folder
+(``.being/stages/<name>/work``: its ``out/``, ``state/`` and ``result.json``) is mounted writable over it.
+The container runs as the calling user, without a network, with a read-only root filesystem and a
+private ``/tmp``; it is removed however the stage ends (success, failure, timeout or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from . import images
+from .config import RunnerOptions
+from .errors import StageFailed, UsageError
+from .progress import Reporter, replay
+from .runners import Runner, _tail
+from .stage import Stage
+
+log = logging.getLogger("being.runner")
+
+MOUNT = "/being/run"
+
+
+def image_for(stage: type[Stage], options: RunnerOptions) -> str:
+    return options.image or stage.image()
+
+
+class DockerRunner(Runner):
+    """Runs ``being-stage REQUEST`` in the implementation's image."""
+
+    name = "docker"
+
+    def check(self, stage, options):
+        import docker.errors
+
+        c = images.client()
+        tag = image_for(stage, options)
+        try:
+            image = c.images.get(tag)
+        except docker.errors.ImageNotFound:
+            raise UsageError(f"{stage.kind} '{stage.name}' runs in Docker, but the image {tag} is not built; "
+                             f"run `being images build {stage.slug()}`") from None
+        if options.image is None:
+            from .plugins import load_registry
+
+            spec = images.ImageSpec(load_registry().implementation(stage.kind, stage.name))
+            reason = images.stale_reason(image.labels or {}, spec)
+            if reason:
+                raise UsageError(f"image {tag} does not match the installed {stage.kind} '{stage.name}' ({reason}); "
+                                 f"run `being images build {stage.slug()}`")
+
+    def launch(self, request, root, stage, options, progress, registry=None):
+        from docker.types import DeviceRequest, Mount
+
+        c = images.client()
+        tag = image_for(stage, options)
+        root = Path(root).resolve()
+        work = request.parent / "work"
+        rel_request = request.resolve().relative_to(root).as_posix()
+        rel_work = work.resolve().relative_to(root).as_posix()
+        mounts = [Mount(MOUNT, str(root), type="bind", read_only=True),
+                  Mount(f"{MOUNT}/{rel_work}", str(work.resolve()), type="bind", read_only=False)]
+        mounts += [Mount(str(p), str(p), type="bind", read_only=True) for p in _host_paths(request, root)]
+        gpu = stage.needs_gpu if options.gpu is None else options.gpu
+        kwargs = {}
+        if options.cpus:
+            kwargs["nano_cpus"] = int(options.cpus * 1e9)
+        if options.memory:
+            kwargs["mem_limit"] = options.memory
+        if gpu:
+            kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        log_path = work / "stage.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        container = c.containers.create(
+            tag, [f"{MOUNT}/{rel_request}", "--root", MOUNT, "--progress", "jsonl"], mounts=mounts,
+            user=f"{os.getuid()}:{os.getgid()}", network_disabled=True, read_only=True,
+            tmpfs={"/tmp": "rw,exec,size=4g"}, working_dir="/tmp", detach=True,
+            environment={"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                         "NUMBA_CACHE_DIR": "/tmp/numba", "MPLCONFIGDIR": "/tmp/mpl", "PYTHONUNBUFFERED": "1"},
+            labels={"being.stage": str(stage.kind), "being.run": str(root)}, **kwargs)
+        timed_out = False
+        tasks: dict = {}
+        with open(log_path, "w", encoding="utf-8") as log_file:
+            readers = [threading.Thread(target=_pump, args=(container, True, progress, tasks, log_file), daemon=True),
+                       threading.Thread(target=_pump, args=(container, False, progress, tasks, log_file), daemon=True)]
+            try:
+                container.start()
+                for t in readers:
+                    t.start()
+                try:
+                    code = container.wait(timeout=options.timeout_s or None)["StatusCode"]
+                except Exception as exc:  # requests' ReadTimeout / ConnectionError when the timeout passes
+                    if not options.timeout_s or "timed out" not in str(exc).lower() and "timeout" not in type(exc).__name__.lower():
+                        raise
+                    timed_out = True
+                    container.kill()
+                    code = None
+                for t in readers:
+                    t.join(timeout=10)
+                state = container.attrs if code is None else (container.reload() or container.attrs)
+            except KeyboardInterrupt:
+                _remove(container)
+                raise
+            finally:
+                for task in tasks.values():
+                    task.close()
+                _remove(container)
+        if timed_out:
+            raise StageFailed(f"{stage.kind} '{stage.name}' in image {tag} exceeded its timeout of "
+                              f"{options.timeout_s:g} s; the container was removed (log: {log_path})")
+        if code not in (0, 1):  # 1 = the stage failed and wrote a result saying why
+            oom = (state.get("State") or {}).get("OOMKilled")
+            raise StageFailed(f"{stage.kind} '{stage.name}' in image {tag} exited with code {code}"
+                              f"{' (out of memory: raise runner_options.memory)' if oom else ''}; "
+                              f"last log lines:\n{_tail(log_path)}")
+
+
+_lock = threading.Lock()
+
+
+def _pump(container, stdout: bool, progress: Reporter, tasks: dict, log_file) -> None:
+    """Copy one of the container's streams: progress events to ``progress``, everything else to the log."""
+    buf = b""
+    for chunk in container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            _line(raw.decode("utf-8", "replace") + "\n", stdout, progress, tasks, log_file)
+    if buf:
+        _line(buf.decode("utf-8", "replace"), stdout, progress, tasks, log_file)
+
+
+def _line(line: str, stdout: bool, progress: Reporter, tasks: dict, log_file) -> None:
+    with _lock:
+        if stdout and replay(line, progress, tasks):
+            return
+        log_file.write(line)
+        log_file.flush()
+        if line.strip():
+            log.debug("stage: %s", line.rstrip())
+
+
+def _remove(container) -> None:
+    try:
+        container.remove(force=True)
+    except Exception:  # already gone
+        pass
+
+
+def _host_paths(request: Path, root: Path) -> list[Path]:
+    """Absolute paths outside the run folder that the stage's config names (models, executables, caches)."""
+    from .execute import read_request
+
+    req = read_request(request)
+    found = []
+    for value in req.config.values():
+        if isinstance(value, str) and value.startswith("/"):
+            p = Path(value)
+            if p.exists() and not p.resolve().is_relative_to(root):
+                found.append(p.resolve())
+    return sorted(set(found))

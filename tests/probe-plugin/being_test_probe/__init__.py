@@ -1,0 +1,54 @@
+"""teeth_segmenter 'probe': behaves (or misbehaves) as its ``mode`` says, to test runners."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from being_core import StageConfig, StageReport, TeethSegmenter, hookimpl
+
+
+class ProbeConfig(StageConfig):
+    mode: Literal["ok", "crash", "sleep", "escape"] = Field("ok", description="What the stage does.")
+
+
+class Probe(TeethSegmenter):
+    """Writes empty masks and reports its uid, gid and whether it can reach the network."""
+
+    name = "probe"
+    version = "0.1.0"
+    Config = ProbeConfig
+
+    def run(self, ctx):
+        import numpy as np
+
+        mode = ctx.config.mode
+        if mode == "crash":
+            print("probe: crashing on purpose", file=sys.stderr, flush=True)
+            os._exit(3)
+        if mode == "sleep":
+            time.sleep(600)
+        if mode == "escape":
+            (ctx.root / "escaped.txt").write_text("out of bounds")
+        frames = sorted((ctx.root / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
+        for frame in ctx.progress.track(frames, "probe masks", unit="frame"):
+            np.save(ctx.output(f"teeth_mask/{frame.stem}.npy"), np.zeros((4, 4), bool))
+        return StageReport(info={"uid": os.getuid(), "gid": os.getgid(), "network": _network()})
+
+
+def _network() -> str:
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=3).close()
+        return "reachable"
+    except OSError as exc:
+        return f"unreachable: {exc.strerror or exc}"
+
+
+@hookimpl
+def being_register_stages(registry):
+    registry.add(Probe)

@@ -1,0 +1,206 @@
+"""The docker runner and `being images`, against a real Docker daemon.
+
+CI (`.ci/run`) starts a daemon and builds every preprocessing image before the tests; without a daemon
+these tests skip locally and fail in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from being_core import images
+from being_core.config import load, resolve
+from being_core.errors import StageFailed, UsageError
+from being_core.pipeline import Pipeline
+from being_core.plugins import load_registry
+from being_core.progress import Reporter
+from being_core.registry import Registry
+from being_core.stage import PREPARE_STAGES, StageKind
+
+from .conftest import FAST_FACE, REPO
+
+PROBE_IMAGE = "being-test/probe:0.1.0"
+PREPARE_SLUGS = ["face-mediapipe", "audio-mel", "au-landmarks", "teeth-landmarks"]
+
+
+def _daemon():
+    try:
+        return images.client()
+    except UsageError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Docker daemon: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    return _daemon()
+
+
+@pytest.fixture(scope="session")
+def built(docker_client):
+    """The images of the default preprocessing stages (a no-op when .ci/run built them already)."""
+    proc = subprocess.run([sys.executable, "-m", "being_core", "images", "build", "-q", *PREPARE_SLUGS],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return PREPARE_SLUGS
+
+
+@pytest.fixture(scope="session")
+def probe_image(docker_client, built, tmp_path_factory):
+    """The au-landmarks image plus the test-only 'probe' plugin (tests/probe-plugin)."""
+    ctx = tmp_path_factory.mktemp("probe-image")
+    images.build_local_wheel(REPO / "tests" / "probe-plugin", ctx)
+    base = load_registry().get(StageKind.AU_EXTRACTOR, "landmarks").image()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base}\nUSER root\nCOPY *.whl /tmp/\n"
+        "RUN /opt/being/bin/pip install --no-index --no-deps --no-cache-dir /tmp/*.whl && rm /tmp/*.whl\n"
+        "USER being\n")
+    docker_client.images.build(path=str(ctx), tag=PROBE_IMAGE, network_mode="none", rm=True)
+    return PROBE_IMAGE
+
+
+class Events(Reporter):
+    def __init__(self):
+        super().__init__()
+        self.started, self.advanced = [], 0
+
+    def on_start(self, task_id, description, total, unit):
+        self.started.append(description)
+
+    def on_advance(self, task_id, n):
+        self.advanced += n
+
+
+def probe_run(tmp_path: Path, mode: str, timeout: float | None = None, progress: Reporter | None = None):
+    """A two-frame run folder whose teeth_segmenter is the probe, on the docker runner."""
+    sys.path.insert(0, str(REPO / "tests" / "probe-plugin"))
+    try:
+        from being_test_probe import Probe
+    finally:
+        sys.path.pop(0)
+    root = tmp_path / "run"
+    (root / "ori_imgs").mkdir(parents=True)
+    for i in range(2):
+        (root / "ori_imgs" / f"{i}.jpg").write_bytes(b"\xff\xd8 not decoded by the probe")
+    registry = Registry()
+    registry.add(Probe, "being-test-probe")
+    options = {"image": PROBE_IMAGE, **({"timeout_s": timeout} if timeout else {})}
+    resolved = resolve({"stages": {"teeth_segmenter": {"impl": "probe", "config": {"mode": mode}, "runner": "docker",
+                                                       "runner_options": options}}}, registry, "test")
+    pipeline = Pipeline(root, resolved, registry, progress or Reporter())
+    pipeline._open()
+    pipeline.manifest.data["dataset"] = {"n_frames": 2}
+    return pipeline
+
+
+def test_stage_runs_as_the_caller_without_network_and_streams_progress(probe_image, tmp_path):
+    events = Events()
+    pipeline = probe_run(tmp_path, "ok", progress=events)
+    entry = pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert entry["runner"] == "docker"
+    assert entry["info"]["uid"] == os.getuid() and entry["info"]["gid"] == os.getgid()
+    assert entry["info"]["network"].startswith("unreachable")
+    assert sorted(entry["outputs"]) == ["teeth_mask/0.npy", "teeth_mask/1.npy"]
+    assert np.load(pipeline.root / "teeth_mask" / "1.npy").shape == (4, 4)
+    assert events.started == ["probe masks"] and events.advanced == 2
+    assert not [c for c in images.client().containers.list(all=True) if c.labels.get("being.run") == str(pipeline.root)]
+
+
+def test_nonzero_exit_names_stage_image_code_and_log(probe_image, tmp_path):
+    pipeline = probe_run(tmp_path, "crash")
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value).startswith(f"teeth_segmenter 'probe' in image {PROBE_IMAGE} exited with code 3; "
+                                     "last log lines:\n")
+    assert "probe: crashing on purpose" in str(err.value)
+    assert not (pipeline.root / "teeth_mask").exists()
+
+
+def test_timeout_stops_and_removes_the_container(probe_image, tmp_path):
+    pipeline = probe_run(tmp_path, "sleep", timeout=3)
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value).startswith(f"teeth_segmenter 'probe' in image {PROBE_IMAGE} exceeded its timeout of 3 s; "
+                                     "the container was removed")
+    assert not [c for c in images.client().containers.list(all=True) if c.labels.get("being.run") == str(pipeline.root)]
+
+
+def test_writing_outside_the_output_folder_fails_and_leaves_nothing(probe_image, tmp_path):
+    pipeline = probe_run(tmp_path, "escape")
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value) == ("teeth_segmenter 'probe' failed: OSError: [Errno 30] Read-only file system: "
+                              "'/being/run/escaped.txt'")
+    assert not (pipeline.root / "escaped.txt").exists()
+
+
+def test_missing_image_is_reported_before_anything_runs(docker_client, being_testdata, tmp_path):
+    from being_core.cli import main
+
+    run = tmp_path / "r"
+    code = main(["prepare", str(being_testdata / "videos" / "videoretalking_face5.mp4"), "-o", str(run), "-q",
+                 "--set", "stages.audio_encoder.runner=docker",
+                 "--set", "stages.audio_encoder.runner_options.image=being/audio-mel:0.0.0-missing"])
+    assert code == 2
+    assert not run.exists()
+    registry = load_registry()
+    resolved = load(REPO / "configs" / "default.yaml", registry, [
+        "stages.audio_encoder.runner=docker", "stages.audio_encoder.runner_options.image=being/audio-mel:0.0.0-missing"])
+    with pytest.raises(UsageError) as err:
+        Pipeline(tmp_path / "r2", resolved, registry).check(PREPARE_STAGES)
+    assert str(err.value) == ("audio_encoder 'mel' runs in Docker, but the image being/audio-mel:0.0.0-missing is "
+                              "not built; run `being images build audio-mel`")
+
+
+def test_missing_daemon_is_an_actionable_error(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(UsageError) as err:
+        images.client()
+    assert str(err.value).startswith("cannot reach the Docker daemon (")
+    assert str(err.value).endswith("start it (e.g. `dockerd &` as root, or `systemctl start docker`) and check "
+                                   "DOCKER_HOST, or choose runner: inprocess")
+
+
+def test_images_list_shows_built_images_as_current(built, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "being_core", "images", "list", "--json"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["tag"]: r for r in json.loads(proc.stdout)}
+    for slug in built:
+        impl = next(i for i in load_registry().all() if i.cls.slug() == slug)
+        row = rows[impl.cls.image()]
+        assert row["status"] == "current" and row["size_mb"] > 0
+
+
+def test_a_changed_plugin_makes_its_image_stale(built):
+    impl = next(i for i in load_registry().all() if i.cls.slug() == "au-landmarks")
+    image = images.client().images.get(impl.cls.image())
+    spec = images.ImageSpec(impl)
+    assert images.stale_reason(image.labels, spec) is None
+    edited = {**image.labels, "being.plugin-digest": "0" * 16}
+    assert images.stale_reason(edited, spec) == (f"plugin code differs (image {'0' * 16}, installed "
+                                                 f"{spec.labels()['being.plugin-digest']})")
+
+
+def test_prepare_in_docker_equals_in_process(built, face5, tmp_path):
+    """Every preprocessing stage in its own container gives the same dataset as the in-process runner."""
+    face = [f"stages.face_tracker.config.{k}={v}" for k, v in FAST_FACE.items()]
+    registry = load_registry()
+    runs = {}
+    for runner in ("docker", "inprocess"):
+        overrides = face + [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
+        resolved = load(REPO / "configs" / "docker.yaml", registry, overrides)
+        runs[runner] = Pipeline(tmp_path / runner, resolved, registry).prepare(face5)
+    docker, inproc = runs["docker"], runs["inprocess"]
+    for kind in PREPARE_STAGES:
+        assert docker.stages[str(kind)]["runner"] == "docker"
+        assert docker.stages[str(kind)]["outputs"] == inproc.stages[str(kind)]["outputs"], kind
