@@ -375,9 +375,15 @@ def fetch_wheels(pins: list[str], progress: Reporter) -> dict[str, Path]:
 
 
 def build_local_wheel(folder: Path, dest: Path) -> Path:
+    """A wheel of a source folder, built from a clean copy (no stale ``build/`` or ``*.egg-info`` leaks in)."""
     before = set(dest.glob("*.whl"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(dest),
-                           str(folder)], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / folder.name
+        skip = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".venv", ".git", "tests",
+                                      "containers", "benchmarks", "docs", "runs")
+        shutil.copytree(folder, src, ignore=skip)
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir",
+                               str(dest), str(src)], capture_output=True, text=True)
     made = set(dest.glob("*.whl")) - before
     if proc.returncode != 0 or len(made) != 1:
         raise BeingError(f"could not build a wheel of {folder}:\n{proc.stderr[-2000:]}")
