@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import BeingError, UsageError
 from .progress import Reporter
 from .registry import Implementation, Registry
@@ -152,7 +153,7 @@ class ImageSpec:
         return {LABEL: self.slug, "being.kind": str(cls.kind), "being.impl": cls.name, "being.version": cls.version,
                 "being.distribution": self.impl.distribution, "being.variant": self.variant,
                 "being.plugin-digest": code_digest(self.impl.distribution),
-                "being.core-digest": code_digest("being-core")}
+                "being.core-version": __version__, "being.core-digest": code_digest("being-core")}
 
 
 def specs(registry: Registry, names: list[str] | None = None, variant: str = "cpu") -> list[ImageSpec]:
@@ -172,10 +173,13 @@ def specs(registry: Registry, names: list[str] | None = None, variant: str = "cp
 
 
 def stale_reason(image_labels: dict[str, str], spec: ImageSpec) -> str | None:
-    """Why an image does not match the installed plugin (None when it does)."""
+    """Why an image does not match the installed plugin (None when it does).
+
+    The plugin is compared by version and by code digest; the core by version only (its digest is recorded
+    too, but an edit of the core's own code does not force every image to be rebuilt)."""
     want = spec.labels()
     for key, what in (("being.version", "version"), ("being.plugin-digest", "plugin code"),
-                      ("being.core-digest", "core code")):
+                      ("being.core-version", "core version")):
         if image_labels.get(key) != want[key]:
             return f"{what} differs (image {image_labels.get(key) or 'unknown'}, installed {want[key]})"
     return None
@@ -380,7 +384,8 @@ def build_local_wheel(folder: Path, dest: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / folder.name
         skip = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".venv", ".git", "tests",
-                                      "containers", "benchmarks", "docs", "runs")
+                                      "containers", "benchmarks", "docs", "runs", "plugins",
+                                      "examples", "scripts", ".pack", ".whl")
         shutil.copytree(folder, src, ignore=skip)
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir",
                                str(dest), str(src)], capture_output=True, text=True)

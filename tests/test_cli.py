@@ -76,10 +76,11 @@ def test_prepare_end_to_end_with_the_cli(being_testdata, tmp_path):
     assert (run / ".being" / "log.txt").read_text().count("face_tracker 'mediapipe': running") == 1
 
 
-def test_docker_runner_is_refused_before_anything_runs(being_testdata, tmp_path):
+def test_docker_runner_without_a_daemon_fails_before_anything_runs(being_testdata, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     proc = being("prepare", str(being_testdata / "videos" / "videoretalking_face5.mp4"), "-o", str(tmp_path / "r"),
                  "-q", "--set", "stages.audio_encoder.runner=docker")
     assert proc.returncode == EXIT_USAGE
-    assert proc.stderr == ("ERROR: runner 'docker' is not part of this version of Being yet; "
-                           "use inprocess or subprocess\n")
+    assert proc.stderr.startswith("ERROR: cannot reach the Docker daemon (")
+    assert proc.stderr.endswith("or choose runner: inprocess\n")
     assert not (tmp_path / "r").exists()

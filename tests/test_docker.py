@@ -25,7 +25,7 @@ from being_core.progress import Reporter
 from being_core.registry import Registry
 from being_core.stage import PREPARE_STAGES, StageKind
 
-from .conftest import FAST_FACE, REPO
+from conftest import FAST_FACE, REPO
 
 PROBE_IMAGE = "being-test/probe:0.1.0"
 PREPARE_SLUGS = ["face-mediapipe", "audio-mel", "au-landmarks", "teeth-landmarks"]

@@ -31,6 +31,10 @@ class AvatarConfig(StageConfig):
     max_gaussians: int = Field(60000, ge=100, description="Upper bound on the number of Gaussians.")
     lr_means: float = Field(1.6e-4, gt=0, description="Position learning rate, times the head's extent.")
     lr_deformer: float = Field(1e-3, gt=0, description="Deformation network learning rate (tri-plane: x10).")
+    lr_final: float = Field(1.0, gt=0, le=1, description="Fine-stage learning rates decay exponentially to this "
+                            "fraction of their start.")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="Fine-stage exponential moving average of the "
+                             "weights, used as the final model; 0 turns it off.")
     width: int = Field(64, ge=8, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, description="Tri-plane resolution.")

@@ -142,11 +142,12 @@ def train(ctx, cfg) -> dict:
     ckpt_path = ctx.state / "checkpoint.pt"
     step, started = 0, time.monotonic()
     writer = _tensorboard(ctx.output("avatar/tb/.keep").parent) if cfg.tensorboard else None
-    resumed = None
+    resumed = resumed_ema = None
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         av.load(ckpt["model"])
         step, resumed = ckpt["step"], ckpt["step"]
+        resumed_ema = ckpt.get("ema")
         torch.set_rng_state(ckpt["rng"])
         ctx.log.info("resuming training at step %d from %s", step, ckpt_path)
     total = cfg.coarse_iterations + cfg.fine_iterations
@@ -167,6 +168,10 @@ def train(ctx, cfg) -> dict:
                 continue
             fine = phase == "fine"
             opt = av.optimizer(fine)
+            base_lrs = [group["lr"] for group in opt.param_groups]
+            ema = EMA(av, cfg.ema_decay) if fine and cfg.ema_decay > 0 else None
+            if ema and resumed_ema is not None:
+                ema.load(resumed_ema)
             grad_accum = torch.zeros(len(av.gauss), device=device)
             counts = torch.zeros(len(av.gauss), device=device)
             batches = loop(loader(batch))
@@ -180,6 +185,12 @@ def train(ctx, cfg) -> dict:
                 loss.backward()
                 opt.step()
                 step += 1
+                if fine:  # exponential decay to lr_final of the starting rates over the fine stage
+                    frac = cfg.lr_final ** ((step - first) / max(1, last - first))
+                    for group, lr in zip(opt.param_groups, base_lrs):
+                        group["lr"] = lr * frac
+                    if ema:
+                        ema.update()
                 task.advance()
                 if not fine and step < cfg.densify_until and means2d.grad is not None:
                     g2 = means2d.grad.detach().reshape(-1, len(av.gauss), 2)
@@ -204,7 +215,9 @@ def train(ctx, cfg) -> dict:
                             writer.add_scalar(f"{phase}/{k}", float(v), step)
                         writer.add_scalar(f"{phase}/psnr", p, step)
                 if step % cfg.checkpoint_every == 0 or step == last:
-                    save_checkpoint(ckpt_path, av, step)
+                    save_checkpoint(ckpt_path, av, step, ema)
+            if ema:
+                ema.apply()  # the averaged weights are the model that is saved and evaluated
     seconds = time.monotonic() - started
     model_path = ctx.output("avatar/model.pt")
     torch.save({"model": av.state(), "config": cfg.model_dump(mode="json"), "width": data.width,
@@ -243,10 +256,36 @@ def losses(rgb, alpha, image, mask, lips, cfg, fine: bool):
     return loss, parts
 
 
-def save_checkpoint(path: Path, av: Avatar, step: int) -> None:
+def save_checkpoint(path: Path, av: Avatar, step: int, ema: EMA | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": av.state(), "step": step, "rng": torch.get_rng_state()}, tmp)
+    torch.save({"model": av.state(), "step": step, "rng": torch.get_rng_state(),
+                "ema": ema.state() if ema else None}, tmp)
     os.replace(tmp, path)
+
+
+class EMA:
+    """An exponential moving average of every trained tensor (Gaussians and deformer) over the fine stage;
+    the average generalises better to held-out audio than the last step's weights."""
+
+    def __init__(self, av: Avatar, decay: float):
+        self.decay = decay
+        self.tensors = [*av.gauss.parameters(), *av.deformer.parameters()]
+        self.shadow = [t.detach().clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.shadow, [t.detach() for t in self.tensors], 1 - self.decay)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for t, s in zip(self.tensors, self.shadow):
+            t.copy_(s)
+
+    def state(self) -> list[torch.Tensor]:
+        return [s.cpu() for s in self.shadow]
+
+    def load(self, state: list[torch.Tensor]) -> None:
+        self.shadow = [s.to(t.device) for s, t in zip(state, self.tensors)]
 
 
 def _tensorboard(folder: Path):

@@ -1,0 +1,101 @@
+"""What running stages in containers costs (run by hand; results in docs/benchmarks.md).
+
+    python benchmarks/docker_overhead.py [VIDEO] [--repeat N]
+
+1. Per image: its size, and the start-to-exit time of the container for an empty request (``being-stage``
+   on a request file with no content: the interpreter starts, the plugins load, the request is refused),
+   next to the same command in a local subprocess.
+2. ``being prepare`` of VIDEO (default: the shared 5 s clip) with every preprocessing stage on the docker
+   runner, then in-process: total wall time and each stage's seconds.
+
+Needs a running daemon and the images (`being images build --preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+from being_core import images  # noqa: E402
+from being_core.config import load  # noqa: E402
+from being_core.pipeline import Pipeline  # noqa: E402
+from being_core.plugins import load_registry  # noqa: E402
+from being_core.stage import PREPARE_STAGES  # noqa: E402
+from being_core.testing import find_testdata  # noqa: E402
+
+
+def empty_request_seconds(c, tag: str, folder: Path, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        container = c.containers.create(tag, ["/req/request.json", "--root", "/req", "--progress", "none"],
+                                        network_disabled=True, read_only=True, tmpfs={"/tmp": ""},
+                                        volumes={str(folder): {"bind": "/req", "mode": "ro"}})
+        container.start()
+        code = container.wait()["StatusCode"]
+        container.remove(force=True)
+        times.append(time.perf_counter() - t)
+        assert code != 0  # the empty request is refused, after the plugins loaded
+    return statistics.median(times)
+
+
+def local_seconds(folder: Path, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "being_core", "stage", str(folder / "request.json"), "--root",
+                        str(folder), "--progress", "none"], capture_output=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def prepare_seconds(video: Path, runner: str, tmp: Path) -> dict:
+    registry = load_registry()
+    overrides = [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
+    resolved = load(HERE / "configs" / "docker.yaml", registry, overrides)
+    t = time.perf_counter()
+    manifest = Pipeline(tmp / runner, resolved, registry).prepare(video)
+    total = time.perf_counter() - t
+    return {"total_s": round(total, 1),
+            "stages_s": {k: manifest.stages[str(k)]["seconds"] for k in PREPARE_STAGES},
+            "outputs": {k: manifest.stages[str(k)]["outputs"] for k in map(str, PREPARE_STAGES)}}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    repeat = int(args[args.index("--repeat") + 1]) if "--repeat" in args else 5
+    video = Path(args[0]) if args and not args[0].startswith("--") else \
+        find_testdata() / "videos" / "videoretalking_face5.mp4"
+    c = images.client()
+    results: dict = {"images": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "empty"
+        folder.mkdir()
+        (folder / "request.json").write_text("{}")
+        folder.chmod(0o755)
+        results["local_subprocess_empty_request_s"] = round(local_seconds(folder, repeat), 2)
+        for row in images.listing(c, load_registry()):
+            if row["status"] != "current":
+                continue
+            results["images"][row["tag"]] = {"size_mb": row["size_mb"],
+                                             "empty_request_s": round(empty_request_seconds(c, row["tag"], folder,
+                                                                                            repeat), 2)}
+            print(row["tag"], results["images"][row["tag"]], flush=True)
+        runs = {r: prepare_seconds(video, r, Path(tmp)) for r in ("docker", "inprocess")}
+    results["prepare"] = {"video": video.name, **{r: {k: v for k, v in d.items() if k != "outputs"}
+                                                  for r, d in runs.items()}}
+    results["prepare"]["identical_outputs"] = {k: runs["docker"]["outputs"][k] == runs["inprocess"]["outputs"][k]
+                                               for k in runs["docker"]["outputs"]}
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
