@@ -303,7 +303,8 @@ def write_lock(spec: ImageSpec, constraints: list[str] = ()) -> Path:
     plugin_dir = dist_dirs.get(spec.impl.distribution)
     if plugin_dir is None:
         raise UsageError(f"{spec.impl.distribution} is not installed from a local folder, so its lock cannot be made")
-    folders = [checkout(), plugin_dir]
+    extras = importlib.metadata.metadata(spec.impl.distribution).get_all("Provides-Extra") or []
+    folders = [checkout(), f"{plugin_dir}[{spec.variant}]" if spec.variant in extras else plugin_dir]
     for req in importlib.metadata.requires(spec.impl.distribution) or []:
         name = re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0]
         if name != "being-core" and name in dist_dirs:  # a plugin this one builds on (hubert on wav2vec2)
@@ -467,7 +468,9 @@ def listing(c, registry: Registry) -> list[dict[str, Any]]:
     for image in c.images.list(filters={"label": LABEL}):
         labels = image.labels or {}
         impl = by_slug.get(labels.get(LABEL, ""))
-        if impl is None:
+        if not image.tags:
+            status = "untagged: replaced by a newer build"
+        elif impl is None:
             status = "plugin not installed"
         else:
             reason = stale_reason(labels, ImageSpec(impl, labels.get("being.variant", "cpu")))
