@@ -94,6 +94,7 @@ def _setup_logging(quiet: bool, console) -> None:
     root.setLevel(logging.INFO)
     handler = RichHandler(console=console, show_time=False, show_path=False)
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler.addFilter(lambda record: not record.name.startswith("being.container"))  # run log only
     root.addHandler(handler)
 
 

@@ -40,6 +40,8 @@ class RunnerOptions(_Strict):
     memory: str | None = Field(None, description="Memory limit for a containerised stage, e.g. '8g'.")
     gpu: bool | None = Field(None, description="Request a GPU; default: what the implementation declares.")
     image: str | None = Field(None, description="Image to run instead of the implementation's own tag.")
+    cache: bool = Field(True, description="Mount a writable cache folder per image (~/.cache/being/containers/"
+                        "<image>) at /cache, where e.g. numba keeps compiled kernels between runs.")
 
 
 class StageSelection(_Strict):

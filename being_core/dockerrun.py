@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .runners import Runner, _tail
 from .stage import Stage
 
 log = logging.getLogger("being.runner")
+container_log = logging.getLogger("being.container")
 
 MOUNT = "/being/run"
 
@@ -65,6 +67,13 @@ class DockerRunner(Runner):
         mounts = [Mount(MOUNT, str(root), type="bind", read_only=True),
                   Mount(f"{MOUNT}/{rel_work}", str(work.resolve()), type="bind", read_only=False)]
         mounts += [Mount(str(p), str(p), type="bind", read_only=True) for p in _host_paths(request, root)]
+        env = {"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": "/tmp/mpl",
+               "NUMBA_CACHE_DIR": "/tmp/numba", "PYTHONUNBUFFERED": "1"}
+        if options.cache:  # kept between runs: numba's compiled kernels cost librosa ~30 s on every fresh start
+            cache = images.cache_dir() / "containers" / re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
+            cache.mkdir(parents=True, exist_ok=True)
+            mounts.append(Mount("/cache", str(cache), type="bind", read_only=False))
+            env.update(NUMBA_CACHE_DIR="/cache/numba", XDG_CACHE_HOME="/cache")
         gpu = stage.needs_gpu if options.gpu is None else options.gpu
         kwargs = {}
         if options.cpus:
@@ -79,14 +88,14 @@ class DockerRunner(Runner):
             tag, [f"{MOUNT}/{rel_request}", "--root", MOUNT, "--progress", "jsonl"], mounts=mounts,
             user=f"{os.getuid()}:{os.getgid()}", network_disabled=True, read_only=True,
             tmpfs={"/tmp": "rw,exec,size=4g"}, working_dir="/tmp", detach=True,
-            environment={"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                         "NUMBA_CACHE_DIR": "/tmp/numba", "MPLCONFIGDIR": "/tmp/mpl", "PYTHONUNBUFFERED": "1"},
+            environment=env,
             labels={"being.stage": str(stage.kind), "being.run": str(root)}, **kwargs)
         timed_out = False
         tasks: dict = {}
+        kind = str(stage.kind)
         with open(log_path, "w", encoding="utf-8") as log_file:
-            readers = [threading.Thread(target=_pump, args=(container, True, progress, tasks, log_file), daemon=True),
-                       threading.Thread(target=_pump, args=(container, False, progress, tasks, log_file), daemon=True)]
+            readers = [threading.Thread(target=_pump, args=(container, True, progress, tasks, log_file, kind), daemon=True),
+                       threading.Thread(target=_pump, args=(container, False, progress, tasks, log_file, kind), daemon=True)]
             try:
                 container.start()
                 for t in readers:
@@ -122,26 +131,26 @@ class DockerRunner(Runner):
 _lock = threading.Lock()
 
 
-def _pump(container, stdout: bool, progress: Reporter, tasks: dict, log_file) -> None:
+def _pump(container, stdout: bool, progress: Reporter, tasks: dict, log_file, kind: str) -> None:
     """Copy one of the container's streams: progress events to ``progress``, everything else to the log."""
     buf = b""
     for chunk in container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True):
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for raw in lines:
-            _line(raw.decode("utf-8", "replace") + "\n", stdout, progress, tasks, log_file)
+            _line(raw.decode("utf-8", "replace") + "\n", stdout, progress, tasks, log_file, kind)
     if buf:
-        _line(buf.decode("utf-8", "replace"), stdout, progress, tasks, log_file)
+        _line(buf.decode("utf-8", "replace"), stdout, progress, tasks, log_file, kind)
 
 
-def _line(line: str, stdout: bool, progress: Reporter, tasks: dict, log_file) -> None:
+def _line(line: str, stdout: bool, progress: Reporter, tasks: dict, log_file, kind: str) -> None:
     with _lock:
         if stdout and replay(line, progress, tasks):
             return
         log_file.write(line)
         log_file.flush()
-        if line.strip():
-            log.debug("stage: %s", line.rstrip())
+        if line.strip():  # into the run log (RUN/.being/log.txt); the console leaves these out
+            container_log.info("%s: %s", kind, line.rstrip())
 
 
 def _remove(container) -> None:

@@ -6,7 +6,8 @@
    on a request file with no content: the interpreter starts, the plugins load, the request is refused),
    next to the same command in a local subprocess.
 2. ``being prepare`` of VIDEO (default: the shared 5 s clip) with every preprocessing stage on the docker
-   runner, then in-process: total wall time and each stage's seconds.
+   runner, twice (the first with the images' /cache folders emptied, the second with them as the first
+   left them), then in-process: total wall time and each stage's seconds.
 
 Needs a running daemon and the images (`being images build --preprocess`).
 """
@@ -14,6 +15,7 @@ Needs a running daemon and the images (`being images build --preprocess`).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,12 +59,12 @@ def local_seconds(folder: Path, repeat: int) -> float:
     return statistics.median(times)
 
 
-def prepare_seconds(video: Path, runner: str, tmp: Path) -> dict:
+def prepare_seconds(video: Path, runner: str, folder: Path) -> dict:
     registry = load_registry()
     overrides = [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
     resolved = load(HERE / "configs" / "docker.yaml", registry, overrides)
     t = time.perf_counter()
-    manifest = Pipeline(tmp / runner, resolved, registry).prepare(video)
+    manifest = Pipeline(folder, resolved, registry).prepare(video)
     total = time.perf_counter() - t
     return {"total_s": round(total, 1),
             "stages_s": {k: manifest.stages[str(k)]["seconds"] for k in PREPARE_STAGES},
@@ -89,9 +91,12 @@ def main() -> None:
                                              "empty_request_s": round(empty_request_seconds(c, row["tag"], folder,
                                                                                             repeat), 2)}
             print(row["tag"], results["images"][row["tag"]], flush=True)
-        runs = {r: prepare_seconds(video, r, Path(tmp)) for r in ("docker", "inprocess")}
+        shutil.rmtree(images.cache_dir() / "containers", ignore_errors=True)  # start with cold /cache folders
+        runs = {r: prepare_seconds(video, r.split("-")[0], Path(tmp) / r)
+                for r in ("docker-cold-cache", "docker-warm-cache", "inprocess")}
+        runs["docker"] = runs["docker-warm-cache"]
     results["prepare"] = {"video": video.name, **{r: {k: v for k, v in d.items() if k != "outputs"}
-                                                  for r, d in runs.items()}}
+                                                  for r, d in runs.items() if r != "docker"}}
     results["prepare"]["identical_outputs"] = {k: runs["docker"]["outputs"][k] == runs["inprocess"]["outputs"][k]
                                                for k in runs["docker"]["outputs"]}
     print(json.dumps(results, indent=1))

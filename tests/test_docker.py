@@ -80,7 +80,8 @@ class Events(Reporter):
         self.advanced += n
 
 
-def probe_run(tmp_path: Path, mode: str, timeout: float | None = None, progress: Reporter | None = None):
+def probe_run(tmp_path: Path, mode: str, timeout: float | None = None, progress: Reporter | None = None,
+              **options):
     """A two-frame run folder whose teeth_segmenter is the probe, on the docker runner."""
     sys.path.insert(0, str(REPO / "tests" / "probe-plugin"))
     try:
@@ -93,7 +94,7 @@ def probe_run(tmp_path: Path, mode: str, timeout: float | None = None, progress:
         (root / "ori_imgs" / f"{i}.jpg").write_bytes(b"\xff\xd8 not decoded by the probe")
     registry = Registry()
     registry.add(Probe, "being-test-probe")
-    options = {"image": PROBE_IMAGE, **({"timeout_s": timeout} if timeout else {})}
+    options = {"image": PROBE_IMAGE, **({"timeout_s": timeout} if timeout else {}), **options}
     resolved = resolve({"stages": {"teeth_segmenter": {"impl": "probe", "config": {"mode": mode}, "runner": "docker",
                                                        "runner_options": options}}}, registry, "test")
     pipeline = Pipeline(root, resolved, registry, progress or Reporter())
@@ -102,13 +103,18 @@ def probe_run(tmp_path: Path, mode: str, timeout: float | None = None, progress:
     return pipeline
 
 
-def test_stage_runs_as_the_caller_without_network_and_streams_progress(probe_image, tmp_path):
+def test_stage_runs_as_the_caller_without_network_and_streams_progress(probe_image, tmp_path, caplog):
     events = Events()
-    pipeline = probe_run(tmp_path, "ok", progress=events)
-    entry = pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    pipeline = probe_run(tmp_path, "ok", progress=events, memory="256m")
+    with caplog.at_level("INFO", logger="being.container"):
+        entry = pipeline.run_stage(StageKind.TEETH_SEGMENTER)
     assert entry["runner"] == "docker"
     assert entry["info"]["uid"] == os.getuid() and entry["info"]["gid"] == os.getgid()
     assert entry["info"]["network"].startswith("unreachable")
+    assert entry["info"]["memory_limit"] == 256 * 2 ** 20
+    assert "teeth_segmenter: probe: done" in caplog.messages  # the run log gets the container's log lines
+    stage_log = pipeline.root / ".being" / "stages" / "teeth_segmenter" / "work" / "stage.log"
+    assert "probe: done" in stage_log.read_text()
     assert sorted(entry["outputs"]) == ["teeth_mask/0.npy", "teeth_mask/1.npy"]
     assert np.load(pipeline.root / "teeth_mask" / "1.npy").shape == (4, 4)
     assert events.started == ["probe masks"] and events.advanced == 2

@@ -38,7 +38,19 @@ class Probe(TeethSegmenter):
         frames = sorted((ctx.root / "ori_imgs").glob("*.jpg"), key=lambda p: int(p.stem))
         for frame in ctx.progress.track(frames, "probe masks", unit="frame"):
             np.save(ctx.output(f"teeth_mask/{frame.stem}.npy"), np.zeros((4, 4), bool))
-        return StageReport(info={"uid": os.getuid(), "gid": os.getgid(), "network": _network()})
+        print("probe: done", file=sys.stderr, flush=True)
+        return StageReport(info={"uid": os.getuid(), "gid": os.getgid(), "network": _network(),
+                                 "memory_limit": _memory_limit()})
+
+
+def _memory_limit() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        return None if text == "max" else int(text)
+    return None
 
 
 def _network() -> str:
