@@ -56,7 +56,8 @@ class DockerRunner(Runner):
                                  f"run `being images build {stage.slug()}`")
 
     def launch(self, request, root, stage, options, progress, registry=None):
-        from docker.types import DeviceRequest, Mount
+        import docker.errors
+        from docker.types import Mount
 
         c = images.client()
         tag = image_for(stage, options)
@@ -74,22 +75,19 @@ class DockerRunner(Runner):
             cache.mkdir(parents=True, exist_ok=True)
             mounts.append(Mount("/cache", str(cache), type="bind", read_only=False))
             env.update(NUMBA_CACHE_DIR="/cache/numba", XDG_CACHE_HOME="/cache")
-        gpu = stage.needs_gpu if options.gpu is None else options.gpu
-        kwargs = {}
-        if options.cpus:
-            kwargs["nano_cpus"] = int(options.cpus * 1e9)
-        if options.memory:
-            kwargs["mem_limit"] = options.memory
-        if gpu:
-            kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        kwargs = limits(stage, options)
         log_path = work / "stage.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        container = c.containers.create(
-            tag, [f"{MOUNT}/{rel_request}", "--root", MOUNT, "--progress", "jsonl"], mounts=mounts,
-            user=f"{os.getuid()}:{os.getgid()}", network_disabled=True, read_only=True,
-            tmpfs={"/tmp": "rw,exec,size=4g"}, working_dir="/tmp", detach=True,
-            environment=env,
-            labels={"being.stage": str(stage.kind), "being.run": str(root)}, **kwargs)
+        try:
+            container = c.containers.create(
+                tag, [f"{MOUNT}/{rel_request}", "--root", MOUNT, "--progress", "jsonl"], mounts=mounts,
+                user=f"{os.getuid()}:{os.getgid()}", network_disabled=True, read_only=True,
+                tmpfs={"/tmp": "rw,exec,size=4g"}, working_dir="/tmp", detach=True,
+                environment=env,
+                labels={"being.stage": str(stage.kind), "being.run": str(root)}, **kwargs)
+        except docker.errors.APIError as exc:
+            raise StageFailed(f"{stage.kind} '{stage.name}': Docker could not create a container of {tag}: "
+                              f"{exc.explanation or exc}") from None
         timed_out = False
         tasks: dict = {}
         kind = str(stage.kind)
@@ -97,7 +95,13 @@ class DockerRunner(Runner):
             readers = [threading.Thread(target=_pump, args=(container, True, progress, tasks, log_file, kind), daemon=True),
                        threading.Thread(target=_pump, args=(container, False, progress, tasks, log_file, kind), daemon=True)]
             try:
-                container.start()
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    gpu_hint = ("; a GPU stage needs the NVIDIA container toolkit on the host, or "
+                                "runner_options.gpu: false" if "device_requests" in kwargs else "")
+                    raise StageFailed(f"{stage.kind} '{stage.name}': Docker could not start {tag}: "
+                                      f"{exc.explanation or exc}{gpu_hint}") from None
                 for t in readers:
                     t.start()
                 try:
@@ -126,6 +130,21 @@ class DockerRunner(Runner):
             raise StageFailed(f"{stage.kind} '{stage.name}' in image {tag} exited with code {code}"
                               f"{' (out of memory: raise runner_options.memory)' if oom else ''}; "
                               f"last log lines:\n{_tail(log_path)}")
+
+
+def limits(stage: type[Stage], options: RunnerOptions) -> dict:
+    """Container resources: CPU and memory limits from the config; a GPU only for a stage that needs one
+    (``needs_gpu``), unless ``runner_options.gpu`` says otherwise."""
+    from docker.types import DeviceRequest
+
+    kwargs: dict = {}
+    if options.cpus:
+        kwargs["nano_cpus"] = int(options.cpus * 1e9)
+    if options.memory:
+        kwargs["mem_limit"] = options.memory
+    if stage.needs_gpu if options.gpu is None else options.gpu:
+        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return kwargs
 
 
 _lock = threading.Lock()

@@ -221,3 +221,49 @@ def test_prepare_in_docker_equals_in_process(built, face5, tmp_path):
             assert sorted(x.files) == sorted(y.files), rel
             for key in x.files:
                 assert np.array_equal(x[key], y[key]), (rel, key)
+
+
+def test_gpu_only_for_stages_that_need_it():
+    from being_core.config import RunnerOptions
+    from being_core.dockerrun import limits
+
+    registry = load_registry()
+    trainer = registry.get(StageKind.TRAINER, "gaussian-avatar")
+    mel = registry.get(StageKind.AUDIO_ENCODER, "mel")
+    assert trainer.needs_gpu and not mel.needs_gpu
+    [request] = limits(trainer, RunnerOptions())["device_requests"]
+    assert request["Capabilities"] == [["gpu"]] and request["Count"] == -1
+    assert limits(mel, RunnerOptions(cpus=1.5, memory="2g")) == {"nano_cpus": 1_500_000_000, "mem_limit": "2g"}
+    assert "device_requests" not in limits(trainer, RunnerOptions(gpu=False))
+    assert "device_requests" in limits(mel, RunnerOptions(gpu=True))
+
+
+def test_gpu_request_without_a_gpu_runtime_is_one_clear_error(probe_image, tmp_path, docker_client):
+    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip("this daemon has the NVIDIA runtime")
+    pipeline = probe_run(tmp_path, "ok", gpu=True)
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value).startswith(f"teeth_segmenter 'probe': Docker could not start {PROBE_IMAGE}: ")
+    assert str(err.value).endswith("; a GPU stage needs the NVIDIA container toolkit on the host, or "
+                                   "runner_options.gpu: false")
+    assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("being.run") == str(pipeline.root)]
+
+
+def test_ctrl_c_removes_the_container(probe_image, tmp_path, docker_client):
+    import signal
+    import time
+
+    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+              "from pathlib import Path\nfrom test_docker import probe_run\nfrom being_core.stage import StageKind\n"
+              f"probe_run(Path({str(tmp_path)!r}), 'sleep').run_stage(StageKind.TEETH_SEGMENTER)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = str(tmp_path / "run")
+    deadline = time.monotonic() + 60
+    while not [c for c in docker_client.containers.list() if c.labels.get("being.run") == root]:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in stderr
+    assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("being.run") == root]
