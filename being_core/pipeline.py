@@ -82,6 +82,7 @@ class Pipeline:
         audio, output = Path(audio), Path(output)
         if output.suffix.lower() != ".mp4":
             raise InputError(f"render output {output} must end in .mp4")
+        self.check((StageKind.AUDIO_ENCODER, StageKind.TRAINER))
         self._open(require_prepared=True)
         if (self.manifest.stages.get(str(StageKind.TRAINER)) or {}).get("status") != "done":
             raise InputError(f"{self.root} has no trained avatar; run `being train {self.root}` first")

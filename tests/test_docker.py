@@ -267,3 +267,16 @@ def test_ctrl_c_removes_the_container(probe_image, tmp_path, docker_client):
     _, stderr = proc.communicate(timeout=60)
     assert "KeyboardInterrupt" in stderr
     assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("being.run") == root]
+
+
+def test_render_checks_its_images_before_anything_runs(docker_client, tmp_path, being_testdata):
+    registry = load_registry()
+    resolved = load(REPO / "configs" / "default.yaml", registry, [
+        "stages.trainer.runner=docker", "stages.trainer.runner_options.image=being/trainer-gaussian-avatar:0.0.0-missing"])
+    with pytest.raises(UsageError) as err:
+        Pipeline(tmp_path / "r", resolved, registry).render(being_testdata / "audio" / "geneface_zozo.wav",
+                                                            tmp_path / "out.mp4")
+    assert str(err.value) == ("trainer 'gaussian-avatar' runs in Docker, but the image "
+                              "being/trainer-gaussian-avatar:0.0.0-missing is not built; "
+                              "run `being images build trainer-gaussian-avatar`")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "out.mp4").exists()
