@@ -233,8 +233,8 @@ def _cmd_images(args, console, reporter) -> int:
 
             todo = [spec for spec in todo if spec.impl.cls.kind in PREPARE_STAGES]
         base = args.base or images.ensure_base(c, reporter)
+        images.check_python(c, base)
         for spec in todo:
-            images.check_python(c, base)
             console.print(f"{images.build(c, spec, base, reporter, args.force)} ready")
         return EXIT_OK
     if args.images_command == "prune":

@@ -526,15 +526,10 @@ def read_constraints(spec: ImageSpec, out: Path) -> list[str]:
     return args + (["-c", str(path)] if path.is_file() else [])
 
 
-_checked: dict[str, str] = {}
-
-
 def check_python(c, base: str) -> None:
     """The wheels come from this host, so the base image must have the same Python minor version."""
-    if base not in _checked:
-        _checked[base] = python_of(c, base)
-    host = "%d.%d" % sys.version_info[:2]
-    if _checked[base] != host:
-        raise UsageError(f"base image {base} has Python {_checked[base]}, but the wheels are gathered by this "
-                         f"host's Python {host}; run `being images build` with Python {_checked[base]} or "
+    found, host = python_of(c, base), "%d.%d" % sys.version_info[:2]
+    if found != host:
+        raise UsageError(f"base image {base} has Python {found}, but the wheels are gathered by this "
+                         f"host's Python {host}; run `being images build` with Python {found} or "
                          f"pass --base with a Python {host} image")
