@@ -42,9 +42,15 @@ class AvatarConfig(StageConfig):
     lambda_dssim: float = Field(0.2, ge=0, description="Weight of D-SSIM.")
     lambda_lip: float = Field(1.0, ge=0, description="Weight of the lip-box L1 (fine stage).")
     lambda_alpha: float = Field(0.1, ge=0, description="Weight of the head-mask alpha loss.")
+    alpha_band: int = Field(0, ge=0, description="Pixels just outside the head mask, up to this distance, are "
+                            "left out of the alpha loss (hair fringe that the parsing calls background).")
     backend: Literal["auto", "gsplat", "reference"] = Field(
         "auto", description="Rasteriser: gsplat on CUDA, the PyTorch reference on CPU; 'auto' picks.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
+    frame_cache: Literal["auto", "off", "device"] = Field(
+        "auto", description="'device' decodes every frame once into memory on the training device (7 bytes "
+        "per pixel per frame); 'off' streams them from disk; 'auto' caches on a GPU when it takes at most "
+        "a quarter of the free GPU memory.")
     num_workers: int = Field(-1, ge=-1, description="Data-loader workers; -1 = min(8, cores / 2).")
     seed: int = Field(0, description="Random seed (same seed, same data, same device: same run).")
     log_every: int = Field(50, ge=1, description="Steps between progress/TensorBoard updates.")

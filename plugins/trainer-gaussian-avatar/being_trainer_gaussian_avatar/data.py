@@ -7,6 +7,7 @@ the head mask from ``parsing`` (B=255, G=0, R=0 in cv2 order, i.e. RGB (0, 0, 25
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -111,6 +112,10 @@ class RunData:
         background = ((torso[..., :3] * alpha + self._bc * (255 - alpha) + 127) // 255).astype(np.uint8)
         return rgb, head, background
 
+    def background_label(self, i: int) -> np.ndarray:
+        """``[H, W]`` bool: the pixels that ``parsing/<i>.png`` labels background (white), at the training size."""
+        return (_nearest(self.root / f"parsing/{i}.png", (self.width, self.height)) == 255).all(-1)
+
     def pixels(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`pixels_u8` as float32 in [0, 1]."""
         rgb, head, bg = self.pixels_u8(i)
@@ -148,3 +153,41 @@ class Frames(torch.utils.data.Dataset):
         i = self.ids[k]
         rgb, head, bg = self.data.pixels_u8(i)
         return i, torch.from_numpy(rgb.copy()), torch.from_numpy(head.copy()), torch.from_numpy(bg.copy())
+
+
+class FrameCache:
+    """Every frame's pixels (image, head mask, background) as uint8 tensors on one device, decoded once by a
+    DataLoader; ``n * H * W * 7`` bytes (1.8 GB for 1,800 frames at 512^2). A GPU trains up to twice as fast
+    from it as from frames streamed through the loader's workers, which decode JPEG and PNG every step."""
+
+    def __init__(self, data: RunData, ids: list[int], device: torch.device, workers: int, progress=None):
+        h, w = data.height, data.width
+        self.slot = torch.full((data.n,), -1, dtype=torch.long)
+        self.slot[torch.as_tensor(ids)] = torch.arange(len(ids))
+        self.image = torch.empty((len(ids), h, w, 3), dtype=torch.uint8, device=device)
+        self.mask = torch.empty((len(ids), h, w), dtype=torch.uint8, device=device)
+        self.background = torch.empty((len(ids), h, w, 3), dtype=torch.uint8, device=device)
+        loader = torch.utils.data.DataLoader(Frames(data, ids), batch_size=32, num_workers=workers)
+        bar = progress.task(f"trainer: frames to {device.type}", total=len(ids), unit="frame") if progress else None
+        with bar or contextlib.nullcontext() as task:
+            lo = 0
+            for _, image, mask, bg in loader:
+                hi = lo + len(image)
+                self.image[lo:hi], self.mask[lo:hi], self.background[lo:hi] = (
+                    t.to(device, non_blocking=True) for t in (image, mask, bg))
+                lo = hi
+                if task:
+                    task.advance(len(image))
+
+    @staticmethod
+    def nbytes(data: RunData, n: int) -> int:
+        return n * data.height * data.width * 7
+
+    def batch(self, ids: torch.Tensor):
+        """``(image, mask, background)`` uint8 for frame ids (which must be cached)."""
+        k = self.slot[ids.cpu()]
+        if (k < 0).any():
+            raise KeyError(f"frames {ids[k < 0].tolist()} are not in the cache")
+        k = k.to(self.image.device)
+        return self.image[k], self.mask[k], self.background[k]
+
