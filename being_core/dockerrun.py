@@ -18,7 +18,7 @@ from . import images
 from .config import RunnerOptions
 from .errors import StageFailed, UsageError
 from .progress import Reporter, replay
-from .runners import Runner, _tail
+from .runners import Runner, check_exit, timed_out
 from .stage import Stage
 
 log = logging.getLogger("being.runner")
@@ -89,7 +89,7 @@ class DockerRunner(Runner):
         except docker.errors.APIError as exc:
             raise StageFailed(f"{stage.kind} '{stage.name}': Docker could not create a container of {tag}: "
                               f"{exc.explanation or exc}") from None
-        timed_out = False
+        stopped = False
         tasks: dict = {}
         kind = str(stage.kind)
         with open(log_path, "w", encoding="utf-8") as log_file:
@@ -110,7 +110,7 @@ class DockerRunner(Runner):
                 except requests.exceptions.RequestException:  # the wait outlived timeout_s
                     if not options.timeout_s:
                         raise
-                    timed_out = True
+                    stopped = True
                     container.kill()
                     code = None
                 for t in readers:
@@ -123,14 +123,11 @@ class DockerRunner(Runner):
                 for task in tasks.values():
                     task.close()
                 _remove(container)
-        if timed_out:
-            raise StageFailed(f"{stage.kind} '{stage.name}' in image {tag} exceeded its timeout of "
-                              f"{options.timeout_s:g} s; the container was removed (log: {log_path})")
-        if code not in (0, 1):  # 1 = the stage failed and wrote a result saying why
-            oom = (container.attrs.get("State") or {}).get("OOMKilled")
-            raise StageFailed(f"{stage.kind} '{stage.name}' in image {tag} exited with code {code}"
-                              f"{' (out of memory: raise runner_options.memory)' if oom else ''}; "
-                              f"last log lines:\n{_tail(log_path)}")
+        if stopped:
+            raise timed_out(stage, f"in image {tag}", options.timeout_s, "; the container was removed", log_path)
+        oom = (container.attrs.get("State") or {}).get("OOMKilled")
+        check_exit(stage, f"in image {tag}", code, log_path,
+                   " (out of memory: raise runner_options.memory)" if oom else "")
 
 
 def limits(stage: type[Stage], options: RunnerOptions) -> dict:

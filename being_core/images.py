@@ -147,13 +147,18 @@ class ImageSpec:
     def lock(self) -> Path:
         return self.folder / f"requirements-{self.variant}.lock"
 
+    def identity(self) -> dict[str, str]:
+        """The labels an image must match to count as current for the installed plugin: its version and code
+        digest, and the core's version (an edit of the core's own code does not force every image to be rebuilt)."""
+        return {"being.version": self.impl.cls.version, "being.plugin-digest": code_digest(self.impl.distribution),
+                "being.core-version": __version__}
+
     def labels(self) -> dict[str, str]:
-        """What the image must carry to count as current for the installed plugin."""
+        """Every label a built image carries: its identity, what it is, and the core's code digest (a record)."""
         cls = self.impl.cls
-        return {LABEL: self.slug, "being.kind": str(cls.kind), "being.impl": cls.name, "being.version": cls.version,
-                "being.distribution": self.impl.distribution, "being.variant": self.variant,
-                "being.plugin-digest": code_digest(self.impl.distribution),
-                "being.core-version": __version__, "being.core-digest": code_digest("being-core")}
+        return {LABEL: self.slug, "being.kind": str(cls.kind), "being.impl": cls.name,
+                "being.distribution": self.impl.distribution, "being.variant": self.variant, **self.identity(),
+                "being.core-digest": code_digest("being-core")}
 
 
 def specs(registry: Registry, names: list[str] | None = None, variant: str = "cpu") -> list[ImageSpec]:
@@ -173,11 +178,8 @@ def specs(registry: Registry, names: list[str] | None = None, variant: str = "cp
 
 
 def stale_reason(image_labels: dict[str, str], spec: ImageSpec) -> str | None:
-    """Why an image does not match the installed plugin (None when it does).
-
-    The plugin is compared by version and by code digest; the core by version only (its digest is recorded
-    too, but an edit of the core's own code does not force every image to be rebuilt)."""
-    want = spec.labels()
+    """Why an image does not match the installed plugin (None when it does); see :meth:`ImageSpec.identity`."""
+    want = spec.identity()
     for key, what in (("being.version", "version"), ("being.plugin-digest", "plugin code"),
                       ("being.core-version", "core version")):
         if image_labels.get(key) != want[key]:

@@ -46,6 +46,7 @@ class Pipeline:
             raise UsageError(f"--force got unknown stage(s): {', '.join(sorted(unknown))}; "
                              f"use ingest, {', '.join(map(str, StageKind))} or all")
         self.manifest: Manifest | None = None
+        self._checked: set[StageKind] = set()  # stages whose runner can run them
 
     # --- public entry points --------------------------------------------------------------------
 
@@ -123,12 +124,14 @@ class Pipeline:
         return output
 
     def check(self, kinds) -> None:
-        """Fail before anything runs when a selected stage cannot run on its runner."""
+        """Fail before anything runs when a selected stage cannot run on its runner. A stage is checked once
+        per pipeline (the CLI checks them all before it writes anything, then each step would again)."""
         for kind in kinds:
             rs = self.config.stages.get(kind)
-            if rs is not None:
+            if rs is not None and kind not in self._checked:
                 cls = self.registry.get(kind, rs.selection.impl)
                 get_runner(rs.selection.runner).check(cls, rs.selection.runner_options)
+                self._checked.add(kind)
 
     # --- steps ----------------------------------------------------------------------------------
 

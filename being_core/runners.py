@@ -71,12 +71,22 @@ class SubprocessRunner(Runner):
                 if timer:
                     timer.cancel()
         if timer and timer.fired:
-            raise StageFailed(f"{stage.kind} '{stage.name}' exceeded its timeout of {options.timeout_s:g} s "
-                              f"and was stopped (log: {log_path})")
-        if code not in (0, 1):  # 1 = the stage failed and wrote a result saying why
-            tail = _tail(log_path)
-            raise StageFailed(f"{stage.kind} '{stage.name}' subprocess exited with code {code}; last log lines:\n"
-                              f"{tail}")
+            raise timed_out(stage, "", options.timeout_s, " and was stopped", log_path)
+        check_exit(stage, "subprocess", code, log_path)
+
+
+def timed_out(stage: type[Stage], where: str, timeout_s: float, what_happened: str, log_path: Path) -> StageFailed:
+    """The error of a stage that an out-of-process runner stopped at ``runner_options.timeout_s``."""
+    return StageFailed(f"{stage.kind} '{stage.name}'{' ' + where if where else ''} exceeded its timeout of "
+                       f"{timeout_s:g} s{what_happened} (log: {log_path})")
+
+
+def check_exit(stage: type[Stage], where: str, code: int | None, log_path: Path, note: str = "") -> None:
+    """Raise when an out-of-process stage ended without a result of its own: any exit code but 0 (done) and
+    1 (the stage failed and wrote a result saying why). The error ends with the last lines of its log."""
+    if code not in (0, 1):
+        raise StageFailed(f"{stage.kind} '{stage.name}' {where} exited with code {code}{note}; last log lines:\n"
+                          f"{_tail(log_path)}")
 
 
 class _Timer(threading.Timer):

@@ -1,11 +1,14 @@
-"""Held-out quality of trainer settings, several trainings side by side on one GPU (run by hand; results
-in docs/benchmarks.md).
+"""Held-out quality of trainer settings, several trainings side by side on one or more GPUs (run by hand;
+results in docs/benchmarks.md).
 
     python benchmarks/gpu_quality.py PACK OUT NAME:key=value,key=value [NAME:...]
 
 Unpacks the packed run (benchmarks/gpu_pack.py) once, builds gsplat once, then trains every variant in
-its own process at the same time (the GPU has room for several 4 GB trainings) and writes
-OUT/<NAME>.json with the stage's metrics (held-out PSNR/SSIM) and the wall time.
+its own process at the same time, spread round-robin over the visible GPUs (one GPU has room for several
+4 GB trainings, but they share its compute), and writes OUT/<NAME>.json with the stage's metrics (held-out
+PSNR/SSIM under each protocol) and the wall time. Name repeats of one setting with different seeds
+``<setting>-s<seed>`` (e.g. ``base-s0:seed=0 base-s1:seed=1``): the summary printed at the end gives each
+setting's mean and spread, since one run cannot tell a 0.5 dB gain from run-to-run noise.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ def parse(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def train_variant(name: str, overrides: dict, out: Path, workers: int) -> None:
+def train_variant(name: str, overrides: dict, out: Path, workers: int, gpu: int | None = None) -> None:
+    import os
+
+    if gpu is not None:  # before torch initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import torch
 
     import being_trainer_gaussian_avatar.video as video
@@ -76,14 +83,39 @@ def main() -> None:
     compare_rasterisers()  # builds gsplat's extension once, before the trainings start
     if len(variants) == 1:
         train_variant(*variants[0], out, 12)
-        return
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=train_variant, args=(name, ov, out, max(2, 14 // len(variants))))
-             for name, ov in variants]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    else:
+        import torch
+
+        gpus = max(1, torch.cuda.device_count())
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=train_variant, args=(name, ov, out, max(2, 14 * gpus // len(variants)), k % gpus))
+                 for k, (name, ov) in enumerate(variants)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    summarise(out, [name for name, _ in variants])
+
+
+def summarise(out: Path, names: list[str]) -> None:
+    """Mean and spread of each setting over its seeds (variants named ``<setting>-s<seed>``)."""
+    import re
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for name in names:
+        path = out / f"{name}.json"
+        if path.is_file():
+            groups.setdefault(re.sub(r"-s\d+$", "", name), []).append(json.loads(path.read_text()))
+    keys = ("psnr", "psnr_full_frame", "psnr_gt_imgs", "ssim", "lmd")
+    print("setting | runs | " + " | ".join(keys))
+    for setting, runs in groups.items():
+        cells = []
+        for key in keys:
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            cells.append("-" if not vals else f"{statistics.mean(vals):.3f}" +
+                         (f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""))
+        print(f"{setting} | {len(runs)} | " + " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,13 @@ class AvatarConfig(StageConfig):
     lambda_dssim: float = Field(0.2, ge=0, description="Weight of D-SSIM.")
     lambda_lip: float = Field(1.0, ge=0, description="Weight of the lip-box L1 (fine stage).")
     lambda_alpha: float = Field(0.1, ge=0, description="Weight of the head-mask alpha loss.")
-    alpha_band: int = Field(0, ge=0, description="Pixels just outside the head mask, up to this distance, are "
-                            "left out of the alpha loss (hair fringe that the parsing calls background).")
+    alpha_band: int = Field(0, ge=0, description="Pixels just outside the head mask, up to this distance (in "
+                            "pixels of a 512-wide frame, scaled to the training width), are left out of the alpha "
+                            "loss: hair fringe that the parsing calls background. 0 turns it off.")
+    target: Literal["frame", "composite"] = Field(
+        "frame", description="What a rendered frame is compared with in training: 'frame' is the real frame; "
+        "'composite' is the real head over the frame's background (torso over bc.jpg), GaussianTalker's "
+        "target and the one its held-out PSNR (this trainer's `psnr`) uses.")
     backend: Literal["auto", "gsplat", "reference"] = Field(
         "auto", description="Rasteriser: gsplat on CUDA, the PyTorch reference on CPU; 'auto' picks.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
