@@ -26,7 +26,9 @@ sys.path[:0] = [str(HERE / "plugins" / "trainer-gaussian-avatar")]
 
 
 def main() -> None:
+    import cv2
     from being_trainer_gaussian_avatar.data import RunData, _nearest
+    from rich.console import Console
     from rich.progress import track
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,15 +43,13 @@ def main() -> None:
     se = dict.fromkeys(regions, 0.0)
     pixels = dict.fromkeys(regions, 0)
     values = 0
-    for i in track(ids, description=f"{len(ids)} {args.split} frames"):
+    for i in track(ids, description=f"{len(ids)} {args.split} frames", console=Console(stderr=True)):
         image, head, bg = (a.astype(np.float64) for a in data.pixels(i))
         parsing = _nearest(args.run / f"parsing/{i}.png", (data.width, data.height))
         white = (parsing == 255).all(-1)
         outside = head == 0
         err = ((bg - image) ** 2).sum(-1) * outside
         # Pixels within 4 px (at 512) of the head that the parsing calls background: hair fringe, anti-aliasing.
-        import cv2
-
         k = max(1, round(4 * data.width / 512))
         grown = cv2.dilate(head.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)).astype(bool)
         band = grown & outside

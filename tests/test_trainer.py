@@ -269,3 +269,80 @@ def test_training_compares_with_the_target_the_config_names(prepared_copy, being
     calls.clear()
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "target": "composite"}, force=True)
     assert calls == [1] * 6 + [2] * 2 + [12], "every coarse (batch 1) and fine (batch 2) step, then evaluation"
+
+
+def _lpips_file(path):
+    """A random-init LPIPS saved as the lpips package saves one (its lin weights are non-negative)."""
+    from being_trainer_gaussian_avatar.perceptual import LPIPS
+
+    torch.manual_seed(0)
+    net = LPIPS()
+    with torch.no_grad():
+        for lin in net.lins:
+            lin.model[1].weight.abs_()
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_lpips_loads_the_lpips_package_layout_and_measures_distortion(tmp_path):
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
+
+    weights = _lpips_file(tmp_path / "lpips.pth")
+    state = torch.load(weights, weights_only=True)
+    # The lpips package's LPIPS(net='alex') names: AlexNet's features indices inside five slices, lin0-4 (and
+    # the same layers again as lins.0-4), and the input scaling buffers.
+    expected = {"scaling_layer.shift", "scaling_layer.scale"}
+    expected |= {f"net.slice{k}.{i}.{p}" for k, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10)) for p in ("weight", "bias")}
+    expected |= {f"{name}.model.1.weight" for k in range(5) for name in (f"lin{k}", f"lins.{k}")}
+    assert set(state) == expected
+    net = load_lpips(weights, torch.device("cpu"))
+    torch.manual_seed(1)
+    image = torch.rand(2, 64, 64, 3)
+    noise = torch.randn_like(image)
+    near, far = ((image + s * noise).clamp(0, 1) for s in (0.02, 0.2))
+    assert net(image, image).tolist() == [0.0, 0.0]
+    assert (0 < net(image, near)).all() and (net(image, near) < net(image, far)).all()
+    assert torch.allclose(net(image, far), net(far, image))
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_lpips_weights_that_are_missing_or_wrong_give_clear_errors(tmp_path):
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
+
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(ValueError) as err:
+        load_lpips(missing, torch.device("cpu"))
+    assert str(err.value) == (f"stages.trainer.config.lpips_weights: {missing} does not exist; LPIPS weights are "
+                              "never downloaded. Save them where they are available: "
+                              "torch.save(lpips.LPIPS(net='alex').state_dict(), 'lpips.pth')")
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, other)
+    with pytest.raises(ValueError) as err:
+        load_lpips(other, torch.device("cpu"))
+    assert str(err.value).startswith(f"stages.trainer.config.lpips_weights: {other} is not an LPIPS AlexNet state "
+                                     "dict (missing: scaling_layer.shift, scaling_layer.scale, net.slice1.0.weight, "
+                                     "net.slice1.0.bias; unexpected: conv.weight)")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=f"lpips_weights: {garbage} is not a saved state dict"):
+        load_lpips(garbage, torch.device("cpu"))
+
+
+def test_lpips_joins_the_fine_loss_and_the_held_out_metrics(prepared_copy, being_run_stage, tmp_path):
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
+
+    weights = _lpips_file(tmp_path / "lpips.pth")
+    net = load_lpips(weights, torch.device("cpu"))
+    cfg = AvatarConfig(**{**TINY, "lpips_weights": str(weights)})
+    rgb, image = torch.rand(2, 32, 32, 3), torch.rand(2, 32, 32, 3)
+    alpha, mask, lips = torch.full((2, 32, 32, 1), 0.5), torch.ones(2, 32, 32), torch.tensor([[8, 8, 24, 24]] * 2)
+    coarse = losses(rgb, alpha, image, mask, lips, cfg, fine=False, perceptual=net)
+    fine = losses(rgb, alpha, image, mask, lips, cfg, fine=True, perceptual=net)
+    assert "lpips" not in coarse[1] and fine[1]["lpips"] > 0
+    assert fine[0] == pytest.approx((coarse[0] + fine[1]["lip_l1"] + 0.01 * fine[1]["lpips"]).item())
+
+    config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
+    assert json.loads((prepared_copy / "avatar" / "metrics.json").read_text())["lpips"] is None
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "lpips_weights": str(weights)}, force=True)
+    assert 0 < json.loads((prepared_copy / "avatar" / "metrics.json").read_text())["lpips"] < 1

@@ -42,6 +42,11 @@ class AvatarConfig(StageConfig):
     lambda_dssim: float = Field(0.2, ge=0, description="Weight of D-SSIM.")
     lambda_lip: float = Field(1.0, ge=0, description="Weight of the lip-box L1 (fine stage).")
     lambda_alpha: float = Field(0.1, ge=0, description="Weight of the head-mask alpha loss.")
+    lpips_weights: str | None = Field(
+        None, description="A local file with LPIPS (AlexNet) weights, the state dict of the lpips package's "
+        "LPIPS(net='alex'); never downloaded. When set, the fine stage adds lambda_lpips x LPIPS and the "
+        "held-out metrics include lpips. null: no LPIPS.")
+    lambda_lpips: float = Field(0.01, ge=0, description="Weight of LPIPS in the fine stage (with lpips_weights).")
     alpha_band: int = Field(0, ge=0, description="Pixels just outside the head mask, up to this distance (in "
                             "pixels of a 512-wide frame, scaled to the training width), are left out of the alpha "
                             "loss: hair fringe that the parsing calls background. 0 turns it off.")

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from .data import FrameCache, Frames, RunData
 from .model import Deformer, Gaussians, deformed
+from .perceptual import load_lpips
 from .raster import pick_backend
 
 
@@ -138,6 +139,7 @@ def train(ctx, cfg) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     data = RunData(ctx.root, ctx.manifest, cfg.resolution)
+    perceptual = load_lpips(cfg.lpips_weights, device) if cfg.lpips_weights else None
     av = Avatar(data, cfg, device)
     ckpt_path = ctx.state / "checkpoint.pt"
     step, started = 0, time.monotonic()
@@ -192,7 +194,8 @@ def train(ctx, cfg) -> dict:
                 if cfg.target == "composite":
                     image = composite(image, mask, bg)
                 rgb, alpha, means2d = av.render(ids, bg, deform=fine)
-                loss, parts = losses(rgb, alpha, image, mask, data.lips[ids].to(device, non_blocking=True), cfg, fine)
+                loss, parts = losses(rgb, alpha, image, mask, data.lips[ids].to(device, non_blocking=True), cfg, fine,
+                                     perceptual)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -236,7 +239,7 @@ def train(ctx, cfg) -> dict:
                 "height": data.height, "audio": {"encoder": data.features.encoder, "dim": data.features.dim,
                                                  "window": data.features.window, "file": data.features.file},
                 "eye_source": data.eye_source, "gaussians": len(av.gauss)}, model_path)
-    metrics = evaluate(ctx, av, data, cache)
+    metrics = evaluate(ctx, av, data, cache, perceptual)
     metrics.update({"train_seconds": round(seconds, 1), "steps": step, "resumed_from_step": resumed,
                     "gaussians": len(av.gauss), "device": str(device), "backend": av.raster.__name__,
                     "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
@@ -259,10 +262,10 @@ def frame_cache(data: RunData, cfg, device: torch.device, workers: int, ctx) -> 
     return FrameCache(data, ids, device, workers, ctx.progress)
 
 
-def losses(rgb, alpha, image, mask, lips, cfg, fine: bool):
-    """L1 + D-SSIM + head-mask alpha BCE (+ lip-box L1 in the fine stage). ``lips [B, 4]`` are (x0, y0, x1, y1)
-    boxes on the same device. The alpha loss leaves out a band of ``cfg.alpha_band`` pixels outside the mask.
-    Returns the loss and its parts as tensors (no host sync)."""
+def losses(rgb, alpha, image, mask, lips, cfg, fine: bool, perceptual=None):
+    """L1 + D-SSIM + head-mask alpha BCE (+ lip-box L1, and LPIPS when ``perceptual`` is given, in the fine
+    stage). ``lips [B, 4]`` are (x0, y0, x1, y1) boxes on the same device. The alpha loss leaves out a band of
+    ``cfg.alpha_band`` pixels outside the mask. Returns the loss and its parts as tensors (no host sync)."""
     l1 = (rgb - image).abs().mean()
     d_ssim = 1 - ssim(rgb, image)
     weight = None
@@ -283,6 +286,10 @@ def losses(rgb, alpha, image, mask, lips, cfg, fine: bool):
         lip = per_frame.mean()
         loss = loss + cfg.lambda_lip * lip
         parts["lip_l1"] = lip.detach()
+    if fine and perceptual is not None and cfg.lambda_lpips > 0:
+        lp = perceptual(rgb, image).mean()
+        loss = loss + cfg.lambda_lpips * lp
+        parts["lpips"] = lp.detach()
     return loss, parts
 
 
@@ -333,7 +340,7 @@ def composite(image: torch.Tensor, head: torch.Tensor, background: torch.Tensor)
 
 
 @torch.no_grad()
-def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None) -> dict:
+def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, perceptual=None) -> dict:
     """Metrics on the held-out frames (the val split), a side-by-side video, and LMD where mediapipe is
     installed (mouth landmarks of rendered vs real frames, in pixels at the training size).
 
@@ -347,11 +354,13 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None) ->
     * ``psnr_full_frame``/``ssim_full_frame``: the real frame (``ori_imgs``) as it is. No render can match a
       background that changes during the clip (an animated studio wall) or hair the parsing calls
       background; ``psnr_full_frame_ceiling`` is what a perfect head scores here, i.e. how much of that
-      error the background alone accounts for."""
+      error the background alone accounts for;
+    * ``lpips`` (with ``lpips_weights``; otherwise null): LPIPS (AlexNet) against the ground truth of ``psnr``."""
     from .video import write_video
 
     sums = dict.fromkeys(("psnr", "psnr_gt_imgs", "psnr_full_frame", "psnr_full_frame_ceiling"), 0.0)  # squared errors
     ssims = dict.fromkeys(("ssim", "ssim_full_frame"), 0.0)  # SSIM x frames
+    lpips_sum = 0.0
     preds, gts, values = [], [], 0
     for chunk in np.array_split(np.array(data.val_ids), max(1, len(data.val_ids) // 8)):
         ids = torch.as_tensor(chunk)
@@ -370,6 +379,8 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None) ->
         sums["psnr_full_frame_ceiling"] += float(((target - image) ** 2).sum())
         ssims["ssim"] += float(ssim(rgb, target)) * len(chunk)
         ssims["ssim_full_frame"] += float(ssim(rgb, image)) * len(chunk)
+        if perceptual is not None:
+            lpips_sum += float(perceptual(rgb, target).sum())
         values += image.numel()
         preds.append((rgb * 255).round().byte().cpu())
         gts.append((image * 255).round().byte().cpu())
@@ -377,6 +388,7 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None) ->
     out = {"val_frames": len(data.val_ids)}
     out.update({k: round(-10 * math.log10(max(se / values, 1e-10)), 3) for k, se in sums.items()})
     out.update({k: round(v / len(data.val_ids), 4) for k, v in ssims.items()})
+    out["lpips"] = round(lpips_sum / len(data.val_ids), 4) if perceptual is not None else None
     out["lmd"] = mouth_landmark_distance(pred, gt)
     write_video(ctx.output("avatar/val.mp4"), np.concatenate([pred, gt], 2))
     return out
