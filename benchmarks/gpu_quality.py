@@ -107,7 +107,7 @@ def summarise(out: Path, names: list[str]) -> None:
         path = out / f"{name}.json"
         if path.is_file():
             groups.setdefault(re.sub(r"-s\d+$", "", name), []).append(json.loads(path.read_text()))
-    keys = ("psnr", "psnr_full_frame", "psnr_gt_imgs", "ssim", "lmd")
+    keys = ("psnr", "psnr_full_frame", "psnr_gt_imgs", "ssim", "lpips", "lmd")
     print("setting | runs | " + " | ".join(keys))
     for setting, runs in groups.items():
         cells = []
