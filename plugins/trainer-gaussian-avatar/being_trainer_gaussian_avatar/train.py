@@ -335,7 +335,7 @@ def _tensorboard(folder: Path):
 
 def composite(image: torch.Tensor, head: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """GaussianTalker's ground truth: the real frame's head pixels (``head [B, H, W]``, 0/1) over the per-frame
-    ``background [B, H, W, 3]`` (torso over bc.jpg); everywhere else the real ``image`` is replaced."""
+    ``background [B, H, W, 3]`` (torso over bc.jpg), which replaces the real ``image`` everywhere else."""
     return torch.where(head[..., None] > 0, image, background)
 
 
