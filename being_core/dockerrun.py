@@ -69,8 +69,7 @@ class DockerRunner(Runner):
         mounts = [Mount(MOUNT, str(root), type="bind", read_only=True),
                   Mount(f"{MOUNT}/{rel_work}", str(work.resolve()), type="bind", read_only=False)]
         mounts += [Mount(str(p), str(p), type="bind", read_only=True) for p in _host_paths(request, root)]
-        env = {"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": "/tmp/mpl",
-               "NUMBA_CACHE_DIR": "/tmp/numba", "PYTHONUNBUFFERED": "1"}
+        env = container_env()
         if options.cache:  # kept between runs: numba's compiled kernels cost librosa ~30 s on every fresh start
             cache = images.cache_dir() / "containers" / re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
             cache.mkdir(parents=True, exist_ok=True)
@@ -128,6 +127,23 @@ class DockerRunner(Runner):
         oom = (container.attrs.get("State") or {}).get("OOMKilled")
         check_exit(stage, f"in image {tag}", code, log_path,
                    " (out of memory: raise runner_options.memory)" if oom else "")
+
+
+# The host's choices of BLAS kernels and thread counts: the container runs on the same CPU, and OpenBLAS,
+# left to detect it again there, may pick other kernels whose float sums round differently (an AMD host
+# with OPENBLAS_CORETYPE=Haswell gets 'Cooperlake' in a container), so the same stage would not write the
+# same bits in a container as in-process.
+NUMERIC_ENV_PREFIXES = ("OPENBLAS_", "GOTO_", "OMP_", "MKL_")
+
+
+def container_env(host: dict[str, str] | None = None) -> dict[str, str]:
+    """The container's environment: offline model libraries, caches in /tmp, unbuffered output, and the
+    host's BLAS and thread settings (``NUMERIC_ENV_PREFIXES``)."""
+    host = os.environ if host is None else host
+    env = {k: v for k, v in host.items() if k.startswith(NUMERIC_ENV_PREFIXES)}
+    env.update({"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": "/tmp/mpl",
+                "NUMBA_CACHE_DIR": "/tmp/numba", "PYTHONUNBUFFERED": "1"})
+    return env
 
 
 def limits(stage: type[Stage], options: RunnerOptions) -> dict:

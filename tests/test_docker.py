@@ -223,6 +223,15 @@ def test_prepare_in_docker_equals_in_process(built, face5, tmp_path):
                 assert np.array_equal(x[key], y[key]), (rel, key)
 
 
+def test_the_container_gets_the_hosts_blas_settings_and_nothing_else():
+    from being_core.dockerrun import container_env
+
+    env = container_env({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "OMP_NUM_THREADS": "2",
+                         "PATH": "/host/bin", "HOME": "/root", "HF_TOKEN": "secret"})
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_L2_SIZE"] == "512" and env["OMP_NUM_THREADS"] == "2"
+    assert "PATH" not in env and "HF_TOKEN" not in env and env["HOME"] == "/tmp" and env["HF_HUB_OFFLINE"] == "1"
+
+
 def test_gpu_only_for_stages_that_need_it():
     from being_core.config import RunnerOptions
     from being_core.dockerrun import limits
