@@ -28,6 +28,7 @@ sys.path[:0] = [str(HERE / "plugins" / "trainer-gaussian-avatar")]
 def main() -> None:
     import cv2
     from being_trainer_gaussian_avatar.data import RunData, _nearest
+    from being_trainer_gaussian_avatar.train import db
     from rich.console import Console
     from rich.progress import track
 
@@ -60,15 +61,15 @@ def main() -> None:
         values += image.size
     total = sum(se.values())
 
-    def db(sq):
-        return round(-10 * math.log10(max(sq / values, 1e-12)), 2)
+    def ceiling(sq):
+        return round(db(sq / values), 2)
 
     out = {"run": str(args.run), "split": args.split, "frames": len(ids), "width": data.width,
-           "psnr_ceiling": db(total),
+           "psnr_ceiling": ceiling(total),
            "regions": {name: {"share_of_pixels": round(pixels[name] / (values / 3), 4),
                               "share_of_error": round(se[name] / max(total, 1e-12), 4),
                               "rmse_in_region": round(math.sqrt(se[name] / max(3 * pixels[name], 1)) * 255, 2),
-                              "ceiling_without_it": db(total - se[name])} for name in regions}}
+                              "ceiling_without_it": ceiling(total - se[name])} for name in regions}}
     print(json.dumps(out, indent=1))
 
 

@@ -89,9 +89,9 @@ def load_lpips(path: str | Path, device: torch.device) -> LPIPS:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle that is not a state dict, a truncated file, ...
         raise ValueError(f"{KEY}: {path} is not a saved state dict: {exc}") from None
-    net = LPIPS()
     if not isinstance(state, dict):
         raise ValueError(f"{KEY}: {path} holds a {type(state).__name__}, not a state dict")
+    net = LPIPS()
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape

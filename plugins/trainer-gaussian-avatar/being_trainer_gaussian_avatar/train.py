@@ -35,8 +35,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean()
 
 
+def db(mse: float) -> float:
+    """PSNR in dB of a mean squared error of values in [0, 1] (100 dB at most)."""
+    return -10 * math.log10(max(mse, 1e-10))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((a - b) ** 2).mean().clamp(min=1e-10)))
+    return db(float(((a - b) ** 2).mean()))
 
 
 class Avatar:
@@ -386,7 +391,7 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
         gts.append((image * 255).round().byte().cpu())
     pred, gt = torch.cat(preds).numpy(), torch.cat(gts).numpy()
     out = {"val_frames": len(data.val_ids)}
-    out.update({k: round(-10 * math.log10(max(se / values, 1e-10)), 3) for k, se in sums.items()})
+    out.update({k: round(db(se / values), 3) for k, se in sums.items()})
     out.update({k: round(v / len(data.val_ids), 4) for k, v in ssims.items()})
     out["lpips"] = round(lpips_sum / len(data.val_ids), 4) if perceptual is not None else None
     out["lmd"] = mouth_landmark_distance(pred, gt)
