@@ -1,13 +1,19 @@
-"""Being core: stage interfaces, the plugin registry, configs, runs and ingest. No model code lives here."""
+"""Being core: stage interfaces, the plugin registry, runners, configs, runs and ingest. No model code lives here."""
 
 __version__ = "0.1.0"
 
+from .commands import Command, CommandContext, Commands  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
+from .registry import Implementation, Registry  # noqa: E402
+from .runners import Runner, RunnerOptions  # noqa: E402
 from .stage import (  # noqa: E402
+    Action,
     AudioEncoder,
     AUExtractor,
+    DatasetFacts,
     FaceTracker,
     Refiner,
+    RenderParams,
     Stage,
     StageConfig,
     StageContext,
@@ -18,6 +24,7 @@ from .stage import (  # noqa: E402
 )
 
 __all__ = [
-    "AUExtractor", "AudioEncoder", "FaceTracker", "Refiner", "Stage", "StageConfig", "StageContext",
-    "StageKind", "StageReport", "TeethSegmenter", "Trainer", "__version__", "hookimpl",
+    "AUExtractor", "Action", "AudioEncoder", "Command", "CommandContext", "Commands", "DatasetFacts", "FaceTracker",
+    "Implementation", "Refiner", "Registry", "RenderParams", "Runner", "RunnerOptions", "Stage", "StageConfig",
+    "StageContext", "StageKind", "StageReport", "TeethSegmenter", "Trainer", "__version__", "hookimpl",
 ]

@@ -6,7 +6,9 @@ numpy only (imported inside the functions); no model code.
 from __future__ import annotations
 
 import wave
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SAMPLE_RATE = 16000
 FEATURE_RATE = 50.0  # 20 ms hop: the rate of wav2vec2/HuBERT states and of the mel features
@@ -56,3 +58,26 @@ def check_mismatch(mismatch: int, limit: int, n_samples: int, n_frames: int, fps
             f"aud.wav lasts {n_samples / SAMPLE_RATE:.2f} s but the video has {n_frames} frames at {fps:g} fps "
             f"({mismatch:+d} frames); raise max_mismatch_frames if the tracks really are this far apart"
         )
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """What an audio encoder promises in its report's ``info``; a trainer reads it through ``reads_info``."""
+
+    encoder: str
+    file: str
+    dim: int
+    window: int
+    rate: float
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> AudioFeatures:
+        """Parse an audio encoder's ``info``; ValueError naming what is missing (e.g. no encoder ran)."""
+        if not info:
+            raise ValueError("this run has no audio features (no audio_encoder stage ran); prepare it with audio")
+        try:
+            return cls(str(info["encoder"]), str(info["file"]), int(info["dim"]), int(info["window"]),
+                       float(info["rate"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the audio encoder's info is incomplete ({exc!r}); it must carry encoder, file, "
+                             f"dim, window and rate") from None

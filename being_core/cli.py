@@ -8,20 +8,32 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PLUGIN, EXIT_STAGE_FAILED, BeingError
 
 log = logging.getLogger("being")
 
+BUILTIN_COMMANDS = frozenset({"plugins", "config", "prepare", "train", "render", "run", "stage"})
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and errors only")
-    common.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
 
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """``-q`` and ``--traceback``, accepted before and after the command (``being -q prepare`` works: the
+    subcommand's copy leaves the value alone unless it is given there)."""
+    p = argparse.ArgumentParser(add_help=False)
+    default: Any = argparse.SUPPRESS if suppress else False
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars and no summary: warnings and errors only")
+    p.add_argument("--traceback", action="store_true", default=default, help="show the full traceback on errors")
+    return p
+
+
+def _parser(commands) -> argparse.ArgumentParser:
+    common = _common(suppress=True)
     cfg = argparse.ArgumentParser(add_help=False)
-    cfg.add_argument("-c", "--config", type=Path, help="run config (default: configs/default.yaml)")
+    cfg.add_argument("-c", "--config", help="run config: a file, or a shipped config by name (default, cpu-small, "
+                                            "docker); default: the run's own config, else 'default'")
     cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. stages.audio_encoder.impl=wav2vec2 (repeatable)")
 
@@ -29,19 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     run_opts.add_argument("--force", action="append", default=[], metavar="STAGE",
                           help="redo a stage even if cached (ingest, face_tracker, ..., or all; repeatable)")
 
-    p = argparse.ArgumentParser(prog="being", parents=[common],
+    p = argparse.ArgumentParser(prog="being", parents=[_common(suppress=False)],
                                 description="Turn a talking video into an audio-driven 3D Gaussian avatar.")
     p.add_argument("--version", action="version", version=f"being {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sp = sub.add_parser("plugins", parents=[common], help="list installed stage implementations")
+    sp = sub.add_parser("plugins", parents=[common], help="list installed stage implementations and runners")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--strict", action="store_true", help="exit with code 4 when a plugin is broken")
 
     sp = sub.add_parser("config", parents=[common], help="show or validate a run config")
     csub = sp.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     csub.add_parser("show", parents=[common, cfg], help="print the resolved config with all defaults")
-    csub.add_parser("validate", parents=[common, cfg], help="check a config against the installed plugins")
+    csub.add_parser("validate", parents=[common, cfg],
+                    help="check a config against the installed plugins and the promises between its stages")
 
     sp = sub.add_parser("prepare", parents=[common, cfg, run_opts], help="build the dataset from a video")
     sp.add_argument("video", type=Path)
@@ -61,28 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     sp.add_argument("--no-audio", action="store_true", help=argparse.SUPPRESS)
 
-    sp = sub.add_parser("images", parents=[common], help="build, list and prune the stages' container images")
-    isub = sp.add_subparsers(dest="images_command", required=True, metavar="ACTION")
-    ib = isub.add_parser("build", parents=[common], help="build images (default: every implementation with one)")
-    ib.add_argument("names", nargs="*", metavar="IMPL", help="e.g. face-mediapipe (see `being plugins`)")
-    ib.add_argument("--variant", choices=["cpu", "cuda"], default="cpu", help="torch build inside the image")
-    ib.add_argument("--base", help="base image (default: being/base:<suite>, bootstrapped from the host's apt "
-                                   "mirror; e.g. python:3.11-slim where a registry is reachable)")
-    ib.add_argument("--force", action="store_true", help="rebuild even when the image is current")
-    ib.add_argument("--preprocess", action="store_true",
-                    help="only the dataset stages' images (face, audio, AU, teeth), not the trainer's")
-    il = isub.add_parser("list", parents=[common], help="Being's images: tag, size, age, current or stale")
-    il.add_argument("--json", action="store_true", help="machine-readable output")
-    ip = isub.add_parser("prune", parents=[common], help="remove stale images and those of uninstalled plugins")
-    ip.add_argument("--all", action="store_true", help="remove every image Being built (not the base)")
-    ik = isub.add_parser("lock", parents=[common], help="re-resolve and pin an image's packages (host pip)")
-    ik.add_argument("names", nargs="*", metavar="IMPL")
-    ik.add_argument("--variant", choices=["cpu", "cuda"], default="cpu")
-
     sp = sub.add_parser("stage", parents=[common], help="run one stage request (what runners launch)")
     sp.add_argument("request", type=Path)
     sp.add_argument("--root", type=Path, help="run folder (default: found from the request's path)")
     sp.add_argument("--progress", choices=["bars", "jsonl", "none"], default="bars")
+
+    for command in commands.all():
+        command.configure(sub.add_parser(command.name, parents=[common], help=command.help))
     return p
 
 
@@ -98,110 +96,118 @@ def _setup_logging(quiet: bool, console) -> None:
     root.addHandler(handler)
 
 
-def _log_to_run(run: Path) -> None:
-    """Append everything (stage logs included) to ``RUN/.being/log.txt``."""
-    path = run / ".being" / "log.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("being").addHandler(handler)
-
-
 def _load_config(args, registry):
     from .config import load
     from .pipeline import CONFIG_NAME
 
-    path = args.config
+    source = args.config
     run = getattr(args, "run", None)
-    if path is None and run is not None and (Path(run) / CONFIG_NAME).is_file():
-        path = Path(run) / CONFIG_NAME  # a run keeps using the config it was prepared with
+    if source is None and run is not None and (Path(run) / CONFIG_NAME).is_file():
+        source = Path(run) / CONFIG_NAME  # a run keeps using the config it was prepared with
     if getattr(args, "no_audio", False):
         args.overrides = [*args.overrides, "ingest.audio=optional"]
-    return load(path, registry, args.overrides)
+    return load(source, registry, args.overrides)
 
 
-def _cmd_plugins(args, console) -> int:
-    from .plugins import load_registry
+def _cmd_plugins(args, console, registry) -> int:
+    from .console import print_table
 
-    registry = load_registry()
     if args.json:
         data = {"implementations": [
             {"kind": str(i.cls.kind), "name": i.cls.name, "version": i.cls.version, "distribution": i.distribution,
-             "needs_gpu": i.cls.needs_gpu, "image": i.cls.image(), "summary": i.cls.summary()}
+             "needs_gpu": i.cls.needs_gpu, "image": i.cls.image(), "provides": list(i.cls.provides),
+             "requires": list(i.cls.requires), "summary": i.cls.summary()}
             for i in registry.all()],
+            "runners": [{"name": r.cls.name, "distribution": r.distribution, "summary": r.cls.summary()}
+                        for r in registry.runners()],
             "broken": [{"entry_point": b.entry_point, "distribution": b.distribution, "error": b.error}
                        for b in registry.broken]}
-        console.print_json(json.dumps(data))
+        console.out(json.dumps(data, indent=2), highlight=False)
         return EXIT_PLUGIN if args.strict and registry.broken else EXIT_OK
-    from rich.table import Table
-
-    table = Table(title="Installed stage implementations")
-    for col in ("stage", "name", "version", "distribution", "gpu", "image", "what it does"):
-        table.add_column(col)
-    for i in registry.all():
-        table.add_row(str(i.cls.kind), i.cls.name, i.cls.version, i.distribution, "yes" if i.cls.needs_gpu else "",
-                      i.cls.image(), i.cls.summary())
-    console.print(table)
+    print_table(console, "Installed stage implementations",
+           ["stage", "name", "version", "distribution", "gpu", "image", "what it does"],
+           [[str(i.cls.kind), i.cls.name, i.cls.version, i.distribution, "yes" if i.cls.needs_gpu else "",
+             i.cls.image(), i.cls.summary()] for i in registry.all()])
+    console.out("")
+    print_table(console, "Runners", ["runner", "distribution", "what it does"],
+           [[r.cls.name, r.distribution, r.cls.summary()] for r in registry.runners()])
     for b in registry.broken:
-        console.print(f"[red]broken[/red] {b.describe()}")
+        console.out(f"broken: {b.describe()}", highlight=False)
     return EXIT_PLUGIN if args.strict and registry.broken else EXIT_OK
 
 
-def _cmd_config(args, console) -> int:
+def _cmd_config(args, console, registry) -> int:
     from .config import dump_yaml
-    from .plugins import load_registry
+    from .contracts import check_chain
+    from .errors import ConfigError
 
-    resolved = _load_config(args, load_registry())
+    resolved = _load_config(args, registry)
     if args.config_command == "show":
-        console.print(dump_yaml(resolved), markup=False, highlight=False, end="")
-    else:
-        console.print(f"{resolved.source}: valid ({len(resolved.stages)} stages selected)")
+        console.out(dump_yaml(resolved), highlight=False, end="")
+        return EXIT_OK
+    chain = [rs.impl.cls for rs in resolved.stages.values()]
+    problems = check_chain(chain, registry)
+    if problems:
+        raise ConfigError(resolved.source, problems)
+    console.out(f"{resolved.source}: valid ({len(resolved.stages)} stages selected)", highlight=False)
     return EXIT_OK
 
 
-def _pipeline(args, reporter, root: Path):
+def _pipeline(args, reporter, root: Path, registry):
     from .pipeline import Pipeline
-    from .plugins import load_registry
 
-    registry = load_registry()
     resolved = _load_config(args, registry)
     return Pipeline(root, resolved, registry, reporter, set(getattr(args, "force", [])))
 
 
-def _cmd_prepare(args, reporter) -> int:
-    from .ingest import check_run_folder, probe
+def _summary(console, pipeline, trained: bool) -> None:
+    """What a user wants after a run: where it is, the held-out numbers, the videos to look at, what next."""
+    root = pipeline.root
+    console.out(f"done: {root}", highlight=False)
+    entry = pipeline.manifest.stages.get("trainer") if trained else None
+    if entry is None:
+        console.out(f"next: being train {root}", highlight=False)
+        return
+    cls = pipeline.config.stages.get("trainer").impl.cls if "trainer" in pipeline.config.stages else None
+    names = cls.headline_metrics if cls else ()
+    metrics = entry.get("metrics", {})
+    shown = [f"{k} {metrics[k]}" for k in names if metrics.get(k) is not None]
+    if shown:
+        console.out(f"held-out metrics ({entry['impl']}): {', '.join(shown)}", highlight=False)
+    for rel in entry.get("outputs", {}):
+        if rel.endswith(".mp4"):
+            console.out(f"video: {root / rel}", highlight=False)
+    console.out(f"next: being render {root} --audio new.wav -o says.mp4", highlight=False)
 
-    from .stage import STAGE_ORDER, PREPARE_STAGES
 
-    pipeline = _pipeline(args, reporter, args.output)
-    pipeline.check(STAGE_ORDER if args.command == "run" else PREPARE_STAGES)  # before anything is written
-    probe(args.video)
-    check_run_folder(args.video, args.output)
-    _log_to_run(args.output)
-    pipeline.prepare(args.video)
-    if args.command == "run":
-        pipeline.train()
-    log.info("done: %s", pipeline.root)
+def _cmd_prepare(args, ctx, registry) -> int:
+    pipeline = _pipeline(args, ctx.progress, args.output, registry)
+    pipeline.prepare(args.video, train=args.command == "run")
+    if not ctx.quiet:
+        _summary(ctx.console, pipeline, trained=args.command == "run")
     return EXIT_OK
 
 
-def _cmd_train(args, reporter) -> int:
-    _log_to_run(args.run)
-    _pipeline(args, reporter, args.run).train()
+def _cmd_train(args, ctx, registry) -> int:
+    pipeline = _pipeline(args, ctx.progress, args.run, registry)
+    pipeline.train()
+    if not ctx.quiet:
+        _summary(ctx.console, pipeline, trained=True)
     return EXIT_OK
 
 
-def _cmd_render(args, reporter) -> int:
-    _log_to_run(args.run)
-    out = _pipeline(args, reporter, args.run).render(args.audio, args.output)
-    log.info("wrote %s", out)
+def _cmd_render(args, ctx, registry) -> int:
+    out = _pipeline(args, ctx.progress, args.run, registry).render(args.audio, args.output)
+    if not ctx.quiet:
+        ctx.console.out(f"wrote {out}", highlight=False)
     return EXIT_OK
 
 
-def _cmd_stage(args, reporter) -> int:
+def _cmd_stage(args, ctx, registry) -> int:
     from .execute import execute
     from .progress import JsonLinesReporter, Reporter
 
+    reporter = ctx.progress
     if args.progress == "jsonl":
         reporter = JsonLinesReporter()
     elif args.progress == "none":
@@ -212,74 +218,41 @@ def _cmd_stage(args, reporter) -> int:
     return EXIT_OK if result.ok else EXIT_STAGE_FAILED
 
 
-def _cmd_images(args, console, reporter) -> int:
-    from . import images
-    from .plugins import load_registry
-
-    registry = load_registry()
-    if args.images_command == "lock":
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            for spec in images.specs(registry, args.names, args.variant):
-                cons = images.read_constraints(spec, Path(tmp) / "environment.txt")
-                console.print(f"wrote {images.write_lock(spec, cons)}")
-        return EXIT_OK
-    c = images.client()
-    if args.images_command == "build":
-        todo = images.specs(registry, args.names, args.variant)
-        if args.preprocess:
-            from .stage import PREPARE_STAGES
-
-            todo = [spec for spec in todo if spec.impl.cls.kind in PREPARE_STAGES]
-        base = args.base or images.ensure_base(c, reporter)
-        images.check_python(c, base)
-        for spec in todo:
-            console.print(f"{images.build(c, spec, base, reporter, args.force)} ready")
-        return EXIT_OK
-    if args.images_command == "prune":
-        removed = images.prune(c, registry, args.all)
-        console.print(f"removed {len(removed)} image(s){': ' + ', '.join(removed) if removed else ''}")
-        return EXIT_OK
-    rows = images.listing(c, registry)
-    if args.json:
-        console.print_json(json.dumps(rows))
-        return EXIT_OK
-    from rich.table import Table
-
-    table = Table(title="Being images")
-    for col in ("tag", "size", "created", "age", "status"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["tag"], f"{r['size_mb']} MB", r["created"], r["age"], r["status"])
-    console.print(table)
-    return EXIT_OK
+BUILTIN = {"plugins": _cmd_plugins, "config": _cmd_config, "prepare": _cmd_prepare, "run": _cmd_prepare,
+           "train": _cmd_train, "render": _cmd_render, "stage": _cmd_stage}
+WITH_PROGRESS = {"prepare", "train", "render", "run"}
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
+    from .commands import CommandContext
+    from .plugins import collect_commands, load_plugins
     from .progress import Reporter
 
-    args = _parser().parse_args(argv)
+    pm, registry = load_plugins()
+    commands = collect_commands(pm, set(BUILTIN_COMMANDS), registry.broken)
+    args = _parser(commands).parse_args(argv)
     err_console = Console(stderr=True)
     _setup_logging(args.quiet, err_console)
-    reporter = Reporter()
+    plugin_command = next((c for c in commands.all() if c.name == args.command), None)
+    reporter: Reporter = Reporter()
     bars = None
-    if not args.quiet and args.command in ("prepare", "train", "render", "run", "images") or (
-            args.command == "stage" and args.progress == "bars" and not args.quiet):
+    wants_bars = args.command in WITH_PROGRESS or (plugin_command is not None and plugin_command.shows_progress) or (
+        args.command == "stage" and args.progress == "bars")
+    if wants_bars and not args.quiet:
         from .console import RichReporter
 
         bars = RichReporter(err_console)
         reporter = bars
-    handlers = {"plugins": lambda: _cmd_plugins(args, Console()), "config": lambda: _cmd_config(args, Console()),
-                "prepare": lambda: _cmd_prepare(args, reporter), "run": lambda: _cmd_prepare(args, reporter),
-                "train": lambda: _cmd_train(args, reporter), "render": lambda: _cmd_render(args, reporter),
-                "stage": lambda: _cmd_stage(args, reporter),
-                "images": lambda: _cmd_images(args, Console(), reporter)}
+    ctx = CommandContext(console=Console(), progress=reporter, quiet=args.quiet)
     try:
         with bars if bars else contextlib.nullcontext():
-            return handlers[args.command]()
+            if plugin_command is not None:
+                return plugin_command.run(args, ctx)
+            if args.command in ("plugins", "config"):
+                return BUILTIN[args.command](args, ctx.console, registry)
+            return BUILTIN[args.command](args, ctx, registry)
     except BeingError as exc:
         if args.traceback:
             err_console.print_exception()

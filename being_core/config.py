@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,11 +12,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, UnknownImplementationError, UsageError
-from .registry import Registry
+from .registry import Implementation, Registry, RunnerImplementation
+from .runners import RunnerOptions
 from .stage import STAGE_ORDER, StageConfig, StageKind
 
 CONFIG_SCHEMA_VERSION = 1
-RunnerName = Literal["inprocess", "subprocess", "docker"]
+DEFAULT_CONFIG = "default"
 
 
 class _Strict(BaseModel):
@@ -32,27 +35,24 @@ class IngestConfig(_Strict):
     )
     min_frames: int = Field(50, ge=1, description="Shortest clip, in frames at `fps`, worth training on.")
     jpeg_quality: int = Field(2, ge=1, le=31, description="ffmpeg -q:v for ori_imgs (1 best, 31 worst).")
+    val_split: int = Field(11, ge=2, description="The last 1/val_split of the frames is held out (the val "
+                           "split every stage reads); the reference datasets hold out 1/11.")
 
-
-class RunnerOptions(_Strict):
-    timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit for the stage, seconds.")
-    cpus: float | None = Field(None, gt=0, description="CPU limit for a containerised stage.")
-    memory: str | None = Field(None, description="Memory limit for a containerised stage, e.g. '8g'.")
-    gpu: bool | None = Field(None, description="Request a GPU; default: what the implementation declares.")
-    image: str | None = Field(None, description="Image to run instead of the implementation's own tag.")
-    cache: bool = Field(True, description="Mount a writable cache folder per image (~/.cache/being/containers/"
-                        "<image>) at /cache, where e.g. numba keeps compiled kernels between runs.")
+    def decoding(self) -> dict[str, Any]:
+        """The settings that change the decoded frames and audio (the split does not)."""
+        return self.model_dump(mode="json", exclude={"val_split"})
 
 
 class StageSelection(_Strict):
     impl: str = Field(description="Implementation name, as listed by `being plugins`.")
     config: dict[str, Any] = Field(default_factory=dict, description="The implementation's own settings.")
-    runner: RunnerName = Field("inprocess", description="Where the stage runs.")
-    runner_options: RunnerOptions = Field(default_factory=RunnerOptions, description="Limits for the runner.")
+    runner: str = Field("inprocess", description="Where the stage runs: a runner name (`being plugins`).")
+    runner_options: dict[str, Any] = Field(default_factory=dict, description="The runner's own options, e.g. "
+                                           "timeout_s; each runner validates its own.")
 
 
 class RunConfig(_Strict):
-    schema_version: Literal[1] = Field(CONFIG_SCHEMA_VERSION, description="Config format version.")
+    schema_version: Literal[1] = Field(1, description="Config format version.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="How a video becomes frames and audio.")
     stages: dict[StageKind, StageSelection | None] = Field(
         default_factory=dict, description="Implementation per stage kind; null or absent skips the stage."
@@ -61,9 +61,14 @@ class RunConfig(_Strict):
 
 @dataclass(frozen=True)
 class ResolvedStage:
+    """One selected stage: its implementation, its parsed config, and its runner with the runner's options."""
+
     kind: StageKind
     selection: StageSelection
+    impl: Implementation
     config: StageConfig
+    runner: RunnerImplementation
+    runner_options: RunnerOptions
 
 
 @dataclass(frozen=True)
@@ -78,16 +83,42 @@ class ResolvedConfig:
         """The config with every default filled in, as saved in the run folder."""
         data = self.raw.model_dump(mode="json")
         data["stages"] = {
-            str(k): {**data["stages"][str(k)], "config": rs.config.model_dump(mode="json")}
+            str(k): {**data["stages"][str(k)], "config": rs.config.model_dump(mode="json"),
+                     "runner_options": rs.runner_options.model_dump(mode="json", exclude_none=True)}
             if (rs := self.stages.get(k)) else None
             for k in STAGE_ORDER if str(k) in data["stages"]
         }
         return data
 
 
-def default_config_path() -> Path:
-    """``configs/default.yaml`` of the checkout Being runs from."""
-    return Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+def shipped_configs() -> dict[str, Path]:
+    """The configs that come with Being (package data), by name: ``default``, ``cpu-small``, ..."""
+    folder = resources.files("being_core.configs")
+    found = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml"):
+            found[entry.name[: -len(".yaml")]] = Path(str(entry))
+    return dict(sorted(found.items()))
+
+
+def find_config(name_or_path: str | Path | None) -> Path:
+    """A config file: an existing path, else a shipped config by name (``cpu-small`` or ``cpu-small.yaml``);
+    None means the shipped ``default``. Anything else is a UsageError listing the shipped names."""
+    shipped = shipped_configs()
+    if name_or_path is None:
+        if DEFAULT_CONFIG not in shipped:
+            raise UsageError("the shipped default config is missing from this installation of being-core; "
+                             "reinstall it or pass -c CONFIG")
+        return shipped[DEFAULT_CONFIG]
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if str(path) in (path.name, name) and name in shipped:
+        return shipped[name]
+    if path.exists():
+        raise UsageError(f"config {path} is not a file")
+    raise UsageError(f"config file {path} does not exist; shipped configs: {', '.join(shipped) or 'none'}")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -126,13 +157,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _loc(prefix: str, err: dict[str, Any]) -> str:
+def _loc(prefix: str, err: Mapping[str, Any]) -> str:
     parts = [prefix] if prefix else []
     parts += [str(p) for p in err["loc"]]
     return ".".join(parts)
 
 
-def _describe(prefix: str, err: dict[str, Any]) -> str:
+def _describe(prefix: str, err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return f"{_loc(prefix, err)}: unknown key"
     return f"{_loc(prefix, err)}: {err['msg']}"
@@ -141,7 +172,8 @@ def _describe(prefix: str, err: dict[str, Any]) -> str:
 def resolve(data: dict[str, Any], registry: Registry, source: str = "config") -> ResolvedConfig:
     """Validate a whole config against the installed plugins; every problem is reported in one ConfigError."""
     problems: list[str] = []
-    stages_raw = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    given = data.get("stages")
+    stages_raw: dict[str, Any] = given if isinstance(given, dict) else {}
     try:
         raw = RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -161,22 +193,33 @@ def resolve(data: dict[str, Any], registry: Registry, source: str = "config") ->
             cfg = impl.cls.Config.model_validate(sel_raw.get("config") or {})
         except ValidationError as exc:
             problems += [_describe(f"stages.{kind}.config", e) for e in exc.errors()]
-            continue
-        if raw is not None and raw.stages.get(kind) is not None:
-            resolved[kind] = ResolvedStage(kind, raw.stages[kind], cfg)
+            cfg = None
+        runner_name = sel_raw.get("runner", "inprocess")
+        runner = options = None
+        if isinstance(runner_name, str):
+            try:
+                runner = registry.runner(runner_name)
+            except UnknownImplementationError as exc:
+                problems.append(f"stages.{kind}.runner: {exc}")
+        if runner is not None and isinstance(sel_raw.get("runner_options") or {}, dict):
+            try:
+                options = runner.cls.Options.model_validate(sel_raw.get("runner_options") or {})
+            except ValidationError as exc:
+                problems += [_describe(f"stages.{kind}.runner_options", e) for e in exc.errors()]
+        selection = raw.stages.get(kind) if raw is not None else None
+        if selection is not None and cfg is not None and runner is not None and options is not None:
+            resolved[kind] = ResolvedStage(kind, selection, impl, cfg, runner, options)
     if problems or raw is None:
         raise ConfigError(source, problems)
     return ResolvedConfig(raw, resolved, source)
 
 
-def load(path: Path | None, registry: Registry, overrides: list[str] = ()) -> ResolvedConfig:
-    """Load ``path`` (``configs/default.yaml`` when None), apply ``--set`` overrides and validate."""
-    if path is None:
-        path = default_config_path()
-        data = load_yaml(path) if path.exists() else {}
-    else:
-        data = load_yaml(path)
-    return resolve(apply_overrides(data, list(overrides)), registry, str(path))
+def load(name_or_path: str | Path | None, registry: Registry, overrides: list[str] | tuple[str, ...] = ()
+         ) -> ResolvedConfig:
+    """Load a config (a path, a shipped name, or the shipped default when None), apply ``--set`` overrides
+    and validate it against the installed plugins."""
+    path = find_config(name_or_path)
+    return resolve(apply_overrides(load_yaml(path), list(overrides)), registry, str(path))
 
 
 def dump_yaml(resolved: ResolvedConfig) -> str:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from .progress import Reporter
@@ -54,3 +61,21 @@ class RichReporter(Reporter):
             if task.total is None:
                 self._progress.update(rich_id, total=task.completed)
             self._progress.stop_task(rich_id)
+
+
+def print_table(console, title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; plain aligned rows (never cut) when piped, so grep and files see it all."""
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    for row in [columns, *rows]:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        console.out(line, highlight=False)

@@ -5,22 +5,20 @@ This is what ``being-stage REQUEST`` runs, whether launched in-process, as a sub
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from .errors import BeingError, InputError, StageFailed
-from .manifest import INTERNAL_DIR, MANIFEST_NAME
-from .plugins import load_registry
+from .manifest import INTERNAL_DIR
 from .progress import Reporter
 from .protocol import StageError, StageRequest, StageResult, write_json_atomic
-from .registry import Registry
-from .stage import StageContext, StageKind
+from .stage import Stage, StageContext, StageKind
 
 log = logging.getLogger("being.stage")
 
@@ -45,42 +43,49 @@ def root_of(request_path: Path) -> Path:
 
 
 def execute(request_path: Path, root: Path | None = None, progress: Reporter | None = None,
-            registry: Registry | None = None) -> StageResult:
-    """Run the requested stage and write ``result.json``. Errors inside the stage become a failed result."""
+            cls: type[Stage[Any]] | None = None) -> StageResult:
+    """Run the requested stage and write ``result.json``. Errors inside the stage become a failed result.
+
+    ``cls`` is the implementation when the caller has it (in-process); otherwise it is looked up among the
+    plugins installed here (a child process, a container).
+    """
     request = read_request(request_path)
     root = (root or root_of(request_path)).resolve()
     out = root / request.out_dir
     started = time.monotonic()
 
-    def finish(ok: bool, outputs=(), metrics=None, info=None, error=None) -> StageResult:
+    def finish(ok: bool, metrics=None, info=None, error=None) -> StageResult:
         result = StageResult(stage=request.stage, impl=request.impl, version=request.version, ok=ok,
-                             outputs=list(outputs), metrics=metrics or {}, info=info or {}, error=error,
+                             metrics=metrics or {}, info=info or {}, error=error,
                              seconds=round(time.monotonic() - started, 3))
         write_json_atomic(root / request.result_path, result)
         return result
 
     try:
-        registry = registry or load_registry()
-        cls = registry.get(StageKind(request.stage), request.impl)
+        if cls is None:
+            from .plugins import load_registry
+
+            cls = load_registry().get(StageKind(request.stage), request.impl)
         if cls.version != request.version:
             raise StageFailed(
                 f"{request.stage} '{request.impl}' here is version {cls.version}, but the run asks for "
-                f"{request.version}; rebuild its image (`being images build {cls.slug()}`) or reinstall the plugin"
+                f"{request.version}; rebuild its image or reinstall the plugin"
             )
         config = cls.Config.model_validate(request.config)
+        if request.action != "run" and request.action not in cls.actions:
+            raise StageFailed(f"{request.stage} '{request.impl}' has no action '{request.action}'")
+        action = cls.action(request.action)
+        params = action.params.model_validate(request.params) if action else None
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        manifest_path = root / MANIFEST_NAME
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
         state = root / request.work_dir / "state"
         state.mkdir(exist_ok=True)
-        ctx = StageContext(root=root, out=out, config=config, manifest=manifest, progress=progress or Reporter(),
-                           action=request.action, params=request.params, state=state)
+        ctx = StageContext(root=root, out=out, config=config, dataset=request.dataset, upstream=request.upstream,
+                           progress=progress or Reporter(), action=request.action, params=params, state=state)
         stage = cls()
-        report = stage.render(ctx) if request.action == "render" else stage.run(ctx)
-        outputs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-        return finish(True, outputs, report.metrics, report.info)
+        report = getattr(stage, action.method)(ctx) if action else stage.run(ctx)
+        return finish(True, report.metrics, report.info)
     except KeyboardInterrupt:
         finish(False, error=StageError(type="KeyboardInterrupt", message="interrupted"))
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,6 @@ def match_patterns(root: Path, patterns: tuple[str, ...] | list[str]) -> dict[st
 
 def natural_key(rel: str) -> tuple:
     """Sort ``ori_imgs/10.jpg`` after ``ori_imgs/9.jpg``."""
-    import re
-
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rel))
 
 
@@ -108,25 +107,3 @@ class Manifest:
             if not (self.root / rel).is_file() or self.digest(rel) != digest:
                 return False
         return True
-
-
-class AudioFeatures:
-    """What the audio encoder of a run recorded: the trainer and render-time encoding read this, not code."""
-
-    def __init__(self, entry: dict[str, Any]):
-        info = entry.get("info", {})
-        self.encoder: str = info["encoder"]
-        self.file: str = info["file"]
-        self.dim: int = int(info["dim"])
-        self.window: int = int(info["window"])
-        self.rate: float = float(info["rate"])
-        self.impl: str = entry["impl"]
-        self.config: dict[str, Any] = entry.get("config", {})
-
-
-def audio_features(manifest: dict[str, Any]) -> AudioFeatures:
-    """The audio features of a run from its ``being.json`` data; InputError when it has none."""
-    entry = manifest.get("stages", {}).get("audio_encoder")
-    if not entry or entry.get("status") != "done":
-        raise InputError("this run has no audio features (no audio_encoder stage ran); prepare it with audio")
-    return AudioFeatures(entry)

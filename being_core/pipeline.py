@@ -2,14 +2,18 @@
 
 A stage writes into ``.being/stages/<kind>/work/out``; only after its ``result.json`` says it succeeded
 and its files match what it declared are they moved into the run folder and recorded in ``being.json``.
+Before anything is written, :meth:`Pipeline.preflight` checks every selected stage's runner and the
+promises of the whole chain (:mod:`being_core.contracts`), and reports every problem at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +21,19 @@ from pydantic import ValidationError
 
 from . import __version__
 from .config import ResolvedConfig, ResolvedStage, StageSelection, dump_yaml
-from .errors import InputError, StageFailed, UsageError
-from .ingest import AUDIO_FILE, check_run_folder, extract_audio, ingest, probe
+from .contracts import Provided, check_chain, provided_by_run, unmet
+from .errors import ConfigError, InputError, StageFailed, UsageError
+from .ingest import AUDIO_FILE, MediaInfo, check_run_folder, extract_audio, ingest, probe
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
 from .progress import Reporter
 from .protocol import StageRequest, StageResult, write_json_atomic
 from .registry import Registry
-from .runners import get_runner
-from .stage import PREPARE_STAGES, Stage, StageKind
+from .stage import PREPARE_STAGES, STAGE_ORDER, DatasetFacts, RenderParams, Stage, StageKind, split_point
 
 log = logging.getLogger("being.pipeline")
 CONFIG_NAME = "config.yaml"
+RUN_LOG = f"{INTERNAL_DIR}/log.txt"
 
 
 class Pipeline:
@@ -45,101 +50,160 @@ class Pipeline:
         if unknown:
             raise UsageError(f"--force got unknown stage(s): {', '.join(sorted(unknown))}; "
                              f"use ingest, {', '.join(map(str, StageKind))} or all")
-        self.manifest: Manifest | None = None
-        self._checked: set[StageKind] = set()  # stages whose runner can run them
+        self._manifest: Manifest | None = None
+        self._checked: set[StageKind] = set()  # stages whose runner said it can run them
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            raise RuntimeError("the run folder is not open")
+        return self._manifest
 
     # --- public entry points --------------------------------------------------------------------
 
-    def prepare(self, video: Path) -> Manifest:
-        """Ingest ``video`` and run every selected dataset stage (face, audio, AU, teeth)."""
+    def prepare(self, video: Path, train: bool = False) -> Manifest:
+        """Ingest ``video`` and run every selected dataset stage (face, audio, AU, teeth); with ``train``
+        also the trainer and refiner. Everything is checked before the first file is written."""
         video = Path(video)
-        self.check(PREPARE_STAGES)
+        kinds = STAGE_ORDER if train else PREPARE_STAGES
         info = probe(video)
+        self.preflight(kinds, has_audio=info.audio_codec is not None or self.config.raw.ingest.audio == "required")
         check_run_folder(video, self.root)
-        self._open()
-        self._save_config()
-        self.ingest(video, info)
-        for kind in PREPARE_STAGES:
-            self.run_stage(kind)
+        with self._open():
+            self._save_config()
+            self.ingest(video, info)
+            for kind in PREPARE_STAGES:
+                self.run_stage(kind)
+            if train:
+                self._train()
         return self.manifest
 
     def train(self) -> Manifest:
         """Run the trainer (and refiner, when selected) on a prepared run folder."""
-        self.check((StageKind.TRAINER, StageKind.REFINER))
-        self._open(require_prepared=True)
+        manifest = self._require_prepared()
         if StageKind.TRAINER not in self.config.stages:
             raise InputError(f"{self.config.source} selects no trainer (stages.trainer)")
-        self._save_config()
-        self.run_stage(StageKind.TRAINER)
-        self.run_stage(StageKind.REFINER)
+        self.preflight((StageKind.TRAINER, StageKind.REFINER), provided=provided_by_run(manifest.stages,
+                                                                                         self.registry))
+        with self._open():
+            self._save_config()
+            self._train()
         return self.manifest
 
     def render(self, audio: Path, output: Path) -> Path:
         """Make the trained avatar say ``audio``; writes ``output`` (.mp4) and returns its path.
 
         The audio is encoded by the encoder recorded in this run (same implementation and config), in a
-        sub-run folder ``renders/<audio>-<hash>/`` that keeps its own manifest and cache.
+        sub-run folder ``renders/<audio>-<hash>/`` that keeps its own manifest and cache; then the trainer's
+        ``render`` action turns the features into the video.
         """
         audio, output = Path(audio), Path(output)
         if output.suffix.lower() != ".mp4":
             raise InputError(f"render output {output} must end in .mp4")
-        self.check((StageKind.AUDIO_ENCODER, StageKind.TRAINER))
-        self._open(require_prepared=True)
-        if (self.manifest.stages.get(str(StageKind.TRAINER)) or {}).get("status") != "done":
+        manifest = self._require_prepared()
+        self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER), contracts=False)
+        trainer = self.config.stages[StageKind.TRAINER]
+        if (manifest.stages.get(str(StageKind.TRAINER)) or {}).get("status") != "done":
             raise InputError(f"{self.root} has no trained avatar; run `being train {self.root}` first")
-        enc = self.manifest.stages.get(str(StageKind.AUDIO_ENCODER)) or {}
+        enc = manifest.stages.get(str(StageKind.AUDIO_ENCODER)) or {}
         if enc.get("status") != "done":
             raise InputError(f"{self.root} has no audio features, so its encoder is unknown; prepare it with audio")
+        problem = unmet(trainer.impl.cls, provided_by_run(manifest.stages, self.registry), self.registry, "render")
+        if problem:
+            raise ConfigError(self.config.source, [problem])
         info = probe(audio)
         if info.audio_codec is None:
             raise InputError(f"{audio} has no audio stream")
-        sha = sha256_file(audio)
-        sub_rel = f"renders/{_safe_stem(audio.stem)}-{sha[:8]}"
-        sub_root = self.root / sub_rel
-        sub_root.mkdir(parents=True, exist_ok=True)
-        seconds = extract_audio(audio, sub_root, self.progress)
-        fps = self.manifest.data["dataset"]["fps"]
-        n_frames = max(1, round(seconds * fps))
-        # The sub-run uses the recorded encoder, whatever the current config says.
-        cls = self.registry.get(StageKind.AUDIO_ENCODER, enc["impl"])
-        selection = self.config.stages.get(StageKind.AUDIO_ENCODER)
-        sub_config = ResolvedConfig(self.config.raw, {StageKind.AUDIO_ENCODER: ResolvedStage(
-            StageKind.AUDIO_ENCODER,
-            selection.selection if selection and selection.selection.impl == cls.name else StageSelection(impl=cls.name),
-            cls.Config.model_validate(enc.get("config", {})))}, self.config.source)
-        sub = Pipeline(sub_root, sub_config, self.registry, self.progress, self.force)
-        sub._open()
-        sub.manifest.data["dataset"] = {"n_frames": n_frames, "fps": fps, "has_audio": True, "audio_seconds": seconds,
-                                        "width": self.manifest.data["dataset"]["width"],
-                                        "height": self.manifest.data["dataset"]["height"]}
-        sub.manifest.data["source"] = {"audio": str(audio.resolve()), "sha256": sha}
-        features = sub.run_stage(StageKind.AUDIO_ENCODER)["info"]["file"]
-        self.run_stage(StageKind.TRAINER, action="render", params={
-            "audio": f"{sub_rel}/{AUDIO_FILE}", "features": f"{sub_rel}/{features}", "n_frames": n_frames,
-            "output": f"{sub_rel}/render.mp4"})
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        shutil.copyfile(self.root / sub_rel / "render.mp4", tmp)
-        os.replace(tmp, output)
+        with self._open():
+            sha = sha256_file(audio)
+            sub_rel = f"renders/{_safe_stem(audio.stem)}-{sha[:8]}"
+            sub = self._encoder_run(self.root / sub_rel, enc)
+            sub.root.mkdir(parents=True, exist_ok=True)
+            seconds = extract_audio(audio, sub.root, self.progress)
+            facts = self.facts()
+            n_frames = max(1, round(seconds * facts.fps))
+            with sub._open(run_log=False):
+                sub.manifest.data["dataset"] = DatasetFacts(
+                    n_frames=n_frames, fps=facts.fps, width=facts.width, height=facts.height, has_audio=True,
+                    audio_seconds=seconds, val_start=n_frames).model_dump(mode="json")
+                sub.manifest.data["source"] = {"audio": str(audio.resolve()), "sha256": sha}
+                entry = sub.run_stage(StageKind.AUDIO_ENCODER)
+            assert entry is not None
+            params = RenderParams(audio=f"{sub_rel}/{AUDIO_FILE}", features=f"{sub_rel}/{entry['info']['file']}",
+                                  n_frames=n_frames, output=f"{sub_rel}/render.mp4")
+            self.run_stage(StageKind.TRAINER, action="render", params=params.model_dump(mode="json"))
+            output.parent.mkdir(parents=True, exist_ok=True)
+            tmp = output.with_name(f".{output.name}.tmp")
+            shutil.copyfile(self.root / params.output, tmp)
+            os.replace(tmp, output)
         return output
 
-    def check(self, kinds) -> None:
-        """Fail before anything runs when a selected stage cannot run on its runner. A stage is checked once
-        per pipeline (the CLI checks them all before it writes anything, then each step would again)."""
+    def run_one(self, kind: StageKind) -> dict[str, Any] | None:
+        """Run one selected stage on a prepared run folder (cached like any other), after checking its runner
+        and that the run folder holds what it needs. Returns its ``being.json`` entry."""
+        manifest = self._require_prepared()
+        self.preflight((kind,), provided=provided_by_run({k: v for k, v in manifest.stages.items() if k != str(kind)},
+                                                         self.registry))
+        with self._open():
+            return self.run_stage(kind)
+
+    def preflight(self, kinds: Iterable[StageKind], provided: Provided | None = None, has_audio: bool = True,
+                  contracts: bool = True) -> None:
+        """Fail before anything runs: a selected stage its runner cannot run (UsageError), or any promise of
+        the chain that no earlier stage keeps (one ConfigError listing them all)."""
+        kinds = [k for k in STAGE_ORDER if k in set(kinds)]
         for kind in kinds:
             rs = self.config.stages.get(kind)
             if rs is not None and kind not in self._checked:
-                cls = self.registry.get(kind, rs.selection.impl)
-                get_runner(rs.selection.runner).check(cls, rs.selection.runner_options)
+                rs.runner.cls().check(rs.impl, rs.runner_options)
                 self._checked.add(kind)
+        if contracts:
+            chain = [self.config.stages[k].impl.cls for k in kinds if k in self.config.stages]
+            problems = check_chain(chain, self.registry, provided, has_audio)
+            if problems:
+                raise ConfigError(self.config.source, problems)
+
+    def facts(self) -> DatasetFacts:
+        """The run's dataset facts (split included), as ingest recorded them."""
+        try:
+            return DatasetFacts.model_validate(self.manifest.data.get("dataset") or {})
+        except ValidationError as exc:
+            raise InputError(f"{self.root / 'being.json'} has no valid dataset facts "
+                             f"({exc.errors()[0]['msg']}); run `being prepare` again") from None
 
     # --- steps ----------------------------------------------------------------------------------
 
-    def _open(self, require_prepared: bool = False) -> None:
-        if require_prepared and not (self.root / "being.json").is_file():
+    def _require_prepared(self) -> Manifest:
+        if not (self.root / "being.json").is_file():
             raise InputError(f"{self.root} is not a prepared run folder (no being.json); run `being prepare` first")
-        self.manifest = Manifest.load(self.root)
-        self.manifest.data["being_version"] = __version__
+        manifest = Manifest.load(self.root)
+        facts = manifest.data.get("dataset") or {}
+        want = self.config.raw.ingest.val_split
+        if "n_frames" in facts and "val_start" in facts and split_point(facts["n_frames"], want) != facts["val_start"]:
+            raise UsageError(f"{self.root} was prepared with frames {facts['val_start']}-{facts['n_frames'] - 1} "
+                             f"held out, but {self.config.source} says ingest.val_split: {want}; the split is "
+                             f"decided once, by `being prepare` (run it again to change it)")
+        return manifest
+
+    @contextlib.contextmanager
+    def _open(self, run_log: bool = True) -> Iterator[Manifest]:
+        """Load (or start) ``being.json`` and, with ``run_log``, copy every log line to ``RUN/.being/log.txt``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._manifest = Manifest.load(self.root)
+        self._manifest.data["being_version"] = __version__
+        handler = None
+        if run_log:
+            path = self.root / RUN_LOG
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("being").addHandler(handler)
+        try:
+            yield self._manifest
+        finally:
+            if handler is not None:
+                logging.getLogger("being").removeHandler(handler)
+                handler.close()
 
     def _save_config(self) -> None:
         path = self.root / CONFIG_NAME
@@ -150,25 +214,47 @@ class Pipeline:
     def _forced(self, name: str) -> bool:
         return name in self.force or "all" in self.force
 
-    def ingest(self, video: Path, info=None) -> None:
+    def _train(self) -> None:
+        self.run_stage(StageKind.TRAINER)
+        self.run_stage(StageKind.REFINER)
+
+    def _encoder_run(self, sub_root: Path, enc: dict[str, Any]) -> Pipeline:
+        """A pipeline for a render's sub-run: the encoder recorded in this run, whatever the config says now."""
+        impl = self.registry.implementation(StageKind.AUDIO_ENCODER, enc["impl"])
+        current = self.config.stages.get(StageKind.AUDIO_ENCODER)
+        if current is not None and current.impl.cls is impl.cls:
+            selection, runner, options = current.selection, current.runner, current.runner_options
+        else:
+            selection, runner = StageSelection(impl=impl.cls.name), self.registry.runner("inprocess")
+            options = runner.cls.Options()
+        stage = ResolvedStage(StageKind.AUDIO_ENCODER, selection, impl,
+                              impl.cls.Config.model_validate(enc.get("config", {})), runner, options)
+        config = ResolvedConfig(self.config.raw, {StageKind.AUDIO_ENCODER: stage}, self.config.source)
+        return Pipeline(sub_root, config, self.registry, self.progress, self.force)
+
+    def ingest(self, video: Path, info: MediaInfo | None = None) -> None:
+        """Decode ``video`` into frames and audio unless the same video was decoded with the same settings;
+        then record the dataset facts, the split decided here from ``ingest.val_split``."""
         m = self.manifest
         cfg = self.config.raw.ingest
         video_sha = sha256_file(video)
-        key = sha256_json({"video": video_sha, "ingest": cfg.model_dump(mode="json")})
+        key = sha256_json({"video": video_sha, "ingest": cfg.decoding()})
         entry = m.stages.get("ingest")
         if entry and entry.get("key") == key and m.outputs_intact("ingest") and not self._forced("ingest"):
             log.info("ingest: unchanged, skipped")
-            return
-        started = time.monotonic()
-        result = ingest(video, self.root, cfg, self.progress, info)
-        m.data["source"] = {"video": str(video.resolve()), "sha256": video_sha, **(info or probe(video)).to_dict()}
-        m.data["dataset"] = {"n_frames": result.n_frames, "fps": cfg.fps, "width": result.width,
-                             "height": result.height, "has_audio": result.has_audio,
-                             "audio_seconds": result.audio_seconds}
-        m.forget([r for r in m.data["files"] if r.startswith("ori_imgs/")])
-        m.stages["ingest"] = {"status": "done", "key": key, "config": cfg.model_dump(mode="json"),
-                              "outputs": m.digests(result.outputs),
-                              "seconds": round(time.monotonic() - started, 3), "finished": _now()}
+        else:
+            started = time.monotonic()
+            info = info or probe(video)
+            result = ingest(video, self.root, cfg, self.progress, info)
+            m.data["source"] = {"video": str(video.resolve()), "sha256": video_sha, **info.to_dict()}
+            m.data["dataset"] = {"n_frames": result.n_frames, "fps": cfg.fps, "width": result.width,
+                                 "height": result.height, "has_audio": result.has_audio,
+                                 "audio_seconds": result.audio_seconds}
+            m.forget([r for r in m.data["files"] if r.startswith("ori_imgs/")])
+            m.stages["ingest"] = {"status": "done", "key": key, "config": cfg.decoding(),
+                                  "outputs": m.digests(result.outputs),
+                                  "seconds": round(time.monotonic() - started, 3), "finished": _now()}
+        m.data["dataset"]["val_start"] = split_point(m.data["dataset"]["n_frames"], cfg.val_split)
         m.save()
 
     def run_stage(self, kind: StageKind, action: str = "run",
@@ -180,34 +266,40 @@ class Pipeline:
         rs = self.config.stages.get(kind)
         if rs is None:
             return None
-        cls = self.registry.get(kind, rs.selection.impl)
+        cls = rs.impl.cls
         m = self.manifest
+        facts = self.facts()
         name = str(kind) if action == "run" else f"{kind}:{action}"
-        if kind == StageKind.AUDIO_ENCODER and not m.data.get("dataset", {}).get("has_audio", True):
+        if kind == StageKind.AUDIO_ENCODER and not facts.has_audio:
             log.info("%s: skipped, the clip has no audio", kind)
             self._retire(str(kind))
             return None
-        inputs = self._inputs(cls.inputs if action == "run" else cls.render_inputs, cls)
+        required, declared, optional = cls.files(action)
+        inputs = self._inputs(required, cls)
+        upstream = {str(k): (m.stages.get(str(k)) or {}).get("info", {}) for k in cls.reads_info}
         config_json = rs.config.model_dump(mode="json")
-        key = sha256_json({"impl": cls.name, "version": cls.version, "config": config_json,
-                           "action": action, "params": params or {}, "inputs": m.digests(inputs)})
+        key = sha256_json({"impl": cls.name, "version": cls.version, "config": config_json, "action": action,
+                           "params": params or {}, "dataset": facts.model_dump(mode="json"), "upstream": upstream,
+                           "inputs": m.digests(inputs)})
         entry = m.stages.get(name)
         if entry and entry.get("key") == key and m.outputs_intact(name) and not self._forced(str(kind)):
             log.info("%s '%s': unchanged, skipped", name, cls.name)
             return entry
-        result = self._launch(name, kind, cls, rs, inputs, action, params or {}, key)
-        declared = cls.outputs if action == "run" else cls.render_outputs
-        published = self._publish(name, declared, cls.optional_outputs if action == "run" else (), cls, result)
+        request = StageRequest(stage=str(kind), impl=cls.name, version=cls.version, action=action,
+                               config=config_json, dataset=facts, upstream=upstream, inputs=inputs,
+                               work_dir=f"{INTERNAL_DIR}/stages/{name.replace(':', '-')}/work", params=params or {})
+        result = self._launch(name, rs, request, key)
+        published = self._publish(name, declared, optional, cls, request)
         m.stages[name] = {
-            "status": "done", "impl": cls.name, "version": cls.version, "distribution":
-            self.registry.implementation(kind, cls.name).distribution, "runner": rs.selection.runner,
-            "config": config_json, "key": key, "inputs": m.digests(inputs), "outputs": m.digests(published),
-            "info": result.info, "metrics": result.metrics, "seconds": result.seconds, "finished": _now(),
+            "status": "done", "impl": cls.name, "version": cls.version, "distribution": rs.impl.distribution,
+            "runner": rs.selection.runner, "config": config_json, "key": key, "inputs": m.digests(inputs),
+            "outputs": m.digests(published), "info": result.info, "metrics": result.metrics,
+            "seconds": result.seconds, "finished": _now(),
         }
         m.save()
         return m.stages[name]
 
-    def _inputs(self, patterns: tuple[str, ...], cls: type[Stage]) -> list[str]:
+    def _inputs(self, patterns: tuple[str, ...], cls: type[Stage[Any]]) -> list[str]:
         found = match_patterns(self.root, patterns)
         missing = [p for p, hits in found.items() if not hits]
         if missing:
@@ -216,39 +308,35 @@ class Pipeline:
         optional = match_patterns(self.root, cls.optional_inputs)
         return [rel for hits in (*found.values(), *optional.values()) for rel in hits]
 
-    def _launch(self, name: str, kind: StageKind, cls: type[Stage], rs: ResolvedStage, inputs: list[str],
-                action: str, params: dict[str, Any], key: str) -> StageResult:
-        stage_dir = self.root / INTERNAL_DIR / "stages" / name.replace(":", "-")
-        work = stage_dir / "work"
-        _clear_work(work, key, resume=not self._forced(str(kind)))
-        request = StageRequest(stage=str(kind), impl=cls.name, version=cls.version, action=action,
-                               config=rs.config.model_dump(mode="json"), inputs=inputs,
-                               work_dir=work.relative_to(self.root).as_posix(), params=params)
-        request_path = stage_dir / "request.json"
+    def _launch(self, name: str, rs: ResolvedStage, request: StageRequest, key: str) -> StageResult:
+        cls = rs.impl.cls
+        work = self.root / request.work_dir
+        _clear_work(work, key, resume=not self._forced(str(rs.kind)))
+        request_path = work.parent / "request.json"
         write_json_atomic(request_path, request)
         previous = self.manifest.stages.get(name) or {}
         self.manifest.stages[name] = {"status": "running", "impl": cls.name, "started": _now(),
-                                           "outputs": previous.get("outputs", {})}
+                                      "outputs": previous.get("outputs", {})}
         self.manifest.save()
-        log.info("%s '%s': running (%s runner)", kind, cls.name, rs.selection.runner)
-        get_runner(rs.selection.runner).launch(request_path, self.root, cls, rs.selection.runner_options,
-                                               self.progress, self.registry)
+        log.info("%s '%s': running (%s runner)", rs.kind, cls.name, rs.selection.runner)
+        rs.runner.cls().launch(rs.impl, request_path, self.root, rs.runner_options, self.progress)
         result_path = self.root / request.result_path
         if not result_path.is_file():
-            raise StageFailed(f"{kind} '{cls.name}' left no result ({result_path}); nothing it wrote was kept")
+            raise StageFailed(f"{rs.kind} '{cls.name}' left no result ({result_path}); nothing it wrote was kept")
         try:
             result = StageResult.model_validate_json(result_path.read_text(encoding="utf-8"))
         except ValidationError as exc:
-            raise StageFailed(f"{kind} '{cls.name}' wrote an invalid result {result_path}: {exc.errors()[0]['msg']}")
+            raise StageFailed(f"{rs.kind} '{cls.name}' wrote an invalid result {result_path}: "
+                              f"{exc.errors()[0]['msg']}") from None
         if not result.ok:
             err = result.error
-            raise StageFailed(f"{kind} '{cls.name}' failed: {err.message if err else 'no reason given'}")
+            raise StageFailed(f"{rs.kind} '{cls.name}' failed: {err.message if err else 'no reason given'}")
         return result
 
-    def _publish(self, name: str, declared: tuple[str, ...], optional: tuple[str, ...], cls: type[Stage],
-                 result: StageResult) -> list[str]:
+    def _publish(self, name: str, declared: tuple[str, ...], optional: tuple[str, ...], cls: type[Stage[Any]],
+                 request: StageRequest) -> list[str]:
         """Check the stage's files against its declared outputs, then move them into the run folder."""
-        out = self.root / INTERNAL_DIR / "stages" / name.replace(":", "-") / "work" / "out"
+        out = self.root / request.out_dir
         written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
         undeclared = [rel for rel in written if not matches_any(rel, (*declared, *optional))]
         if undeclared:
@@ -265,7 +353,7 @@ class Pipeline:
         shutil.rmtree(out)
         return written
 
-    def _retire(self, kind: str, keep: set[str] = frozenset()) -> None:
+    def _retire(self, kind: str, keep: set[str] | frozenset[str] = frozenset()) -> None:
         """Delete the files a stage published before, except those it is about to replace."""
         entry = self.manifest.stages.pop(kind, None) or {}
         stale = [rel for rel in entry.get("outputs", {}) if rel not in keep]

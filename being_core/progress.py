@@ -120,6 +120,8 @@ def replay(line: str, target: Reporter, tasks: dict[int, Task]) -> bool:
     if not isinstance(event, dict) or event.get("event") != "progress":
         return False
     op, task_id = event.get("op"), event.get("id")
+    if not isinstance(task_id, int):
+        return True  # a progress event without a task: nothing to show
     if op == "start":
         tasks[task_id] = target.task(event.get("description", ""), event.get("total"), event.get("unit", "it"))
     elif op == "advance" and task_id in tasks:

@@ -2,6 +2,8 @@
 
 A stage gets a request and writes a result, last, into its work folder. Paths inside both are relative
 to the run folder (the mount root), so the same request works in-process, in a subprocess and in a container.
+The request carries everything the stage may know besides its input files: its config, the dataset facts,
+the ``info`` of the upstream stages it declares, and the action's parameters. All of it is in the cache key.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+from .stage import DatasetFacts
+
+SCHEMA_VERSION = 2
 
 
 class _Doc(BaseModel):
@@ -22,15 +26,18 @@ class _Doc(BaseModel):
 
 class StageRequest(_Doc):
     kind: Literal["being.stage-request"] = "being.stage-request"
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = 2
     stage: str = Field(description="Stage kind, e.g. 'audio_encoder'.")
     impl: str = Field(description="Implementation name.")
     version: str = Field(description="Implementation version the core expects to run.")
-    action: Literal["run", "render"] = Field("run", description="'render' only for trainers.")
+    action: str = Field("run", description="'run', or an action the kind declares (a trainer's 'render').")
     config: dict[str, Any] = Field(default_factory=dict, description="The implementation's validated config.")
+    dataset: DatasetFacts = Field(description="The run's dataset facts (frames, size, split).")
+    upstream: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="The info of the earlier stages the implementation reads (reads_info).")
     inputs: list[str] = Field(default_factory=list, description="Input files, relative to the run folder.")
     work_dir: str = Field(description="The stage's writable folder, relative to the run folder.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Action parameters (render: audio, output).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The action's parameters.")
 
     @property
     def out_dir(self) -> str:
@@ -48,13 +55,14 @@ class StageError(_Doc):
 
 
 class StageResult(_Doc):
+    """The stage's word on how it went. Its files are what it left in ``out/``; the core lists them itself."""
+
     kind: Literal["being.stage-result"] = "being.stage-result"
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = 2
     stage: str
     impl: str
     version: str
     ok: bool
-    outputs: list[str] = Field(default_factory=list, description="Files written, relative to the output folder.")
     metrics: dict[str, Any] = Field(default_factory=dict)
     info: dict[str, Any] = Field(default_factory=dict)
     error: StageError | None = None
@@ -66,5 +74,8 @@ def write_json_atomic(path: Path, data: dict[str, Any] | BaseModel) -> None:
     text = data.model_dump_json(indent=2) if isinstance(data, BaseModel) else json.dumps(data, indent=2)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,53 +1,89 @@
-"""Runners launch a stage request somewhere: in this process, in a subprocess, or in a container.
+"""Runners launch a stage request somewhere: this process, a child process, a container, a cluster.
 
-Every runner ends the same way: the stage's ``result.json`` exists (or the stage counts as failed).
+A runner is a plugin like any stage implementation (``being_register_runners``); the two here come with the
+core. Every runner ends the same way: the stage's ``result.json`` exists (or the stage counts as failed).
+A runner receives the implementation, the request file and its own typed options, nothing global.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
 
-from .config import RunnerOptions
-from .errors import StageFailed, UsageError
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import StageFailed
 from .execute import execute
+from .hookspecs import hookimpl
 from .progress import Reporter, replay
-from .registry import Registry
+from .registry import Implementation, Registry
 from .stage import Stage
 
 log = logging.getLogger("being.runner")
 
 
-class Runner:
-    name = "base"
+class RunnerOptions(BaseModel):
+    """Options every runner takes (``runner_options`` in a stage's config); runners extend them."""
 
-    def check(self, stage: type[Stage], options: RunnerOptions) -> None:
-        """Raise a UsageError before any stage starts when this runner cannot run ``stage``."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def launch(self, request: Path, root: Path, stage: type[Stage], options: RunnerOptions,
-               progress: Reporter, registry: Registry | None = None) -> None:
-        """Run the request to completion; ``registry`` is the caller's (used only in-process)."""
+    timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit for the stage, seconds.")
+
+
+OptionsT = TypeVar("OptionsT", bound=RunnerOptions)
+
+
+class Runner(Generic[OptionsT]):
+    """Subclass with ``name``, an ``Options`` model (a :class:`RunnerOptions` subclass) and :meth:`launch`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[RunnerOptions]] = RunnerOptions
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def check_definition(cls) -> list[str]:
+        problems = []
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", str(getattr(cls, "name", ""))):
+            problems.append(f"name {getattr(cls, 'name', None)!r} must be lower-case letters, digits and dashes")
+        if not (isinstance(cls.Options, type) and issubclass(cls.Options, RunnerOptions)):
+            problems.append("Options must subclass being_core.runners.RunnerOptions")
+        return problems
+
+    def check(self, impl: Implementation, options: OptionsT) -> None:
+        """Raise a UsageError before any stage starts when this runner cannot run ``impl``."""
+
+    def launch(self, impl: Implementation, request: Path, root: Path, options: OptionsT,
+               progress: Reporter) -> None:
+        """Run the request (``root``-relative paths inside) to completion."""
         raise NotImplementedError
 
 
-class InProcessRunner(Runner):
+class InProcessRunner(Runner[RunnerOptions]):
     """Runs the stage in this Python process (fastest; shares this environment)."""
 
     name = "inprocess"
 
-    def launch(self, request, root, stage, options, progress, registry=None):
-        execute(request, root, progress, registry)
+    def launch(self, impl: Implementation, request: Path, root: Path, options: RunnerOptions,
+               progress: Reporter) -> None:
+        execute(request, root, progress, impl.cls)
 
 
-class SubprocessRunner(Runner):
+class SubprocessRunner(Runner[RunnerOptions]):
     """Runs ``being stage REQUEST`` in a child Python: same environment, separate memory, killable."""
 
     name = "subprocess"
 
-    def launch(self, request, root, stage, options, progress, registry=None):
+    def launch(self, impl: Implementation, request: Path, root: Path, options: RunnerOptions,
+               progress: Reporter) -> None:
         cmd = [sys.executable, "-m", "being_core", "stage", str(request), "--root", str(root),
                "--progress", "jsonl"]
         log_path = request.parent / "work" / "stage.log"
@@ -55,9 +91,10 @@ class SubprocessRunner(Runner):
         with open(log_path, "w", encoding="utf-8") as log_file:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1)
             timer = _kill_after(proc, options.timeout_s)
-            tasks: dict = {}
+            tasks: dict[Any, Any] = {}
             try:
-                for line in proc.stdout:  # type: ignore[union-attr]
+                assert proc.stdout is not None
+                for line in proc.stdout:
                     if not replay(line, progress, tasks):
                         log_file.write(line)
                 code = proc.wait()
@@ -71,22 +108,24 @@ class SubprocessRunner(Runner):
                 if timer:
                     timer.cancel()
         if timer and timer.fired:
-            raise timed_out(stage, "", options.timeout_s, " and was stopped", log_path)
-        check_exit(stage, "subprocess", code, log_path)
+            assert options.timeout_s is not None
+            raise timed_out(impl.cls, "", options.timeout_s, " and was stopped", log_path)
+        check_exit(impl.cls, "subprocess", code, log_path)
 
 
-def timed_out(stage: type[Stage], where: str, timeout_s: float, what_happened: str, log_path: Path) -> StageFailed:
+def timed_out(stage: type[Stage[Any]], where: str, timeout_s: float, what_happened: str,
+              log_path: Path) -> StageFailed:
     """The error of a stage that an out-of-process runner stopped at ``runner_options.timeout_s``."""
     return StageFailed(f"{stage.kind} '{stage.name}'{' ' + where if where else ''} exceeded its timeout of "
                        f"{timeout_s:g} s{what_happened} (log: {log_path})")
 
 
-def check_exit(stage: type[Stage], where: str, code: int | None, log_path: Path, note: str = "") -> None:
+def check_exit(stage: type[Stage[Any]], where: str, code: int | None, log_path: Path, note: str = "") -> None:
     """Raise when an out-of-process stage ended without a result of its own: any exit code but 0 (done) and
     1 (the stage failed and wrote a result saying why). The error ends with the last lines of its log."""
     if code not in (0, 1):
         raise StageFailed(f"{stage.kind} '{stage.name}' {where} exited with code {code}{note}; last log lines:\n"
-                          f"{_tail(log_path)}")
+                          f"{tail(log_path)}")
 
 
 class _Timer(threading.Timer):
@@ -107,21 +146,15 @@ def _kill_after(proc: subprocess.Popen, timeout_s: float | None) -> _Timer | Non
     return timer
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file ("(no log)" when it cannot be read)."""
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
 
-def get_runner(name: str) -> Runner:
-    if name == "inprocess":
-        return InProcessRunner()
-    if name == "subprocess":
-        return SubprocessRunner()
-    if name == "docker":
-        from .dockerrun import DockerRunner
-
-        return DockerRunner()
-    raise UsageError(f"unknown runner '{name}'; available: inprocess, subprocess, docker")
-
+@hookimpl
+def being_register_runners(registry: Registry) -> None:
+    registry.add_runner(InProcessRunner)
+    registry.add_runner(SubprocessRunner)

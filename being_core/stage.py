@@ -1,7 +1,9 @@
-"""Stage kinds: the interfaces every implementation fills in.
+"""Stage kinds: the interfaces every implementation fills in, and the promises between them.
 
-A stage reads files from the run folder (read-only) and writes files into its own output folder,
-whose layout mirrors the run folder; the core moves them into place only after the stage succeeded.
+A stage reads files from the run folder (read-only) and writes files into its own output folder, whose
+layout mirrors the run folder; the core moves them into place only after the stage succeeded. What a stage
+reads and writes is declared on its class (``inputs``, ``outputs``, ``requires``, ``provides``), so the whole
+chain of a config is checked before anything runs (:mod:`being_core.contracts`).
 Heavy imports (torch, mediapipe, onnxruntime) belong inside ``run()`` so that listing plugins stays cheap.
 """
 
@@ -9,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import re
+import typing
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .progress import Reporter
 
 
-class StageKind(str, Enum):
+class StageKind(StrEnum):
     FACE_TRACKER = "face_tracker"
     AUDIO_ENCODER = "audio_encoder"
     AU_EXTRACTOR = "au_extractor"
@@ -36,7 +39,7 @@ STAGE_ORDER: tuple[StageKind, ...] = tuple(StageKind)
 #: Stages of ``being prepare`` (dataset building); the trainer and refiner come after.
 PREPARE_STAGES: tuple[StageKind, ...] = STAGE_ORDER[:4]
 
-#: Short names used in image tags, plugin folders and container folders (``face-mediapipe``).
+#: Short names used in image tags and plugin folders (``face-mediapipe``).
 KIND_PREFIX = {
     StageKind.FACE_TRACKER: "face",
     StageKind.AUDIO_ENCODER: "audio",
@@ -44,6 +47,18 @@ KIND_PREFIX = {
     StageKind.TEETH_SEGMENTER: "teeth",
     StageKind.TRAINER: "trainer",
     StageKind.REFINER: "refiner",
+}
+
+#: Named promises a file pattern alone does not make. A stage ``provides`` or ``requires`` them by name;
+#: third parties may add their own names (an unknown name only has to be provided by someone).
+CAPABILITIES: dict[str, str] = {
+    "landmarks:facemesh-478": "face/landmarks.npy holds MediaPipe FaceMesh's 478 refined landmarks, in its "
+                              "vertex order, so fixed vertex ids (eye and lip contours) mean the same point.",
+    "dataset:reference-layout": "parsing/ (ER-NeRF colours), torso_imgs/, gt_imgs/, bc.jpg, track_params.pt "
+                                "(euler, trans, focal, vertices) and transforms_*.json follow the talking-head "
+                                "dataset reference that the public trainers read.",
+    "dataset:split": "files that depend on the train/val split (transforms_train.json, transforms_val.json) "
+                     "follow the split in the dataset facts, the one every stage reads.",
 }
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -63,6 +78,63 @@ class StageConfig(BaseModel):
             raise TypeError(f"{cls.__qualname__}: fields without a description: {', '.join(missing)}")
 
 
+def split_point(n_frames: int, val_split: int) -> int:
+    """First val frame when the last ``1/val_split`` of ``n_frames`` is held out (the reference: 11)."""
+    return int(n_frames * (val_split - 1) / val_split)
+
+
+class DatasetFacts(BaseModel):
+    """What ingest decided about a run's frames, recorded once in ``being.json`` and sent in every request.
+
+    The train/val split lives here and only here: every stage that needs it reads ``train_ids``/``val_ids``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_frames: int = Field(ge=1, description="Frames in ori_imgs/, numbered 0 .. n_frames - 1.")
+    fps: float = Field(gt=0, description="Frame rate of the dataset.")
+    width: int = Field(ge=1, description="Frame width in pixels.")
+    height: int = Field(ge=1, description="Frame height in pixels.")
+    has_audio: bool = Field(description="Whether aud.wav exists.")
+    audio_seconds: float | None = Field(None, description="Length of aud.wav in seconds.")
+    val_start: int = Field(ge=0, description="First held-out frame: train is [0, val_start), val the rest.")
+
+    @property
+    def train_ids(self) -> list[int]:
+        return list(range(self.val_start))
+
+    @property
+    def val_ids(self) -> list[int]:
+        return list(range(self.val_start, self.n_frames))
+
+
+class NoParams(BaseModel):
+    """Parameters of the plain ``run`` action: none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RenderParams(BaseModel):
+    """Parameters of a trainer's ``render`` action; paths are relative to the run folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audio: str = Field(description="16 kHz mono wav to lip-sync.")
+    features: str = Field(description="[M, W, D] float32 features of that audio, from the run's own encoder.")
+    n_frames: int = Field(ge=1, description="Frames to render (M).")
+    output: str = Field(description="The .mp4 to write.")
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action other than ``run`` that a kind declares: its method, typed parameters and its files."""
+
+    method: str
+    params: type[BaseModel]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+
 @dataclass
 class StageReport:
     """What ``run()`` returns: ``metrics`` for people, ``info`` for later stages (stored in ``being.json``)."""
@@ -71,24 +143,29 @@ class StageReport:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+
 @dataclass
-class StageContext:
-    """Everything a running stage may touch.
+class StageContext(Generic[ConfigT]):
+    """Everything a running stage may touch, and nothing more.
 
     ``root`` is the run folder (treat it as read-only), ``out`` the stage's output folder that mirrors it.
-    ``manifest`` is the run's ``being.json`` as it was when the stage started.
+    ``dataset`` are the ingest facts (the split included); ``upstream`` the ``info`` of the earlier stages
+    this implementation declares in ``reads_info``; ``params`` the action's typed parameters.
     """
 
     root: Path
     out: Path
-    config: StageConfig
-    manifest: dict[str, Any]
+    config: ConfigT
+    dataset: DatasetFacts
     progress: Reporter
-    action: str = "run"
-    params: dict[str, Any] = field(default_factory=dict)
     #: Scratch folder kept between attempts of the same stage with the same inputs and config (checkpoints
     #: for resuming); wiped when they change. Never published.
-    state: Path | None = None
+    state: Path
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
+    action: str = "run"
+    params: Any = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("being.stage"))
 
     def input(self, rel: str) -> Path:
@@ -101,22 +178,18 @@ class StageContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    @property
-    def dataset(self) -> dict[str, Any]:
-        """Ingest facts: ``n_frames``, ``fps``, ``width``, ``height``, ``has_audio``."""
-        return self.manifest.get("dataset", {})
-
-    def stage_info(self, kind: str) -> dict[str, Any]:
-        """The ``info`` an earlier stage recorded in the manifest (empty when it did not run)."""
-        return self.manifest.get("stages", {}).get(kind, {}).get("info", {})
+    def stage_info(self, kind: StageKind | str) -> dict[str, Any]:
+        """The ``info`` an earlier stage recorded; only kinds in the implementation's ``reads_info`` are sent."""
+        return self.upstream.get(str(kind), {})
 
 
-class Stage:
+class Stage(Generic[ConfigT]):
     """One implementation of one stage kind.
 
-    Subclasses set ``name`` (lower-case, dashes), ``version`` (x.y.z; bump it when outputs change),
-    ``Config`` (a :class:`StageConfig`), and implement :meth:`run`. ``inputs``/``outputs`` are glob patterns
-    relative to the run folder; a kind sets the contract, an implementation may add to it.
+    Subclass a kind with your config type (``class Mine(TeethSegmenter[MineConfig])``) and set ``name``
+    (lower-case, dashes), ``version`` (x.y.z; bump it when outputs change) and implement :meth:`run`.
+    ``inputs``/``outputs`` are glob patterns relative to the run folder; a kind sets the contract and an
+    implementation may add to it. ``requires``/``provides`` name :data:`CAPABILITIES`.
     """
 
     kind: ClassVar[StageKind]
@@ -130,8 +203,24 @@ class Stage:
     outputs: ClassVar[tuple[str, ...]] = ()
     #: Files an implementation may write in some configurations (e.g. a reference file name).
     optional_outputs: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
+    #: Earlier kinds whose ``info`` this stage reads (sent in the request and part of its cache key).
+    reads_info: ClassVar[tuple[StageKind, ...]] = ()
+    #: Actions besides ``run`` (a trainer's ``render``).
+    actions: ClassVar[dict[str, Action]] = {}
+    #: The metrics worth a line in the run summary (``being run`` / ``being train``), in this order.
+    headline_metrics: ClassVar[tuple[str, ...]] = ()
     #: Config the contract tests use to run this implementation quickly on a short real clip.
     test_config: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" not in cls.__dict__:  # ``Mine(TeethSegmenter[MineConfig])`` sets Config = MineConfig
+            for base in getattr(cls, "__orig_bases__", ()):
+                args = typing.get_args(base)
+                if args and isinstance(args[0], type) and issubclass(args[0], StageConfig):
+                    cls.Config = args[0]
 
     @classmethod
     def contract_config(cls, workdir: Path) -> dict[str, Any]:
@@ -146,13 +235,28 @@ class Stage:
 
     @classmethod
     def slug(cls) -> str:
-        """``face-mediapipe``: the name of its plugin folder, container folder and image."""
+        """``face-mediapipe``: the name of its plugin folder and image."""
         return f"{KIND_PREFIX[cls.kind]}-{cls.name}"
 
     @classmethod
     def summary(cls) -> str:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+    @classmethod
+    def action(cls, name: str) -> Action | None:
+        """The declared action ``name`` (None for ``run``); KeyError when the kind has no such action."""
+        if name == "run":
+            return None
+        return cls.actions[name]
+
+    @classmethod
+    def files(cls, action: str = "run") -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(required inputs, outputs, optional outputs) of an action."""
+        act = cls.action(action)
+        if act is None:
+            return cls.inputs, cls.outputs, cls.optional_outputs
+        return act.inputs, act.outputs, ()
 
     @classmethod
     def check_definition(cls) -> list[str]:
@@ -166,48 +270,66 @@ class Stage:
             problems.append(f"version {getattr(cls, 'version', None)!r} must look like 1.2.3")
         if not (isinstance(cls.Config, type) and issubclass(cls.Config, StageConfig)):
             problems.append("Config must subclass being_core.StageConfig")
-        for pattern in (*cls.inputs, *cls.optional_inputs, *cls.outputs, *cls.optional_outputs):
-            if pattern.startswith("/") or ".." in Path(pattern).parts or pattern.startswith(".being"):
+        patterns = [*cls.inputs, *cls.optional_inputs, *cls.outputs, *cls.optional_outputs]
+        for act in cls.actions.values():
+            patterns += [*act.inputs, *act.outputs]
+        for pattern in patterns:
+            if not isinstance(pattern, str) or pattern.startswith("/") or ".." in Path(pattern).parts \
+                    or pattern.startswith(".being"):
                 problems.append(f"path {pattern!r} must be relative to the run folder and outside .being/")
         if not cls.outputs:
             problems.append("declares no outputs")
+        kind = getattr(cls, "kind", None)
+        for upstream in cls.reads_info:
+            if not isinstance(upstream, StageKind) or (isinstance(kind, StageKind)
+                                                       and STAGE_ORDER.index(upstream) >= STAGE_ORDER.index(kind)):
+                problems.append(f"reads_info names {upstream!r}, which is not an earlier stage kind")
+        for base in KIND_CLASSES.values():
+            if base is not cls and issubclass(cls, base):
+                missing = [p for p in base.outputs if p not in cls.outputs]
+                if missing:
+                    problems.append(f"drops outputs its kind promises: {', '.join(missing)}")
+                missing = [c for c in base.provides if c not in cls.provides]
+                if missing:
+                    problems.append(f"drops capabilities its kind promises: {', '.join(missing)}")
         return problems
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[ConfigT]) -> StageReport:
         raise NotImplementedError
 
 
-class FaceTracker(Stage):
+class FaceTracker(Stage[ConfigT]):
     """Tracks the face in every frame and writes the dataset's geometry and parsing files.
 
     Inputs: ``ori_imgs/<i>.jpg`` frames (``N`` of them, numbered from 0).
     Outputs (every implementation): ``face/landmarks.npy`` ``[N, L, 3] float32`` pixel x, y and relative depth;
     ``face/confidence.npy`` ``[N] float32`` (0 where no face was found); ``ori_imgs/<i>.lms`` 68 iBUG points
     (``np.savetxt``, 68 rows of x y). Implementations add ``track_params.pt``, ``transforms_*.json``,
-    ``parsing/``, ``bc.jpg``, ``gt_imgs/`` and ``torso_imgs/`` as the dataset reference describes.
+    ``parsing/``, ``bc.jpg``, ``gt_imgs/`` and ``torso_imgs/`` as the dataset reference describes, and say so
+    with ``provides`` (``dataset:reference-layout``, ``dataset:split``, a landmark topology).
     """
 
     kind = StageKind.FACE_TRACKER
-    inputs = ("ori_imgs/*.jpg",)
-    outputs = ("face/landmarks.npy", "face/confidence.npy", "ori_imgs/*.lms")
+    inputs: ClassVar[tuple[str, ...]] = ("ori_imgs/*.jpg",)
+    outputs: ClassVar[tuple[str, ...]] = ("face/landmarks.npy", "face/confidence.npy", "ori_imgs/*.lms")
 
 
-class AudioEncoder(Stage):
+class AudioEncoder(Stage[ConfigT]):
     """Turns ``aud.wav`` into per-video-frame features.
 
     Inputs: ``aud.wav`` 16 kHz mono.
     Outputs: one features file ``aud_<name>.npy`` ``[N, W, D] float32`` with ``N`` the number of ingested
     frames (``being_core.audio.frame_windows`` cuts them), optionally also under the reference name of the
     model it ran (``aud_eo.npy``, ``aud_hu.npy``). The report's ``info`` must carry ``encoder``, ``file``,
-    ``dim`` (D), ``window`` (W), ``rate`` (feature rate in Hz) and ``source_rate``, so that the trainer and
-    render-time encoding read them from ``being.json``.
+    ``dim`` (D), ``window`` (W), ``rate`` (feature rate in Hz) and ``source_rate``
+    (:class:`being_core.audio.AudioFeatures`), which a trainer reads through ``reads_info``.
     """
 
     kind = StageKind.AUDIO_ENCODER
-    inputs = ("aud.wav",)
+    inputs: ClassVar[tuple[str, ...]] = ("aud.wav",)
 
 
-class AUExtractor(Stage):
+class AUExtractor(Stage[ConfigT]):
     """Writes facial action unit intensities.
 
     Outputs: ``au.csv`` in the OpenFace 2.x schema (``frame, face_id, timestamp, confidence, success,
@@ -215,10 +337,10 @@ class AUExtractor(Stage):
     """
 
     kind = StageKind.AU_EXTRACTOR
-    outputs = ("au.csv",)
+    outputs: ClassVar[tuple[str, ...]] = ("au.csv",)
 
 
-class TeethSegmenter(Stage):
+class TeethSegmenter(Stage[ConfigT]):
     """Writes a teeth mask per frame.
 
     Inputs: ``ori_imgs/<i>.jpg``. Outputs: ``teeth_mask/<i>.npy`` ``bool [H, W]`` for every frame
@@ -226,31 +348,38 @@ class TeethSegmenter(Stage):
     """
 
     kind = StageKind.TEETH_SEGMENTER
-    inputs = ("ori_imgs/*.jpg",)
-    outputs = ("teeth_mask/*.npy",)
+    inputs: ClassVar[tuple[str, ...]] = ("ori_imgs/*.jpg",)
+    outputs: ClassVar[tuple[str, ...]] = ("teeth_mask/*.npy",)
 
 
-class Trainer(Stage):
-    """Trains the avatar (``action="run"``) and renders it for new audio (``action="render"``).
+class Trainer(Stage[ConfigT]):
+    """Trains the avatar (``run``) and renders it for new audio (the ``render`` action).
 
-    Render requests carry ``params``: ``audio`` (16 kHz mono wav), ``features`` (``[M, W, D] float32`` from the
-    run's own audio encoder), ``n_frames`` (M) and ``output`` (the ``.mp4`` to write), all relative to the run.
+    ``render`` receives :class:`RenderParams`; the audio and its features are written by the core into a
+    sub-folder ``renders/<audio>-<hash>/`` with the run's own audio encoder. An implementation declares what
+    render reads by replacing the action: ``actions = {"render": Trainer.render_action(inputs=(...))}``.
     """
 
     kind = StageKind.TRAINER
-    render_inputs: ClassVar[tuple[str, ...]] = ()
-    render_outputs: ClassVar[tuple[str, ...]] = ("renders/*/*.mp4",)
+    reads_info: ClassVar[tuple[StageKind, ...]] = (StageKind.AUDIO_ENCODER,)
+    actions: ClassVar[dict[str, Action]] = {"render": Action("render", RenderParams, outputs=("renders/*/*.mp4",))}
 
-    def render(self, ctx: StageContext) -> StageReport:
+    @classmethod
+    def render_action(cls, inputs: tuple[str, ...]) -> Action:
+        """The kind's ``render`` action with this implementation's inputs."""
+        base = Trainer.actions["render"]
+        return Action(base.method, base.params, inputs, base.outputs)
+
+    def render(self, ctx: StageContext[ConfigT]) -> StageReport:
         raise NotImplementedError
 
 
-class Refiner(Stage):
+class Refiner(Stage[ConfigT]):
     """Post-processes rendered frames (e.g. a 2D refinement network)."""
 
     kind = StageKind.REFINER
 
 
-KIND_CLASSES: dict[StageKind, type[Stage]] = {
+KIND_CLASSES: dict[StageKind, type[Stage[Any]]] = {
     c.kind: c for c in (FaceTracker, AudioEncoder, AUExtractor, TeethSegmenter, Trainer, Refiner)
 }

@@ -5,7 +5,8 @@ Fixtures:
 * ``being_plugin_manager`` - a fresh plugin manager with Being's hookspecs and no plugins loaded;
 * ``being_registry`` - a fresh registry of every installed plugin;
 * ``being_run_dir`` - an empty temporary run folder;
-* ``being_testdata`` - ``../shared/testdata`` (fails when ``CI=true`` and it is missing, skips otherwise);
+* ``being_testdata`` - ``$BEING_TESTDATA`` or ``../shared/testdata`` beside the working directory (fails when
+  ``CI=true`` and it is missing, skips otherwise);
 * ``being_run_stage`` - run one stage on a run folder and return its manifest entry.
 """
 
@@ -42,8 +43,7 @@ def being_run_dir(tmp_path) -> Path:
 def find_testdata() -> Path | None:
     env = os.environ.get("BEING_TESTDATA")
     candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parent.parent
-    candidates += [here.parent / "shared" / "testdata", Path.cwd().parent / "shared" / "testdata"]
+    candidates += [Path.cwd().parent / "shared" / "testdata"]
     return next((c for c in candidates if (c / "MANIFEST.md").is_file()), None)
 
 
@@ -67,12 +67,11 @@ def being_run_stage(being_registry):
     from .stage import StageKind
 
     def run(root: Path, kind: str, impl: str, config: dict[str, Any] | None = None, runner: str = "inprocess",
-            force: bool = False, registry=None) -> dict[str, Any]:
+            force: bool = False, registry=None) -> dict[str, Any] | None:
         registry = registry or being_registry
         resolved = resolve({"stages": {kind: {"impl": impl, "config": config or {}, "runner": runner}}},
                            registry, "test config")
         pipeline = Pipeline(root, resolved, registry, force={kind} if force else set())
-        pipeline._open(require_prepared=True)
-        return pipeline.run_stage(StageKind(kind))
+        return pipeline.run_one(StageKind(kind))
 
     return run

@@ -26,12 +26,12 @@ sys.path[:0] = [str(HERE), str(HERE / "plugins" / "trainer-gaussian-avatar"), st
 
 def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
     import torch
-
-    from being_core.stage import StageContext
     from being_trainer_gaussian_avatar import AvatarConfig
     from being_trainer_gaussian_avatar.data import RunData
     from being_trainer_gaussian_avatar.train import Avatar, evaluate
     from gpu_trainer import PrintReporter
+
+    from being_core.stage import StageContext
 
     model = torch.load(model_path, map_location="cpu", weights_only=False)
     cfg = AvatarConfig(**{**model["config"], "device": "cpu", "frame_cache": "off"})

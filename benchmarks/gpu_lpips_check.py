@@ -24,8 +24,8 @@ sys.path[:0] = [str(HERE), str(HERE / "plugins" / "trainer-gaussian-avatar")]
 
 
 def official():
-    import torchvision
     import lpips
+    import torchvision
 
     real = torchvision.models.alexnet
 

@@ -42,13 +42,13 @@ def train_variant(name: str, overrides: dict, out: Path, workers: int, gpu: int 
 
     if gpu is not None:  # before torch initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    import torch
-
     import being_trainer_gaussian_avatar.video as video
-    from being_core.stage import StageContext
+    import torch
     from being_trainer_gaussian_avatar import AvatarConfig
     from being_trainer_gaussian_avatar import train as train_module
     from gpu_trainer import PrintReporter
+
+    from being_core.stage import StageContext
 
     def write_video(path, frames, fps=25.0, audio=None):  # no ffmpeg wheel on the GPU box
         for _ in frames:

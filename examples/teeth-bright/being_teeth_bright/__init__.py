@@ -19,20 +19,19 @@ class BrightConfig(StageConfig):
     min_opening_px: float = Field(2.0, ge=0, description="Inner-lip gap below which the mouth counts as closed.")
 
 
-class BrightTeeth(TeethSegmenter):
+class BrightTeeth(TeethSegmenter[BrightConfig]):
     """Teeth = bright, unsaturated pixels inside the inner-lip polygon (numpy + Pillow)."""
 
     name = "bright"
     version = "0.1.0"
-    Config = BrightConfig
     inputs = ("ori_imgs/*.jpg", "ori_imgs/*.lms")
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[BrightConfig]) -> StageReport:
         import numpy as np
         from PIL import Image, ImageDraw
 
-        cfg: BrightConfig = ctx.config  # type: ignore[assignment]
-        n = int(ctx.dataset["n_frames"])
+        cfg = ctx.config
+        n = ctx.dataset.n_frames
         open_frames = 0
         for i in ctx.progress.track(range(n), "teeth: bright", unit="frame"):
             image = Image.open(ctx.input(f"ori_imgs/{i}.jpg")).convert("RGB")

@@ -37,25 +37,25 @@ class LandmarkAUConfig(StageConfig):
     smooth_frames: int = Field(1, ge=0, le=5, description="Half-width of the temporal median filter (0 = none).")
 
 
-class LandmarkAUs(AUExtractor):
+class LandmarkAUs(AUExtractor[LandmarkAUConfig]):
     """Action units from face-mesh geometry, calibrated per subject to OpenFace's scale (no weights)."""
 
     name = "landmarks"
     version = "0.1.0"
-    Config = LandmarkAUConfig
     inputs = ("face/landmarks.npy", "face/confidence.npy")
+    requires = ("landmarks:facemesh-478",)
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[LandmarkAUConfig]) -> StageReport:
         import numpy as np
 
         from being_core.au import write_au_csv
 
         from .measures import intensities
 
-        cfg: LandmarkAUConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         lm = np.load(ctx.input("face/landmarks.npy"))
         conf = np.load(ctx.input("face/confidence.npy"))
-        n = int(ctx.dataset["n_frames"])
+        n = ctx.dataset.n_frames
         if len(lm) != n:
             raise ValueError(f"face/landmarks.npy has {len(lm)} frames but the dataset has {n}")
         with ctx.progress.task("au: landmarks", total=1, unit="clip") as task:
@@ -68,7 +68,7 @@ class LandmarkAUs(AUExtractor):
                 row[f"{au}_r"] = float(values[i])
                 row[f"{au}_c"] = int(values[i] >= cfg.presence)
             rows.append(row)
-        write_au_csv(ctx.output("au.csv"), rows, float(ctx.dataset.get("fps", 25.0)))
+        write_au_csv(ctx.output("au.csv"), rows, ctx.dataset.fps)
         return StageReport(metrics={f"{au}_mean": round(float(v.mean()), 3) for au, v in aus.items()},
                            info={"estimated": sorted(aus)})
 

@@ -28,12 +28,11 @@ class OpenFaceConfig(StageConfig):
         return self
 
 
-class OpenFaceAUs(AUExtractor):
+class OpenFaceAUs(AUExtractor[OpenFaceConfig]):
     """OpenFace FeatureExtraction action units, normalised to one row per frame."""
 
     name = "openface"
     version = "0.1.0"
-    Config = OpenFaceConfig
     inputs = ("ori_imgs/*.jpg",)
     test_config = {"csv": "openface/au.csv"}
 
@@ -43,20 +42,21 @@ class OpenFaceAUs(AUExtractor):
 
         return {"csv": str(find_testdata() / "openface" / "pyfeat_OpenFace_Test.csv")}
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[OpenFaceConfig]) -> StageReport:
         from pathlib import Path
 
         from being_core.au import write_au_csv
 
         from .normalise import normalise, run_feature_extraction
 
-        cfg: OpenFaceConfig = ctx.config  # type: ignore[assignment]
-        n, fps = int(ctx.dataset["n_frames"]), float(ctx.dataset.get("fps", 25.0))
+        cfg = ctx.config
+        n, fps = ctx.dataset.n_frames, ctx.dataset.fps
         if cfg.csv is not None:
             path = Path(cfg.csv) if Path(cfg.csv).is_absolute() else ctx.root / cfg.csv
             if not path.is_file():
                 raise ValueError(f"csv: {path} does not exist")
         else:
+            assert cfg.binary is not None  # the config demands csv or binary
             path = run_feature_extraction(Path(cfg.binary), ctx.root / "ori_imgs", n, ctx.state, cfg.timeout_s,
                                           ctx.progress)
         rows, report = normalise(path, n)

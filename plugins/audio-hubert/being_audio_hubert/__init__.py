@@ -6,9 +6,8 @@ With ``facebook/hubert-large-ls960-ft``, the last layer and ``window: 2`` this i
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from being_audio_wav2vec2 import ChunkedModelConfig, encode, reference_name
+from pydantic import Field
 
 from being_core import AudioEncoder, StageContext, StageReport, hookimpl
 
@@ -24,12 +23,11 @@ class HubertConfig(ChunkedModelConfig):
     window: int = Field(2, ge=1, le=64, description="50 Hz states per video frame (W); 2 as the reference.")
 
 
-class HubertEncoder(AudioEncoder):
+class HubertEncoder(AudioEncoder[HubertConfig]):
     """HuBERT hidden states per video frame (transformers; local models only)."""
 
     name = "hubert"
     version = "0.1.0"
-    Config = HubertConfig
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
 
@@ -39,10 +37,10 @@ class HubertEncoder(AudioEncoder):
 
         return {"model": save_tiny_model(workdir / "tiny-hubert", "hubert")}
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[HubertConfig]) -> StageReport:
         from transformers import HubertModel
 
-        cfg: HubertConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         also = REFERENCE_FILE if reference_name(cfg.model, REFERENCE_MODEL.split("/")[1]) and cfg.layer == -1 \
             and cfg.window == 2 else None
         return encode(ctx, cfg, HubertModel, lambda o: o.hidden_states[cfg.layer], self.name, FEATURE_FILE, also)

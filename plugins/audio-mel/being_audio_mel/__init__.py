@@ -30,20 +30,19 @@ class MelConfig(StageConfig):
     )
 
 
-class MelEncoder(AudioEncoder):
+class MelEncoder(AudioEncoder[MelConfig]):
     """Log-mel spectrogram windows per video frame (librosa; no weights)."""
 
     name = "mel"
     version = "1.0.0"
-    Config = MelConfig
     outputs = (FEATURE_FILE,)
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[MelConfig]) -> StageReport:
         import numpy as np
 
-        cfg: MelConfig = ctx.config  # type: ignore[assignment]
-        n_frames = int(ctx.dataset["n_frames"])
-        fps = float(ctx.dataset.get("fps", 25.0))
+        cfg = ctx.config
+        n_frames = ctx.dataset.n_frames
+        fps = ctx.dataset.fps
         audio = read_wav(ctx.input("aud.wav"))
         with ctx.progress.task("audio: log-mel", total=1, unit="clip") as task:
             feats = log_mel(audio, cfg)

@@ -39,12 +39,11 @@ def reference_name(model: str, suffix: str) -> bool:
     return model.rstrip("/").endswith(suffix)
 
 
-class Wav2Vec2Encoder(AudioEncoder):
+class Wav2Vec2Encoder(AudioEncoder[Wav2Vec2Config]):
     """wav2vec2 CTC logits or hidden states per video frame (transformers; local models only)."""
 
     name = "wav2vec2"
     version = "0.1.0"
-    Config = Wav2Vec2Config
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
 
@@ -54,8 +53,8 @@ class Wav2Vec2Encoder(AudioEncoder):
 
         return {"model": save_tiny_model(workdir / "tiny-wav2vec2", "wav2vec2")}
 
-    def run(self, ctx: StageContext) -> StageReport:
-        cfg: Wav2Vec2Config = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[Wav2Vec2Config]) -> StageReport:
+        cfg = ctx.config
         from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
 
         model_cls = Wav2Vec2ForCTC if cfg.output == "logits" else Wav2Vec2Model
@@ -74,7 +73,7 @@ def encode(ctx: StageContext, cfg, model_cls, pick, encoder: str, feature_file: 
 
     from .inference import chunked, load, n_chunks, normalise, pick_device, runner
 
-    n_frames, fps = int(ctx.dataset["n_frames"]), float(ctx.dataset.get("fps", 25.0))
+    n_frames, fps = ctx.dataset.n_frames, ctx.dataset.fps
     audio = read_wav(ctx.input("aud.wav"))
     device, dtype = pick_device(cfg.device, cfg.fp16)
     model, wants_norm = load(model_cls, cfg.model)

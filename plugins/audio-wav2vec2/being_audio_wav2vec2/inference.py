@@ -8,7 +8,7 @@ only the states of the chunk itself are kept, so memory is bounded by the chunk 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

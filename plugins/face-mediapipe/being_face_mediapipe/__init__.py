@@ -26,7 +26,6 @@ class MediapipeConfig(StageConfig):
     )
     smooth: float = Field(1.0, ge=0, description="Weight of the temporal smoothness of pose.")
     densify_level: int = Field(4, ge=1, le=8, description="Barycentric steps per mesh triangle for `vertices`.")
-    val_fraction_den: int = Field(11, ge=2, description="Train/val split: the last 1/this of frames is val.")
     parsing_variant: Literal["ernerf", "talkinggaussian"] = Field(
         "ernerf", description="'talkinggaussian' also paints the inner mouth grey and the hair black."
     )
@@ -35,21 +34,25 @@ class MediapipeConfig(StageConfig):
                                                              "beyond the face on each side (hair, ears).")
 
 
-class MediapipeTracker(FaceTracker):
+class MediapipeTracker(FaceTracker[MediapipeConfig]):
     """FaceMesh 478 landmarks, 68-point .lms, a head model fitted by reprojection, cameras for the trainers."""
 
     name = "mediapipe"
     version = "0.1.0"
-    Config = MediapipeConfig
     outputs = (*FaceTracker.outputs, "face/head_model.npz", "track_params.pt", "transforms_train.json",
                "transforms_val.json", "parsing/*.png", "bc.jpg", "gt_imgs/*.jpg", "torso_imgs/*.png")
+    provides = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
     test_config = {"iterations": 60, "focal_factors": [1.5, 2.5]}
 
-    def run(self, ctx: StageContext) -> StageReport:
-        import json
-        import os
+    def run(self, ctx: StageContext[MediapipeConfig]) -> StageReport:
+        from .quiet import native_stderr_to
 
-        os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging would bypass the run log
+        with native_stderr_to(ctx.log):
+            return self._track(ctx)
+
+    def _track(self, ctx: StageContext[MediapipeConfig]) -> StageReport:
+        import json
+
         import numpy as np
         import torch
 
@@ -57,9 +60,9 @@ class MediapipeTracker(FaceTracker):
         from .lm68 import MESH_TO_68
         from .track import detect, fill_gaps, missing_runs
 
-        cfg: MediapipeConfig = ctx.config  # type: ignore[assignment]
-        n = int(ctx.dataset["n_frames"])
-        width, height = int(ctx.dataset["width"]), int(ctx.dataset["height"])
+        cfg = ctx.config
+        n = ctx.dataset.n_frames
+        width, height = ctx.dataset.width, ctx.dataset.height
         tracks = detect(_Frames(ctx, n), width, height, cfg.max_faces, cfg.min_confidence, ctx.progress)
         n_missing = int((~tracks.found).sum())
         if n_missing == n:
@@ -99,8 +102,7 @@ class MediapipeTracker(FaceTracker):
             "vertices": torch.from_numpy(vertices),
         }, ctx.output("track_params.pt"))
         c2w = c2w_matrices(fit.euler.astype(np.float64), fit.trans.astype(np.float64))
-        split = int(n * (cfg.val_fraction_den - 1) / cfg.val_fraction_den)
-        for name, ids in (("train", range(0, split)), ("val", range(split, n))):
+        for name, ids in (("train", ctx.dataset.train_ids), ("val", ctx.dataset.val_ids)):
             doc = {"focal_len": fit.focal, "cx": width / 2.0, "cy": height / 2.0,
                    "frames": [{"img_id": i, "aud_id": i, "transform_matrix": c2w[i].tolist()} for i in ids]}
             ctx.output(f"transforms_{name}.json").write_text(json.dumps(doc, indent=1))
@@ -124,7 +126,7 @@ class MediapipeTracker(FaceTracker):
         )
 
 
-def write_parsing(ctx: StageContext, cfg: MediapipeConfig, landmarks, n: int) -> dict:
+def write_parsing(ctx: StageContext[MediapipeConfig], cfg: MediapipeConfig, landmarks, n: int) -> dict:
     """parsing/<i>.png and bc.jpg (pass 1), then gt_imgs/<i>.jpg and torso_imgs/<i>.png (pass 2)."""
     import cv2
     import mediapipe as mp
@@ -134,7 +136,7 @@ def write_parsing(ctx: StageContext, cfg: MediapipeConfig, landmarks, n: int) ->
 
     oval = face_oval_loop()
     frames = _Frames(ctx, n)
-    background = None
+    background: BackgroundEstimate | None = None
     head_share = []
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         for i in ctx.progress.track(range(n), "face: parsing", unit="frame"):
@@ -147,6 +149,8 @@ def write_parsing(ctx: StageContext, cfg: MediapipeConfig, landmarks, n: int) ->
                 background = BackgroundEstimate(*person.shape)
             background.add(rgb[..., ::-1], head | neck | torso)
             head_share.append(head.mean())
+    if background is None:
+        raise ValueError("ori_imgs/ holds no frames")
     bc = background.result()
     cv2.imwrite(str(ctx.output("bc.jpg")), bc, [cv2.IMWRITE_JPEG_QUALITY, 95])
     for i in ctx.progress.track(range(n), "face: composites", unit="frame"):

@@ -185,7 +185,7 @@ def fit_head(landmarks: np.ndarray, width: int, height: int, n_exp: int = 16, it
 
     sample = np.unique(np.linspace(0, n - 1, min(n, 120)).round().astype(int))
     search = {fac * width: run(fac * width, sample, SEARCH_ITERATIONS, False)[0] for fac in focal_factors}
-    focal = min(search, key=search.get)
+    focal = min(search, key=lambda f: search[f])
     _, best = run(focal, np.arange(n), iterations, True)
     return HeadFit(mean=best["mean"], basis=basis.reshape(k, -1, 3).astype(np.float32), exp=best["exp"],
                    euler=best["euler"], trans=best["trans"], focal=float(focal), errors=best["errors"],

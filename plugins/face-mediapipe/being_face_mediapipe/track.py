@@ -41,7 +41,7 @@ def detect(frames, width: int, height: int, max_faces: int, min_confidence: floa
                                          min_detection_confidence=min_confidence,
                                          min_tracking_confidence=min_confidence) as mesh, \
             ThreadPoolExecutor(max_workers=1) as reader:  # decode frame i+1 while FaceMesh runs on frame i
-        upcoming = reader.submit(frames.__getitem__, 0) if n else None
+        upcoming = reader.submit(frames.__getitem__, 0)
         for i in progress.track(range(n), "face: landmarks", unit="frame"):
             image = upcoming.result()
             if i + 1 < n:

@@ -26,12 +26,11 @@ class EasyPortraitConfig(StageConfig):
     device: str = Field("auto", description="'auto' uses CUDA when onnxruntime has it, else the CPU; or 'cpu'.")
 
 
-class EasyPortraitTeeth(TeethSegmenter):
+class EasyPortraitTeeth(TeethSegmenter[EasyPortraitConfig]):
     """EasyPortrait-style ONNX face parsing (onnxruntime); label 7 = teeth."""
 
     name = "easyportrait"
     version = "0.1.0"
-    Config = EasyPortraitConfig
 
     @classmethod
     def contract_config(cls, workdir):
@@ -39,14 +38,14 @@ class EasyPortraitTeeth(TeethSegmenter):
 
         return {"model": str(save_tiny_model(workdir / "tiny-easyportrait.onnx"))}
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[EasyPortraitConfig]) -> StageReport:
         from pathlib import Path
 
         import numpy as np
 
         from .infer import Segmenter
 
-        cfg: EasyPortraitConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         if cfg.model is None:
             raise ValueError("stages.teeth_segmenter.config.model is not set: export an EasyPortrait model to ONNX "
                              "and give its path")
@@ -54,7 +53,7 @@ class EasyPortraitTeeth(TeethSegmenter):
         if not path.is_file():
             raise ValueError(f"stages.teeth_segmenter.config.model: {path} does not exist")
         seg = Segmenter(path, cfg)
-        n = int(ctx.dataset["n_frames"])
+        n = ctx.dataset.n_frames
         with_teeth = 0
         for i in ctx.progress.track(range(n), "teeth: easyportrait", unit="frame"):
             mask = seg.labels(ctx.input(f"ori_imgs/{i}.jpg")) == cfg.teeth_label

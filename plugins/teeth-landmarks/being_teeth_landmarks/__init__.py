@@ -24,21 +24,21 @@ class LandmarkTeethConfig(StageConfig):
     sample_frames: int = Field(200, ge=1, description="Open-mouth frames used to learn the colour threshold.")
 
 
-class LandmarkTeeth(TeethSegmenter):
+class LandmarkTeeth(TeethSegmenter[LandmarkTeethConfig]):
     """Teeth inside the mesh's inner-mouth polygon, by a per-subject colour threshold (no weights)."""
 
     name = "landmarks"
     version = "0.1.0"
-    Config = LandmarkTeethConfig
     inputs = ("ori_imgs/*.jpg", "face/landmarks.npy", "face/confidence.npy")
+    requires = ("landmarks:facemesh-478",)
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[LandmarkTeethConfig]) -> StageReport:
         import numpy as np
 
         from .segment import learn_threshold, mouth_mask, whiteness
 
-        cfg: LandmarkTeethConfig = ctx.config  # type: ignore[assignment]
-        n = int(ctx.dataset["n_frames"])
+        cfg = ctx.config
+        n = ctx.dataset.n_frames
         lm = np.load(ctx.input("face/landmarks.npy"))
         found = np.load(ctx.input("face/confidence.npy")) > 0
         width = np.linalg.norm(lm[:, 61, :2] - lm[:, 291, :2], axis=1)

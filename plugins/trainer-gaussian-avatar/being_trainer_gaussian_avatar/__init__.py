@@ -69,32 +69,33 @@ class AvatarConfig(StageConfig):
     render_batch: int = Field(16, ge=1, description="Frames per rendering batch.")
 
 
-class GaussianAvatar(Trainer):
+class GaussianAvatar(Trainer[AvatarConfig]):
     """Audio-driven 3D Gaussian avatar (GaussianTalker method): gsplat on CUDA, PyTorch on CPU."""
 
     name = "gaussian-avatar"
     version = "0.1.0"
-    Config = AvatarConfig
     needs_gpu = True
     inputs = ("ori_imgs/*.jpg", "ori_imgs/*.lms", "parsing/*.png", "torso_imgs/*.png", "bc.jpg",
               "track_params.pt", "face/landmarks.npy", "aud_*.npy")
     optional_inputs = ("au.csv",)
     outputs = ("avatar/model.pt", "avatar/metrics.json", "avatar/val.mp4")
     optional_outputs = ("avatar/tb/*",)
-    render_inputs = ("avatar/model.pt", "track_params.pt", "torso_imgs/*.png", "bc.jpg", "ori_imgs/*.lms",
-                     "face/landmarks.npy")
+    requires = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
+    actions = {"render": Trainer.render_action(inputs=("avatar/model.pt", "track_params.pt", "torso_imgs/*.png",
+                                                       "bc.jpg", "ori_imgs/*.lms", "face/landmarks.npy"))}
+    headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd")
     test_config = {"resolution": 64, "coarse_iterations": 12, "fine_iterations": 6, "batch_size": 2,
                    "densify_from": 5, "densify_interval": 5, "densify_until": 11, "log_every": 3,
                    "num_workers": 0, "tensorboard": False, "plane_resolution": 16}
 
-    def run(self, ctx: StageContext) -> StageReport:
+    def run(self, ctx: StageContext[AvatarConfig]) -> StageReport:
         from .train import train
 
         metrics = train(ctx, ctx.config)
         return StageReport(metrics={k: v for k, v in metrics.items() if k != "history"},
                            info={"model": "avatar/model.pt", "gaussians": metrics["gaussians"]})
 
-    def render(self, ctx: StageContext) -> StageReport:
+    def render(self, ctx: StageContext[AvatarConfig]) -> StageReport:
         from .render import render
 
         return StageReport(metrics=render(ctx, ctx.config))

@@ -2,7 +2,8 @@
 
 Cameras come from ``track_params.pt`` (euler, raw trans in decimetres, focal), images from ``ori_imgs``,
 the head mask from ``parsing`` (B=255, G=0, R=0 in cv2 order, i.e. RGB (0, 0, 255)), the per-frame background is
-``torso_imgs`` composited over ``bc.jpg``, audio features from the file the manifest names.
+``torso_imgs`` composited over ``bc.jpg``, audio features from the file the audio encoder's info names, the
+train/val split from the dataset facts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from being_core.manifest import audio_features
+from being_core import DatasetFacts, StageContext, StageKind
+from being_core.audio import AudioFeatures
 
 # FaceMesh eye contour points for the eye-aspect-ratio blink signal (used when there is no au.csv).
 EYES = [(159, 145, 33, 133), (386, 374, 362, 263)]
@@ -48,8 +50,9 @@ def eye_signal(root: Path, n: int) -> tuple[np.ndarray, str]:
         if len(rows) == n and rows and "AU45_r" in rows[0]:
             return np.clip(np.array([float(r["AU45_r"]) for r in rows]), 0, 2) / 2, "au.csv AU45_r"
     lm = np.load(root / "face" / "landmarks.npy")
-    ear = np.mean([np.linalg.norm(lm[:, up, :2] - lm[:, lo, :2], axis=-1) /
-                   np.linalg.norm(lm[:, l, :2] - lm[:, r, :2], axis=-1).clip(1e-6) for up, lo, l, r in EYES], 0)
+    ear = np.mean([np.linalg.norm(lm[:, up, :2] - lm[:, down, :2], axis=-1) /
+                   np.linalg.norm(lm[:, left, :2] - lm[:, right, :2], axis=-1).clip(1e-6)
+                   for up, down, left, right in EYES], 0)
     lo, hi = np.percentile(ear, 2), np.percentile(ear, 98)
     return np.clip(1 - (ear - lo) / max(hi - lo, 1e-6), 0, 1), "landmark eye aspect ratio"
 
@@ -57,10 +60,9 @@ def eye_signal(root: Path, n: int) -> tuple[np.ndarray, str]:
 class RunData:
     """Everything per frame that is small enough to keep in memory; pixels are read on demand."""
 
-    def __init__(self, root: Path, manifest: dict, resolution: int | None):
-        ds = manifest["dataset"]
-        self.root, self.n = root, int(ds["n_frames"])
-        self.src_w, self.src_h = int(ds["width"]), int(ds["height"])
+    def __init__(self, root: Path, facts: DatasetFacts, features: AudioFeatures, resolution: int | None):
+        self.root, self.n = root, facts.n_frames
+        self.src_w, self.src_h = facts.width, facts.height
         self.width = resolution or self.src_w
         self.height = round(self.src_h * self.width / self.src_w)
         s = self.width / self.src_w
@@ -73,18 +75,23 @@ class RunData:
         self.Ks = k.repeat(self.n, 1, 1)
         cam = torch.cat([self.euler, self.trans], 1)
         self.camera = (cam - cam.mean(0)) / cam.std(0).clamp(min=1e-4)
-        self.features = audio_features(manifest)
+        self.features = features
         audio = np.load(root / self.features.file)
         if audio.shape[0] != self.n or audio.shape[2] != self.features.dim:
-            raise ValueError(f"{self.features.file} has shape {list(audio.shape)}, but the manifest says "
+            raise ValueError(f"{self.features.file} has shape {list(audio.shape)}, but its encoder says "
                              f"[{self.n}, {self.features.window}, {self.features.dim}]")
         self.audio = torch.from_numpy(audio).float()
         eye, self.eye_source = eye_signal(root, self.n)
         self.eye = torch.from_numpy(eye).float()
         lms = np.stack([np.loadtxt(root / "ori_imgs" / f"{i}.lms") for i in range(self.n)]) * s
         self.lips = lip_boxes(lms, self.width, self.height)
-        split = int(self.n * 10 / 11)
-        self.train_ids, self.val_ids = list(range(split)), list(range(split, self.n))
+        self.train_ids, self.val_ids = facts.train_ids, facts.val_ids
+
+    @classmethod
+    def from_context(cls, ctx: StageContext, resolution: int | None) -> RunData:
+        """The run a stage context points at: its dataset facts and its audio encoder's features."""
+        features = AudioFeatures.from_info(ctx.stage_info(StageKind.AUDIO_ENCODER))
+        return cls(ctx.root, ctx.dataset, features, resolution)
 
     def pixels_u8(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Frame ``i`` at the training size as uint8: RGB image ``[H, W, 3]``, head mask ``[H, W]`` (0/1) and

@@ -9,6 +9,8 @@ weights from the internet on first use.
 
 from __future__ import annotations
 
+import functools
+import operator
 from pathlib import Path
 
 import torch
@@ -70,12 +72,12 @@ class LPIPS(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         s = self.scaling_layer
         fa, fb = (self.net(((x.permute(0, 3, 1, 2) * 2 - 1) - s.shift) / s.scale) for x in (a, b))
-        total = 0
+        parts = []
         for lin, xa, xb in zip(self.lins, fa, fb):
             xa = xa / (xa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             xb = xb / (xb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + lin.model((xa - xb) ** 2).mean((2, 3))
-        return total[:, 0]
+            parts.append(lin.model((xa - xb) ** 2).mean((2, 3)))
+        return functools.reduce(operator.add, parts)[:, 0]  # summed in layer order, as the lpips package does
 
 
 def load_lpips(path: str | Path, device: torch.device) -> LPIPS:

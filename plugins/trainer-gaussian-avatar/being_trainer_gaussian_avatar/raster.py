@@ -127,6 +127,6 @@ def pick_backend(name: str, device: torch.device):
         import gsplat  # noqa: F401
     except ImportError:
         if name == "gsplat":
-            raise ValueError("backend: gsplat is not installed (pip install 'being-trainer-gaussian-avatar[cuda]')")
+            raise ValueError("backend: gsplat is not installed (pip install 'being-trainer-gaussian-avatar[cuda]')") from None
         return rasterize_reference
     return rasterize_gsplat

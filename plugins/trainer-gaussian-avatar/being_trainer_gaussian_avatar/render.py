@@ -25,17 +25,17 @@ def pingpong(n_source: int, n_out: int) -> np.ndarray:
 def render(ctx, cfg) -> dict:
     params = ctx.params
     model = torch.load(ctx.input("avatar/model.pt"), map_location="cpu", weights_only=False)
-    features = np.load(ctx.input(params["features"])).astype(np.float32)
+    features = np.load(ctx.input(params.features)).astype(np.float32)
     want = model["audio"]
     if features.shape[1:] != (want["window"], want["dim"]):
-        raise ValueError(f"{params['features']} has windows {list(features.shape[1:])}, but the avatar was trained "
+        raise ValueError(f"{params.features} has windows {list(features.shape[1:])}, but the avatar was trained "
                          f"on [{want['window']}, {want['dim']}] from '{want['encoder']}'")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    data = RunData(ctx.root, ctx.manifest, model["width"])
+    data = RunData.from_context(ctx, model["width"])
     av = Avatar(data, cfg, device)
     av.load(model["model"])
-    n_out = int(params["n_frames"])
+    n_out = int(params.n_frames)
     seq = pingpong(len(data.train_ids), n_out)
     audio = torch.from_numpy(features[:n_out])
     if len(audio) < n_out:  # at most one frame short: repeat the last window
@@ -49,9 +49,8 @@ def render(ctx, cfg) -> dict:
                 bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
                 rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[lo:lo + len(ids)],
                                       eye=data.eye[torch.as_tensor(ids)])
-                for frame in (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8):
-                    yield frame
+                yield from (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
                 task.advance(len(ids))
 
-    write_video(ctx.output(params["output"]), frames(), audio=ctx.input(params["audio"]))
+    write_video(ctx.output(params.output), frames(), audio=ctx.input(params.audio))
     return {"frames": n_out, "seconds": round(time.monotonic() - started, 2), "device": str(device)}

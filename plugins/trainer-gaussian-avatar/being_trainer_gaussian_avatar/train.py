@@ -143,7 +143,7 @@ def train(ctx, cfg) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    data = RunData(ctx.root, ctx.manifest, cfg.resolution)
+    data = RunData.from_context(ctx, cfg.resolution)
     perceptual = load_lpips(cfg.lpips_weights, device) if cfg.lpips_weights else None
     av = Avatar(data, cfg, device)
     ckpt_path = ctx.state / "checkpoint.pt"
@@ -390,7 +390,7 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
         preds.append((rgb * 255).round().byte().cpu())
         gts.append((image * 255).round().byte().cpu())
     pred, gt = torch.cat(preds).numpy(), torch.cat(gts).numpy()
-    out = {"val_frames": len(data.val_ids)}
+    out: dict[str, float | int | None] = {"val_frames": len(data.val_ids)}
     out.update({k: round(db(se / values), 3) for k, se in sums.items()})
     out.update({k: round(v / len(data.val_ids), 4) for k, v in ssims.items()})
     out["lpips"] = round(lpips_sum / len(data.val_ids), 4) if perceptual is not None else None

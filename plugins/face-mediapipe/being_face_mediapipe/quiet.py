@@ -1,0 +1,39 @@
+"""Keep mediapipe's native (C++) log lines off the user's console.
+
+TFLite and absl write straight to file descriptor 2 ("Created TensorFlow Lite XNNPACK delegate",
+"All log messages before absl::InitializeLog()", "Feedback manager requires ..."), bypassing Python's
+logging and ignoring GLOG_minloglevel. While mediapipe runs, fd 2 goes to a temporary file and Python's own
+``sys.stderr`` (progress bars, log records) keeps writing to the real stderr; the captured lines go to the
+stage's log at DEBUG level afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def native_stderr_to(log: logging.Logger) -> Iterator[None]:
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    saved_stream = sys.stderr
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = saved_stream
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.debug("mediapipe: %s", line)

@@ -1,0 +1,118 @@
+"""The exact text and exit codes users see, from the real ``being`` command, with the toy plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import INGEST, TOY_STAGES
+
+from being_core.errors import EXIT_INPUT, EXIT_OK, EXIT_USAGE
+
+
+def being(*args, cwd=None, columns="200"):
+    env = {**os.environ, "COLUMNS": columns, "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "being_core", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+
+
+def toy_config(tmp_path, **stages):
+    import yaml
+
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump({"ingest": INGEST, "stages": {**TOY_STAGES, **stages}}))
+    return path
+
+
+def test_plugins_piped_prints_whole_rows_that_grep_finds():
+    proc = being("plugins", columns="40")
+    assert proc.returncode == EXIT_OK
+    rows = proc.stdout.splitlines()
+    assert rows[0].split() == ["stage", "name", "version", "distribution", "gpu", "image", "what", "it", "does"]
+    toy = next(r for r in rows if r.startswith("teeth_segmenter") and " toy " in r)
+    assert toy.split()[:5] == ["teeth_segmenter", "toy", "1.0.0", "being-toy", "being/teeth-toy:1.0.0"]
+    assert toy.endswith("Empty masks; can fail or write an undeclared file on request.")
+    assert any(r.split()[:2] == ["toy-thread", "being-toy"] for r in rows)
+
+
+def test_plugins_json_lists_stages_runners_and_capabilities():
+    proc = being("plugins", "--json")
+    data = json.loads(proc.stdout)
+    full = next(i for i in data["implementations"] if i["kind"] == "face_tracker" and i["name"] == "toy-full")
+    assert full["provides"] == ["dataset:split"] and full["distribution"] == "being-toy"
+    assert {"inprocess", "subprocess", "toy-thread"} <= {r["name"] for r in data["runners"]}
+
+
+def test_config_validate_rejects_a_tracker_that_writes_only_landmarks(tmp_path):
+    path = toy_config(tmp_path, face_tracker={"impl": "toy"})
+    proc = being("config", "validate", "-c", str(path))
+    assert proc.returncode == EXIT_USAGE
+    assert proc.stderr == (f"ERROR: {path} has 1 problem:\n  - stages.trainer: trainer 'toy' needs "
+                           "track_params.json, capability dataset:split, which no stage before trainer provides; "
+                           "face_tracker 'toy-full' would\n")
+
+
+def test_config_validate_accepts_the_shipped_configs_by_name():
+    for name in ("default", "cpu-small", "docker"):
+        proc = being("config", "validate", "-c", name)
+        if name == "docker" and proc.returncode != EXIT_OK:
+            assert "unknown runner implementation 'docker'" in proc.stderr  # being-docker not installed
+            continue
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert proc.stdout.endswith("valid (5 stages selected)\n") or proc.stdout.endswith("(4 stages selected)\n")
+
+
+def test_config_show_applies_overrides():
+    proc = being("config", "show", "-c", "cpu-small", "--set", "stages.audio_encoder.config.n_mels=64")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "n_mels: 64" in proc.stdout and "size: 128" in proc.stdout and "val_split: 11" in proc.stdout
+
+
+def test_quiet_before_or_after_the_command(toy_video, tmp_path):
+    config = toy_config(tmp_path)
+    for args in (["-q", "prepare"], ["prepare", "-q"]):
+        run = tmp_path / "-".join(args)
+        proc = being(*args, str(toy_video), "-o", str(run), "-c", str(config))
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert (proc.stdout, proc.stderr) == ("", "")
+        assert "teeth_segmenter 'toy': running (inprocess runner)" in (run / ".being" / "log.txt").read_text()
+
+
+def test_run_ends_with_the_metrics_the_video_and_the_next_command(toy_video, tmp_path):
+    run = tmp_path / "run"
+    proc = being("run", str(toy_video), "-o", str(run), "-c", str(toy_config(tmp_path)))
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"done: {run}", "held-out metrics (toy): val_frames 10, score 1.5", f"video: {run / 'avatar/val.mp4'}",
+        f"next: being render {run} --audio new.wav -o says.mp4"]
+
+
+def test_prepare_a_file_that_is_not_a_video(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a video")
+    proc = being("prepare", str(path), "-o", str(tmp_path / "run"), "-q")
+    assert proc.returncode == EXIT_INPUT
+    assert proc.stderr == f"ERROR: {path} is not a video ffmpeg can read (ffmpeg: invalid data)\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_an_unprepared_folder(tmp_path):
+    proc = being("train", str(tmp_path), "-q")
+    assert proc.returncode == EXIT_INPUT
+    assert proc.stderr == (f"ERROR: {tmp_path} is not a prepared run folder (no being.json); "
+                           f"run `being prepare` first\n")
+
+
+def test_unknown_force_stage(toy_video, tmp_path):
+    proc = being("prepare", str(toy_video), "-o", str(tmp_path / "r"), "--force", "teeth", "-q")
+    assert proc.returncode == EXIT_USAGE
+    assert proc.stderr.startswith("ERROR: --force got unknown stage(s): teeth; use ingest, face_tracker, ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_stage_request_missing():
+    proc = being("stage", "/nonexistent/request.json", "-q")
+    assert proc.returncode == EXIT_INPUT
+    assert proc.stderr == "ERROR: stage request /nonexistent/request.json does not exist\n"

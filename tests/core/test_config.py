@@ -1,0 +1,67 @@
+"""Configs: shipped ones by name, files by path, every problem reported at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from being_core.config import RunConfig, apply_overrides, find_config, load, resolve, shipped_configs
+from being_core.errors import ConfigError, UsageError
+
+
+def test_shipped_configs_are_package_data_selectable_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing is read from the checkout or the working directory
+    names = shipped_configs()
+    assert {"default", "cpu-small", "docker"} <= set(names)
+    assert find_config("cpu-small") == names["cpu-small"] == find_config("cpu-small.yaml")
+    assert find_config(None) == names["default"]
+    assert all(path.is_file() for path in names.values())
+
+
+def test_a_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu-small").write_text("stages: {}\n")
+    assert find_config("cpu-small").resolve() == tmp_path / "cpu-small"
+
+
+def test_a_missing_config_is_an_error_never_an_empty_one(tmp_path, registry):
+    with pytest.raises(UsageError) as err:
+        load(tmp_path / "nope.yaml", registry)
+    shipped = ", ".join(shipped_configs())
+    assert str(err.value) == f"config file {tmp_path / 'nope.yaml'} does not exist; shipped configs: {shipped}"
+    with pytest.raises(UsageError) as err:
+        load("cpu-smal", registry)
+    assert str(err.value) == f"config file cpu-smal does not exist; shipped configs: {shipped}"
+
+
+def test_every_problem_is_reported_at_once(registry):
+    data = {"ingest": {"fps": 0}, "stages": {
+        "audio_encoder": {"impl": "toy", "config": {"valeu": 1}, "runner": "slurm"},
+        "teeth_segmenter": {"impl": "nope"},
+        "trainer": {"impl": "toy", "runner": "subprocess", "runner_options": {"memory": "2g"}}}}
+    with pytest.raises(ConfigError) as err:
+        resolve(data, registry, "my.yaml")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "my.yaml has 5 problems:"
+    assert lines[1] == "  - ingest.fps: Input should be greater than 0"
+    assert lines[2] == "  - stages.audio_encoder.config.valeu: unknown key"
+    assert lines[3].startswith("  - stages.audio_encoder.runner: unknown runner implementation 'slurm'; installed: "
+                               "inprocess, subprocess, toy-thread")
+    assert lines[4].startswith("  - stages.teeth_segmenter.impl: unknown teeth_segmenter implementation 'nope'")
+    assert lines[5] == "  - stages.trainer.runner_options.memory: unknown key"
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({}, ["stages.audio_encoder.config.n_mels=64", "stages.refiner=null", "a.b=[1, 2]"])
+    assert data == {"stages": {"audio_encoder": {"config": {"n_mels": 64}}, "refiner": None}, "a": {"b": [1, 2]}}
+    with pytest.raises(UsageError) as err:
+        apply_overrides({}, ["novalue"])
+    assert str(err.value) == "--set expects KEY=VALUE, got 'novalue'"
+
+
+def test_the_saved_config_has_every_default(registry):
+    resolved = resolve({"stages": {"audio_encoder": {"impl": "toy", "runner": "toy-thread"}}}, registry)
+    data = resolved.to_dict()
+    assert data["ingest"]["val_split"] == 11
+    assert data["stages"]["audio_encoder"]["config"] == {"value": 0.0, "fail": False, "undeclared": False}
+    assert data["stages"]["audio_encoder"]["runner_options"] == {"thread_name": "toy-worker"}
+    assert RunConfig.model_validate(data)

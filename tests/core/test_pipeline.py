@@ -1,0 +1,185 @@
+"""Caching, resuming, publishing and the request boundary, on a 60-frame synthetic clip with toy stages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import config, prepare, runs
+
+from being_core.errors import StageFailed
+from being_core.manifest import Manifest
+from being_core.pipeline import Pipeline
+from being_core.protocol import StageRequest
+
+
+def finished(root):
+    return {k: v.get("finished") for k, v in Manifest.load(root).stages.items()}
+
+
+def test_prepare_records_facts_split_and_every_stage(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    manifest = prepare(toy_video, root, registry)
+    facts = manifest.data["dataset"]
+    assert facts == {"n_frames": 60, "fps": 25.0, "width": 32, "height": 32, "has_audio": True,
+                     "audio_seconds": 2.4, "val_start": 50}
+    assert json.loads((root / "transforms_val.json").read_text())["frames"] == list(range(50, 60))
+    entry = manifest.stages["audio_encoder"]
+    assert (entry["impl"], entry["version"], entry["distribution"]) == ("toy", "1.0.0", "being-toy")
+    assert list(entry["outputs"]) == ["aud_toy.npy"] and list(entry["inputs"]) == ["aud.wav"]
+    assert len(manifest.stages["teeth_segmenter"]["outputs"]) == 60
+    assert runs(runs_log) == 3  # face, audio, teeth; the trainer only with train=True
+
+
+def test_unchanged_stages_are_skipped_and_force_redoes_one(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    before = finished(root)
+    prepare(toy_video, root, registry)
+    assert finished(root) == before and runs(runs_log) == 3
+    prepare(toy_video, root, registry, force=["audio_encoder"])
+    after = finished(root)
+    assert runs(runs_log, "audio_encoder") == 2 and runs(runs_log) == 4
+    assert {k: v for k, v in after.items() if k != "audio_encoder"} == {
+        k: v for k, v in before.items() if k != "audio_encoder"}
+
+
+def test_a_config_change_reruns_only_that_stage(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    before = finished(root)
+    prepare(toy_video, root, registry, audio_encoder={"impl": "toy", "config": {"value": 2.0}})
+    after = finished(root)
+    assert runs(runs_log, "audio_encoder") == 2 and runs(runs_log) == 4
+    assert [after[k] == before[k] for k in ("ingest", "face_tracker", "teeth_segmenter")] == [True] * 3
+    assert np.load(root / "aud_toy.npy").min() >= 2.0
+
+
+def test_a_damaged_output_is_redone(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    (root / "aud_toy.npy").write_bytes(b"damaged")
+    prepare(toy_video, root, registry)
+    assert runs(runs_log, "audio_encoder") == 2 and runs(runs_log, "face_tracker") == 1
+    assert np.load(root / "aud_toy.npy").shape == (60, 1, 1)
+
+
+def test_a_failed_stage_keeps_nothing_and_the_run_resumes(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, teeth_segmenter={"impl": "toy", "config": {"value": 1.0}})
+    masks = {p.name: p.read_bytes() for p in (root / "teeth_mask").glob("*.npy")}
+    with pytest.raises(StageFailed) as err:
+        prepare(toy_video, root, registry, teeth_segmenter={"impl": "toy", "config": {"fail": True}})
+    assert str(err.value) == "teeth_segmenter 'toy' failed: RuntimeError: out of teeth"
+    assert {p.name: p.read_bytes() for p in (root / "teeth_mask").glob("*.npy")} == masks
+    assert Manifest.load(root).stages["teeth_segmenter"]["status"] == "running"
+    prepare(toy_video, root, registry)
+    assert runs(runs_log, "face_tracker") == 1 and runs(runs_log, "teeth_segmenter") == 3
+    assert not np.load(root / "teeth_mask" / "0.npy").any()
+
+
+def test_an_undeclared_output_fails_the_stage(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    with pytest.raises(StageFailed) as err:
+        prepare(toy_video, root, registry, teeth_segmenter={"impl": "toy", "config": {"undeclared": True}})
+    assert str(err.value) == "teeth_segmenter 'toy' wrote files it does not declare: notes.txt; nothing was kept"
+    assert not (root / "notes.txt").exists() and not (root / "teeth_mask").exists()
+
+
+def test_a_runner_that_leaves_no_result_fails_the_stage(toy_video, tmp_path, registry, runs_log):
+    from being_core import Runner
+
+    class Silent(Runner):
+        """Runs nothing."""
+
+        name = "silent"
+
+        def launch(self, impl, request, root, options, progress):
+            pass
+
+    registry.add_runner(Silent, "being-tests")
+    with pytest.raises(StageFailed) as err:
+        prepare(toy_video, tmp_path / "run", registry, teeth_segmenter={"impl": "toy", "runner": "silent"})
+    result = tmp_path / "run" / ".being" / "stages" / "teeth_segmenter" / "work" / "result.json"
+    assert str(err.value) == f"teeth_segmenter 'toy' left no result ({result}); nothing it wrote was kept"
+
+
+def test_subprocess_runner_writes_the_same_bytes(toy_video, tmp_path, registry, runs_log):
+    a = prepare(toy_video, tmp_path / "a", registry)
+    b = prepare(toy_video, tmp_path / "b", registry, audio_encoder={"impl": "toy", "runner": "subprocess"},
+                teeth_segmenter={"impl": "toy", "runner": "subprocess"})
+    for kind in ("audio_encoder", "teeth_segmenter"):
+        assert b.stages[kind]["runner"] == "subprocess"
+        assert b.stages[kind]["outputs"] == a.stages[kind]["outputs"]
+    pids = {json.loads(line)["pid"] for line in runs_log.read_text().splitlines()}
+    assert len(pids) == 3  # this process, and one child per subprocess stage
+
+
+def test_subprocess_timeout_stops_the_stage(toy_video, tmp_path, registry):
+    with pytest.raises(StageFailed) as err:
+        prepare(toy_video, tmp_path / "run", registry,
+                audio_encoder={"impl": "toy", "runner": "subprocess", "runner_options": {"timeout_s": 0.05}})
+    assert str(err.value).startswith("audio_encoder 'toy' exceeded its timeout of 0.05 s and was stopped (log: ")
+
+
+def test_a_third_party_runner_runs_a_stage(toy_video, tmp_path, registry, runs_log):
+    """The toy plugin's runner, found through its entry point, with its own typed options."""
+    manifest = prepare(toy_video, tmp_path / "run", registry,
+                       teeth_segmenter={"impl": "toy", "runner": "toy-thread",
+                                        "runner_options": {"thread_name": "toy-7"}})
+    assert registry.runner("toy-thread").distribution == "being-toy"
+    assert manifest.stages["teeth_segmenter"]["runner"] == "toy-thread"
+    threads = [json.loads(line)["thread"] for line in runs_log.read_text().splitlines()]
+    assert threads == ["MainThread", "MainThread", "toy-7"]
+
+
+def test_the_request_carries_facts_and_declared_info_only(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    manifest = prepare(toy_video, root, registry, train=True)
+    request = StageRequest.model_validate_json((root / ".being/stages/trainer/request.json").read_text())
+    assert request.schema_version == 2 and request.dataset.val_start == 50
+    assert list(request.upstream) == ["audio_encoder"]
+    assert request.upstream["audio_encoder"] == manifest.stages["audio_encoder"]["info"]
+    teeth = StageRequest.model_validate_json((root / ".being/stages/teeth_segmenter/request.json").read_text())
+    assert teeth.upstream == {}
+    assert manifest.stages["trainer"]["info"] == {"train_frames": 50}
+    assert manifest.stages["trainer"]["metrics"] == {"val_frames": 10, "score": 1.5}
+
+
+def test_upstream_info_is_part_of_the_trainers_cache_key(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    prepare(toy_video, root, registry, train=True)
+    assert runs(runs_log, "trainer") == 1
+    manifest = Manifest.load(root)
+    manifest.stages["audio_encoder"]["info"]["rate"] = 50.0  # a changed upstream fact, same files
+    manifest.save()
+    Pipeline(root, config(registry), registry).train()
+    assert runs(runs_log, "trainer") == 2
+
+
+def test_the_split_is_decided_once(toy_video, tmp_path, registry, runs_log):
+    from being_core.config import resolve
+    from being_core.errors import UsageError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    other = resolve({"ingest": {**config(registry).raw.ingest.model_dump(), "val_split": 11},
+                     "stages": {"trainer": {"impl": "toy"}}}, registry, "other.yaml")
+    with pytest.raises(UsageError) as err:
+        Pipeline(root, other, registry).train()
+    assert str(err.value) == (f"{root} was prepared with frames 50-59 held out, but other.yaml says "
+                              "ingest.val_split: 11; the split is decided once, by `being prepare` (run it "
+                              "again to change it)")
+
+
+def test_render_runs_the_recorded_encoder_then_the_trainers_render_action(toy_video, tmp_path, registry,
+                                                                         runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    out = Pipeline(root, config(registry), registry).render(toy_video, tmp_path / "says.mp4")
+    features = np.load(next((root / "renders").glob("toy-*/aud_toy.npy")))
+    assert out.read_bytes() == features.tobytes() and features.shape == (60, 1, 1)
+    entry = Manifest.load(root).stages["trainer:render"]
+    assert entry["metrics"] == {"frames": 60} and list(entry["inputs"]) == ["avatar/model.json"]

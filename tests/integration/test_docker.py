@@ -1,0 +1,299 @@
+"""The docker runner and `being images`, against a real Docker daemon.
+
+CI (`.ci/run`) starts a daemon and builds every preprocessing image before the tests; without a daemon
+these tests skip locally and fail in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FAST_FACE, REPO
+
+from being_core.config import load, resolve
+from being_core.errors import StageFailed, UsageError
+from being_core.manifest import Manifest
+from being_core.pipeline import Pipeline
+from being_core.plugins import load_registry
+from being_core.progress import Reporter
+from being_core.registry import Registry
+from being_core.stage import PREPARE_STAGES, StageKind
+from being_docker import images
+from being_docker.runner import DockerOptions, DockerRunner, container_env, limits
+
+PROBE_IMAGE = "being-test/probe:0.1.0"
+PREPARE_SLUGS = ["face-mediapipe", "audio-mel", "au-landmarks", "teeth-landmarks"]
+
+
+def _daemon():
+    try:
+        return images.client()
+    except UsageError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs a Docker daemon: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    return _daemon()
+
+
+@pytest.fixture(scope="session")
+def built(docker_client):
+    """The images of the default preprocessing stages (a no-op when .ci/run built them already)."""
+    proc = subprocess.run([sys.executable, "-m", "being_core", "images", "build", "-q", *PREPARE_SLUGS],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return PREPARE_SLUGS
+
+
+@pytest.fixture(scope="session")
+def probe_image(docker_client, built, tmp_path_factory):
+    """The au-landmarks image plus the test-only 'probe' plugin (tests/probe-plugin)."""
+    ctx = tmp_path_factory.mktemp("probe-image")
+    images.build_local_wheel(REPO / "tests" / "probe-plugin", ctx)
+    base = load_registry().get(StageKind.AU_EXTRACTOR, "landmarks").image()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base}\nUSER root\nCOPY *.whl /tmp/\n"
+        "RUN /opt/being/bin/pip install --no-index --no-deps --no-cache-dir /tmp/*.whl && rm /tmp/*.whl\n"
+        "USER being\n")
+    docker_client.images.build(path=str(ctx), tag=PROBE_IMAGE, network_mode="none", rm=True)
+    return PROBE_IMAGE
+
+
+class Events(Reporter):
+    def __init__(self):
+        super().__init__()
+        self.started, self.advanced = [], 0
+
+    def on_start(self, task_id, description, total, unit):
+        self.started.append(description)
+
+    def on_advance(self, task_id, n):
+        self.advanced += n
+
+
+class ProbeRun:
+    """A two-frame run folder whose teeth_segmenter is the probe, on the docker runner."""
+
+    def __init__(self, tmp_path: Path, mode: str, timeout: float | None = None, progress: Reporter | None = None,
+                 **options):
+        sys.path.insert(0, str(REPO / "tests" / "probe-plugin"))
+        try:
+            from being_test_probe import Probe
+        finally:
+            sys.path.pop(0)
+        self.root = tmp_path / "run"
+        (self.root / "ori_imgs").mkdir(parents=True)
+        for i in range(2):
+            (self.root / "ori_imgs" / f"{i}.jpg").write_bytes(b"\xff\xd8 not decoded by the probe")
+        manifest = Manifest.load(self.root)
+        manifest.data["dataset"] = {"n_frames": 2, "fps": 25.0, "width": 4, "height": 4, "has_audio": False,
+                                    "val_start": 1}
+        manifest.save()
+        registry = Registry()
+        registry.add_runner(DockerRunner, "being-docker")
+        registry.add(Probe, "being-test-probe")
+        options = {"image": PROBE_IMAGE, **({"timeout_s": timeout} if timeout else {}), **options}
+        resolved = resolve({"stages": {"teeth_segmenter": {"impl": "probe", "config": {"mode": mode},
+                                                           "runner": "docker", "runner_options": options}}},
+                           registry, "test")
+        self.pipeline = Pipeline(self.root, resolved, registry, progress or Reporter())
+
+    def run_stage(self, kind):
+        return self.pipeline.run_one(kind)
+
+
+def probe_run(tmp_path: Path, mode: str, timeout: float | None = None, progress: Reporter | None = None,
+              **options) -> ProbeRun:
+    return ProbeRun(tmp_path, mode, timeout, progress, **options)
+
+
+def test_stage_runs_as_the_caller_without_network_and_streams_progress(probe_image, tmp_path, caplog):
+    events = Events()
+    pipeline = probe_run(tmp_path, "ok", progress=events, memory="256m")
+    with caplog.at_level("INFO", logger="being.container"):
+        entry = pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert entry["runner"] == "docker"
+    assert entry["info"]["uid"] == os.getuid() and entry["info"]["gid"] == os.getgid()
+    assert entry["info"]["network"].startswith("unreachable")
+    assert entry["info"]["memory_limit"] == 256 * 2 ** 20
+    assert "teeth_segmenter: probe: done" in caplog.messages  # the run log gets the container's log lines
+    stage_log = pipeline.root / ".being" / "stages" / "teeth_segmenter" / "work" / "stage.log"
+    assert "probe: done" in stage_log.read_text()
+    assert sorted(entry["outputs"]) == ["teeth_mask/0.npy", "teeth_mask/1.npy"]
+    assert np.load(pipeline.root / "teeth_mask" / "1.npy").shape == (4, 4)
+    assert events.started == ["probe masks"] and events.advanced == 2
+    assert not [c for c in images.client().containers.list(all=True) if c.labels.get("being.run") == str(pipeline.root)]
+
+
+def test_nonzero_exit_names_stage_image_code_and_log(probe_image, tmp_path):
+    pipeline = probe_run(tmp_path, "crash")
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value).startswith(f"teeth_segmenter 'probe' in image {PROBE_IMAGE} exited with code 3; "
+                                     "last log lines:\n")
+    assert "probe: crashing on purpose" in str(err.value)
+    assert not (pipeline.root / "teeth_mask").exists()
+
+
+def test_timeout_stops_and_removes_the_container(probe_image, tmp_path):
+    pipeline = probe_run(tmp_path, "sleep", timeout=3)
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value).startswith(f"teeth_segmenter 'probe' in image {PROBE_IMAGE} exceeded its timeout of 3 s; "
+                                     "the container was removed")
+    assert not [c for c in images.client().containers.list(all=True) if c.labels.get("being.run") == str(pipeline.root)]
+
+
+def test_writing_outside_the_output_folder_fails_and_leaves_nothing(probe_image, tmp_path):
+    pipeline = probe_run(tmp_path, "escape")
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value) == ("teeth_segmenter 'probe' failed: OSError: [Errno 30] Read-only file system: "
+                              "'/being/run/escaped.txt'")
+    assert not (pipeline.root / "escaped.txt").exists()
+
+
+def test_missing_image_is_reported_before_anything_runs(docker_client, being_testdata, tmp_path):
+    from being_core.cli import main
+
+    run = tmp_path / "r"
+    code = main(["prepare", str(being_testdata / "videos" / "videoretalking_face5.mp4"), "-o", str(run), "-q",
+                 "--set", "stages.audio_encoder.runner=docker",
+                 "--set", "stages.audio_encoder.runner_options.image=being/audio-mel:0.0.0-missing"])
+    assert code == 2
+    assert not run.exists()
+    registry = load_registry()
+    resolved = load(None, registry, [
+        "stages.audio_encoder.runner=docker", "stages.audio_encoder.runner_options.image=being/audio-mel:0.0.0-missing"])
+    with pytest.raises(UsageError) as err:
+        Pipeline(tmp_path / "r2", resolved, registry).preflight(PREPARE_STAGES)
+    assert str(err.value) == ("audio_encoder 'mel' runs in Docker, but the image being/audio-mel:0.0.0-missing is "
+                              "not built; run `being images build audio-mel`")
+
+
+def test_missing_daemon_is_an_actionable_error(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(UsageError) as err:
+        images.client()
+    assert str(err.value).startswith("cannot reach the Docker daemon (")
+    assert str(err.value).endswith("start it (e.g. `dockerd &` as root, or `systemctl start docker`) and check "
+                                   "DOCKER_HOST, or choose runner: inprocess")
+
+
+def test_images_list_shows_built_images_as_current(built, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "being_core", "images", "list", "--json"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["tag"]: r for r in json.loads(proc.stdout)}
+    for slug in built:
+        impl = next(i for i in load_registry().all() if i.cls.slug() == slug)
+        row = rows[impl.cls.image()]
+        assert row["status"] == "current" and row["size_mb"] > 0
+
+
+def test_a_changed_plugin_makes_its_image_stale(built):
+    impl = next(i for i in load_registry().all() if i.cls.slug() == "au-landmarks")
+    image = images.client().images.get(impl.cls.image())
+    spec = images.ImageSpec(impl)
+    assert images.stale_reason(image.labels, spec) is None
+    edited = {**image.labels, "being.plugin-digest": "0" * 16}
+    assert images.stale_reason(edited, spec) == (f"plugin code differs (image {'0' * 16}, installed "
+                                                 f"{spec.labels()['being.plugin-digest']})")
+
+
+def test_prepare_in_docker_equals_in_process(built, face5, tmp_path):
+    """Every preprocessing stage in its own container gives the same dataset as the in-process runner."""
+    face = [f"stages.face_tracker.config.{k}={v}" for k, v in FAST_FACE.items()]
+    registry = load_registry()
+    runs = {}
+    for runner in ("docker", "inprocess"):
+        overrides = face + [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
+        resolved = load("docker", registry, overrides)
+        runs[runner] = Pipeline(tmp_path / runner, resolved, registry).prepare(face5)
+    docker, inproc = runs["docker"], runs["inprocess"]
+    differ = []
+    for kind in PREPARE_STAGES:
+        assert docker.stages[str(kind)]["runner"] == "docker"
+        a, b = docker.stages[str(kind)]["outputs"], inproc.stages[str(kind)]["outputs"]
+        assert sorted(a) == sorted(b), kind
+        differ += [rel for rel in a if a[rel] != b[rel]]
+    # Every file is bit-identical except .npz archives, whose zip entries carry the time they were written:
+    # their arrays must be bit-identical.
+    assert [rel for rel in differ if not rel.endswith(".npz")] == []
+    for rel in differ:
+        with np.load(tmp_path / "docker" / rel) as x, np.load(tmp_path / "inprocess" / rel) as y:
+            assert sorted(x.files) == sorted(y.files), rel
+            for key in x.files:
+                assert np.array_equal(x[key], y[key]), (rel, key)
+
+
+def test_the_container_gets_the_hosts_blas_settings_and_nothing_else():
+    env = container_env({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "OMP_NUM_THREADS": "2",
+                         "PATH": "/host/bin", "HOME": "/root", "HF_TOKEN": "secret"})
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_L2_SIZE"] == "512" and env["OMP_NUM_THREADS"] == "2"
+    assert "PATH" not in env and "HF_TOKEN" not in env and env["HOME"] == "/tmp" and env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_gpu_only_for_stages_that_need_it():
+    registry = load_registry()
+    trainer = registry.get(StageKind.TRAINER, "gaussian-avatar")
+    mel = registry.get(StageKind.AUDIO_ENCODER, "mel")
+    assert trainer.needs_gpu and not mel.needs_gpu
+    [request] = limits(trainer, DockerOptions())["device_requests"]
+    assert request["Capabilities"] == [["gpu"]] and request["Count"] == -1
+    assert limits(mel, DockerOptions(cpus=1.5, memory="2g")) == {"nano_cpus": 1_500_000_000, "mem_limit": "2g"}
+    assert "device_requests" not in limits(trainer, DockerOptions(gpu=False))
+    assert "device_requests" in limits(mel, DockerOptions(gpu=True))
+
+
+def test_gpu_request_without_a_gpu_runtime_is_one_clear_error(probe_image, tmp_path, docker_client):
+    if "nvidia" in (docker_client.info().get("Runtimes") or {}):
+        pytest.skip("this daemon has the NVIDIA runtime")
+    pipeline = probe_run(tmp_path, "ok", gpu=True)
+    with pytest.raises(StageFailed) as err:
+        pipeline.run_stage(StageKind.TEETH_SEGMENTER)
+    assert str(err.value).startswith(f"teeth_segmenter 'probe': Docker could not start {PROBE_IMAGE}: ")
+    assert str(err.value).endswith("; a GPU stage needs the NVIDIA container toolkit on the host, or "
+                                   "runner_options.gpu: false")
+    assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("being.run") == str(pipeline.root)]
+
+
+def test_ctrl_c_removes_the_container(probe_image, tmp_path, docker_client):
+    import signal
+    import time
+
+    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+              "from pathlib import Path\nfrom test_docker import probe_run\nfrom being_core.stage import StageKind\n"
+              f"probe_run(Path({str(tmp_path)!r}), 'sleep').run_stage(StageKind.TEETH_SEGMENTER)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = str(tmp_path / "run")
+    deadline = time.monotonic() + 60
+    while not [c for c in docker_client.containers.list() if c.labels.get("being.run") == root]:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in stderr
+    assert not [c for c in docker_client.containers.list(all=True) if c.labels.get("being.run") == root]
+
+
+def test_render_checks_its_images_before_anything_runs(docker_client, tmp_path, being_testdata):
+    registry = load_registry()
+    resolved = load(None, registry, [
+        "stages.trainer.runner=docker", "stages.trainer.runner_options.image=being/trainer-gaussian-avatar:0.0.0-missing"])
+    with pytest.raises(UsageError) as err:
+        Pipeline(tmp_path / "r", resolved, registry).render(being_testdata / "audio" / "geneface_zozo.wav",
+                                                            tmp_path / "out.mp4")
+    assert str(err.value) == ("trainer 'gaussian-avatar' runs in Docker, but the image "
+                              "being/trainer-gaussian-avatar:0.0.0-missing is not built; "
+                              "run `being images build trainer-gaussian-avatar`")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "out.mp4").exists()

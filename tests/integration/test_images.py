@@ -1,0 +1,112 @@
+"""Image building pieces that need no daemon: apt sources, locks, specs, Dockerfiles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from being_core.errors import UsageError
+from being_core.plugins import load_registry
+from being_docker import images
+
+
+def test_host_apt_source_reads_deb822_and_one_line_formats(tmp_path):
+    etc = tmp_path / "apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb deb-src\n# a comment\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n")
+    assert images.host_apt_source(etc) == ("http://mirror.example/debian", "bookworm")
+    (etc / "sources.list.d" / "debian.sources").unlink()
+    (etc / "sources.list").write_text("# old style\ndeb [arch=amd64] http://archive.example/ubuntu jammy main\n")
+    assert images.host_apt_source(etc) == ("http://archive.example/ubuntu", "jammy")
+
+
+def test_host_apt_source_without_any_archive_says_what_to_do(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    with pytest.raises(UsageError) as err:
+        images.host_apt_source(tmp_path)
+    assert str(err.value) == (f"found no Debian or Ubuntu archive in {tmp_path}/sources.list(.d) to bootstrap the base "
+                              "image from; pass --base IMAGE (e.g. python:3.11-slim) where a registry is reachable")
+
+
+def test_read_lock_reads_pins_and_names_the_bad_line(tmp_path):
+    lock = tmp_path / "being_x" / "image" / "requirements-cpu.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("# header\nbeing-core==0.1.0\nnumpy==1.26.4\ntorch===2.13.0\n")
+    assert images.read_lock(lock) == ["being-core==0.1.0", "numpy==1.26.4", "torch===2.13.0"]
+    lock.write_text("numpy>=1.2\n")
+    with pytest.raises(UsageError) as err:
+        images.read_lock(lock)
+    assert str(err.value) == f"{lock}:1: expected NAME==VERSION, got 'numpy>=1.2'"
+    with pytest.raises(UsageError) as err:
+        images.read_lock(tmp_path / "being_missing" / "image" / "requirements-cpu.lock")
+    assert str(err.value).endswith("does not exist; create it with `being images lock missing`")
+
+
+def test_every_installed_implementation_ships_a_lock_of_its_own_package():
+    """Each plugin's image is defined by files installed with it: no Being checkout is needed to build it."""
+    registry = load_registry()
+    specs = images.specs(registry)
+    assert {s.slug for s in specs} == {i.cls.slug() for i in registry.all()}
+    for spec in specs:
+        package = spec.impl.cls.__module__.split(".")[0]
+        assert spec.lock.parent == images.package_files(package) / "image", spec.slug
+        pins = images.read_lock(spec.lock)
+        names = {p.split("==")[0] for p in pins}
+        version = __import__("importlib.metadata", fromlist=["version"]).version
+        assert f"being-core=={version('being-core')}" in pins, spec.slug
+        assert f"{spec.impl.distribution}=={version(spec.impl.distribution)}" in pins, spec.slug
+        assert not names & {"opencv-python", "opencv-contrib-python"}, spec.slug
+        dockerfile = spec.dockerfile.read_text()
+        assert 'ENTRYPOINT ["being-stage"]' in dockerfile and "USER being" in dockerfile, spec.slug
+
+
+def test_image_tags_carry_the_version_and_the_variant():
+    impl = next(i for i in load_registry().all() if i.cls.slug() == "face-mediapipe")
+    assert images.ImageSpec(impl).tag == f"being/face-mediapipe:{impl.cls.version}"
+    assert images.ImageSpec(impl, "cuda").tag == f"being/face-mediapipe:{impl.cls.version}-cuda"
+    assert images.ImageSpec(impl, "cuda").lock.name == "requirements-cuda.lock"
+    assert images.ImageSpec(impl).dockerfile == images.package_files("being_docker") / "Dockerfile"
+
+
+def test_unknown_names_and_variants_are_refused():
+    registry = load_registry()
+    with pytest.raises(UsageError) as err:
+        images.specs(registry, ["face-openpose"])
+    assert str(err.value).startswith("no installed implementation 'face-openpose'; images exist for: au-landmarks, ")
+    with pytest.raises(UsageError) as err:
+        images.specs(registry, [], "rocm")
+    assert str(err.value) == "unknown image variant 'rocm'; use cpu or cuda"
+
+
+def test_plugin_digest_follows_the_code(tmp_path, monkeypatch):
+    pkg = tmp_path / "being_digest_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = images.package_digest("being_digest_probe")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "x.pyc").write_bytes(b"ignored")
+    assert images.package_digest("being_digest_probe") == first
+    (pkg / "__init__.py").write_text("X = 2\n")
+    assert images.package_digest("being_digest_probe") != first
+
+
+def test_build_context_wheels_come_from_clean_source_copies(tmp_path):
+    (REPO / "tests" / "probe-plugin" / "build" / "lib").mkdir(parents=True, exist_ok=True)
+    stale = REPO / "tests" / "probe-plugin" / "build" / "lib" / "stale_module.py"
+    stale.write_text("raise SystemExit('stale')\n")
+    try:
+        wheel = images.build_local_wheel(REPO / "tests" / "probe-plugin", tmp_path)
+    finally:
+        shutil.rmtree(REPO / "tests" / "probe-plugin" / "build")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "being_test_probe/__init__.py" in names and not [n for n in names if "stale_module" in n]
+    assert Path(wheel).name.startswith("being_test_probe-0.1.0-")

@@ -1,0 +1,352 @@
+"""trainer 'gaussian-avatar' on the CPU: the reference rasteriser against analytic cases and finite
+differences, training on a real clip, the audio width from the encoder's info, rendering, resume."""
+
+import json
+import math
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from being_trainer_gaussian_avatar import AvatarConfig, GaussianAvatar
+from being_trainer_gaussian_avatar.data import RunData
+from being_trainer_gaussian_avatar.raster import EPS2D, rasterize_reference
+from being_trainer_gaussian_avatar.train import Avatar, losses
+
+from being_core import DatasetFacts
+from being_core.audio import AudioFeatures
+from being_core.config import resolve
+from being_core.ingest import probe
+from being_core.manifest import Manifest
+from being_core.pipeline import Pipeline
+
+TINY = GaussianAvatar.test_config
+
+
+def camera(f=100.0, size=32):
+    view = torch.eye(4, dtype=torch.float64)[None]
+    K = torch.tensor([[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]], dtype=torch.float64)
+    return view, K
+
+
+def splat(means, scales, opac, colours, size=32, quats=None):
+    view, K = camera(size=size)
+    n = means.shape[0]
+    quats = quats if quats is not None else torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).repeat(n, 1)
+    return rasterize_reference(means[None], quats[None], scales[None], opac[None], colours[None], view, K,
+                               size, size)
+
+
+def test_one_gaussian_footprint_is_analytic():
+    z, sigma, f = 2.0, 0.05, 100.0
+    means = torch.tensor([[0.0, 0.0, z]], dtype=torch.float64)
+    rgb, alpha, m2d = splat(means, torch.full((1, 3), sigma, dtype=torch.float64),
+                            torch.tensor([0.8], dtype=torch.float64), torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64))
+    assert torch.allclose(m2d[0, 0], torch.tensor([16.0, 16.0], dtype=torch.float64))
+    var = (f * sigma / z) ** 2 + EPS2D
+    for (py, px) in [(16, 16), (15, 18), (20, 10)]:
+        d2 = (px + 0.5 - 16) ** 2 + (py + 0.5 - 16) ** 2
+        expected = 0.8 * math.exp(-0.5 * d2 / var)
+        expected = expected if expected >= 1 / 255 else 0.0
+        assert alpha[0, py, px, 0].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert rgb[0, py, px].tolist() == pytest.approx([expected, expected * 0.5, expected * 0.25])
+
+
+def test_compositing_is_front_to_back():
+    scales = torch.full((2, 3), 0.2, dtype=torch.float64)
+    opac = torch.tensor([0.9, 0.9], dtype=torch.float64)
+    red_blue = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64)
+    near_red = torch.tensor([[0.0, 0, 2.0], [0.0, 0, 3.0]], dtype=torch.float64)
+    rgb, alpha, _ = splat(near_red, scales, opac, red_blue)
+    a_front = rgb[0, 16, 16, 0].item()
+    a_back = rgb[0, 16, 16, 2].item()
+    assert a_front > 0.85 and a_back == pytest.approx((1 - a_front) * 0.9, rel=0.05)
+    rgb2, _, _ = splat(near_red.flip(0), scales, opac, red_blue)  # blue now in front
+    assert rgb2[0, 16, 16, 2] > 0.85 and rgb2[0, 16, 16, 0] < 0.15
+    assert alpha[0, 16, 16, 0].item() == pytest.approx(1 - 0.1 * 0.1, rel=0.01)
+
+
+def test_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    means = torch.tensor([[0.02, -0.03, 2.0], [-0.05, 0.04, 2.4], [0.06, 0.05, 2.2]], dtype=torch.float64)
+    log_scales = torch.log(torch.tensor([[0.08, 0.06, 0.07], [0.1, 0.09, 0.08], [0.07, 0.1, 0.09]], dtype=torch.float64))
+    quats = torch.tensor([[1.0, 0.1, 0.2, 0.0], [0.9, 0.0, 0.3, 0.1], [1.0, -0.2, 0.0, 0.1]], dtype=torch.float64)
+    opac = torch.tensor([0.5, 0.6, 0.4], dtype=torch.float64)
+    colours = torch.rand(3, 3, dtype=torch.float64)
+    weights = torch.rand(1, 16, 16, 3, dtype=torch.float64)
+
+    def f(m, ls, q, o, c):
+        rgb, alpha, _ = splat(m, ls.exp(), o, c, size=16, quats=q)
+        return (rgb * weights).sum() + alpha.sum()
+
+    args = [t.clone().requires_grad_(True) for t in (means, log_scales, quats, opac, colours)]
+    assert torch.autograd.gradcheck(f, args, eps=1e-7, atol=1e-5, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def data(prepared_face5):
+    manifest = json.loads((prepared_face5 / "being.json").read_text())
+    features = AudioFeatures.from_info(manifest["stages"]["audio_encoder"]["info"])
+    return RunData(prepared_face5, DatasetFacts.model_validate(manifest["dataset"]), features, 64)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_real_clip(data):
+    torch.manual_seed(0)
+    cfg = AvatarConfig(**{**TINY, "init_extra": 0.2})
+    av = Avatar(data, cfg, torch.device("cpu"))
+    ids = torch.tensor([0, 40, 80])
+    frames = [data.pixels(i) for i in ids.tolist()]
+    image, mask, bg = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(3))
+
+    def loss():
+        rgb, alpha, _ = av.render(ids, bg, deform=False)
+        return losses(rgb, alpha, image, mask, data.lips[ids], cfg, fine=False)[0]
+
+    opt = av.optimizer(fine=False)
+    before = loss().item()
+    for _ in range(25):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.8 * before
+
+
+def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_stage, tmp_path, being_testdata):
+    from being_audio_wav2vec2.testing import save_tiny_model
+
+    # mel (D=80) first, then a wav2vec2 model (D=44): the trainer's input layer follows the encoder's info.
+    entry = being_run_stage(prepared_copy, "trainer", "gaussian-avatar", TINY)
+    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)
+    assert model["audio"] == {"encoder": "mel", "dim": 80, "window": 16, "file": "aud_mel.npy"}
+    assert model["model"]["deformer"]["audio.0.weight"].shape == (TINY.get("width", 64), 80)
+    metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
+    assert metrics["val_frames"] == 12 and metrics["psnr"] > 8 and metrics["steps"] == 18
+    assert entry["metrics"]["backend"] == "rasterize_reference"
+    assert imageio_ffmpeg.count_frames_and_secs(str(prepared_copy / "avatar" / "val.mp4"))[0] == 12
+
+    tiny = save_tiny_model(tmp_path / "w2v", "wav2vec2")
+    being_run_stage(prepared_copy, "audio_encoder", "wav2vec2", {"model": tiny})
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", TINY)
+    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)
+    assert model["audio"]["dim"] == 44 and model["audio"]["encoder"] == "wav2vec2"
+    assert model["model"]["deformer"]["audio.0.weight"].shape[1] == 44
+
+    # Render new audio (5.02 s, 44.1 kHz stereo): frames follow the audio, whose stream is muxed in.
+    registry = __import__("being_core.plugins", fromlist=["load_registry"]).load_registry()
+    resolved = resolve({"stages": {"trainer": {"impl": "gaussian-avatar", "config": TINY}}}, registry)
+    audio = being_testdata / "audio" / "videoretalking_audio1.wav"
+    out = Pipeline(prepared_copy, resolved, registry).render(audio, tmp_path / "says.mp4")
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(out))
+    assert frames == round(5.02 * 25) or abs(frames - 5.02 * 25) <= 1
+    info = probe(out)
+    assert info.audio_codec == "aac" and abs(info.duration_s - 5.02) < 0.15
+    sub = Manifest.load(next((prepared_copy / "renders").iterdir()))
+    assert sub.stages["audio_encoder"]["impl"] == "wav2vec2", "render encodes with the run's own encoder"
+
+
+def test_checkpoints_resume_the_same_run(prepared_copy, being_run_stage, monkeypatch):
+    from being_trainer_gaussian_avatar import train as train_module
+
+    from being_core.errors import StageFailed
+
+    real = train_module.evaluate
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(train_module, "evaluate", crash)
+    with pytest.raises(StageFailed):
+        being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "checkpoint_every": 6})
+    monkeypatch.setattr(train_module, "evaluate", real)
+    entry = being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "checkpoint_every": 6})
+    assert entry["metrics"]["resumed_from_step"] == 18 and entry["metrics"]["steps"] == 18
+
+
+def test_same_seed_same_avatar(prepared_copy, being_run_stage):
+    config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
+    first = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config, force=True)
+    second = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    for part in ("gaussians", "deformer"):
+        for name, value in first[part].items():
+            assert torch.equal(value, second[part][name]), f"{part}.{name}"
+
+
+def test_frames_cached_on_the_device_train_the_same_avatar(prepared_copy, being_run_stage):
+    config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "frame_cache": "off"})
+    streamed = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    streamed_metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "frame_cache": "device"}, force=True)
+    cached = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    cached_metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
+    for part in ("gaussians", "deformer"):
+        for name, value in streamed[part].items():
+            assert torch.equal(value, cached[part][name]), f"{part}.{name}"
+    for key in ("psnr", "psnr_gt_imgs", "psnr_full_frame", "psnr_full_frame_ceiling", "ssim", "ssim_full_frame"):
+        assert cached_metrics[key] == streamed_metrics[key], key
+    # A perfect head scores the ceiling against the real frames; the rendered one scores less. Against the
+    # real head over the frame's background (GaussianTalker's ground truth) the error the background alone
+    # causes is gone, and likewise where gt_imgs shows bc.jpg.
+    assert cached_metrics["psnr_full_frame"] < cached_metrics["psnr_full_frame_ceiling"]
+    assert cached_metrics["psnr"] > cached_metrics["psnr_full_frame"]
+    assert cached_metrics["psnr_gt_imgs"] > cached_metrics["psnr_full_frame"]
+
+
+class _Output:
+    def __init__(self, folder):
+        self.folder = folder
+
+    def output(self, rel):
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def test_held_out_protocols_score_a_perfect_head_exactly(data, tmp_path):
+    """An avatar that renders exactly the real head over the frame's background: perfect by GaussianTalker's
+    protocol (psnr capped at 100 dB, SSIM 1), and at the ceiling against the real frames."""
+    from being_trainer_gaussian_avatar.train import composite, evaluate
+
+    class PerfectHead:
+        device = torch.device("cpu")
+
+        def render(self, ids, bg, deform):
+            frames = [data.pixels(i) for i in ids.tolist()]
+            image, head = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(2))
+            return composite(image, head, bg), None, None
+
+    m = evaluate(_Output(tmp_path), PerfectHead(), data)
+    assert m["val_frames"] == len(data.val_ids) == 12
+    assert m["psnr"] == 100.0 and m["ssim"] == 1.0
+    assert m["psnr_full_frame"] == m["psnr_full_frame_ceiling"] < 60
+    assert m["psnr_gt_imgs"] > m["psnr_full_frame"]
+    assert m["ssim_full_frame"] < 1.0
+    assert (tmp_path / "avatar" / "val.mp4").stat().st_size > 0
+
+
+def test_the_composite_target_replaces_everything_but_the_head(data):
+    """target: composite trains against the real head over the frame's background: outside the head mask
+    the loss sees the background the avatar is rendered over, so a render of that background costs nothing
+    there, whatever the real frame shows."""
+    from being_trainer_gaussian_avatar.train import composite
+
+    frames = [data.pixels(i) for i in (0, 50)]
+    image, head, bg = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(3))
+    target = composite(image, head, bg)
+    inside, outside = head > 0, head == 0
+    assert inside.any() and outside.any()
+    assert torch.equal(target[inside], image[inside]) and torch.equal(target[outside], bg[outside])
+    assert not torch.equal(image[outside], bg[outside]), "the real frame differs from its background estimate"
+
+
+def test_the_alpha_band_frees_only_pixels_just_outside_the_head():
+    cfg, banded = AvatarConfig(**{**TINY, "alpha_band": 0}), AvatarConfig(**{**TINY, "alpha_band": 64})  # 2 px of 16
+    mask = torch.zeros(1, 16, 16)
+    mask[:, 5:11, 5:11] = 1
+    rgb = image = torch.zeros(1, 16, 16, 3)
+    lips = torch.tensor([[0, 0, 4, 4]])
+    base = torch.where(mask[..., None] > 0, 0.99, 0.01)
+    spill = base.clone()
+    spill[:, 3:5, 5:11] = 0.99  # alpha spills 2 px above the mask: inside the band
+    far = base.clone()
+    far[:, 0:2, 5:11] = 0.99  # 3-5 px above the mask: beyond the band
+
+    def alpha_loss(c, alpha):
+        return losses(rgb, alpha, image, mask, lips, c, fine=False)[1]["alpha"].item()
+
+    assert alpha_loss(banded, spill) == pytest.approx(alpha_loss(banded, base))
+    assert alpha_loss(cfg, spill) > alpha_loss(cfg, base) + 0.01
+    assert alpha_loss(banded, far) > alpha_loss(banded, base) + 0.01
+
+
+def test_training_compares_with_the_target_the_config_names(prepared_copy, being_run_stage, monkeypatch):
+    from being_trainer_gaussian_avatar import train as train_module
+
+    calls = []
+    real = train_module.composite
+    monkeypatch.setattr(train_module, "composite", lambda *a: calls.append(len(a[0])) or real(*a))
+    config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6, "frame_cache": "off"}
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
+    assert calls == [12], "target 'frame': only the held-out evaluation builds the composite (12 val frames)"
+    calls.clear()
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "target": "composite"}, force=True)
+    assert calls == [1] * 6 + [2] * 2 + [12], "every coarse (batch 1) and fine (batch 2) step, then evaluation"
+
+
+def _lpips_file(path):
+    """A random-init LPIPS saved as the lpips package saves one (its lin weights are non-negative)."""
+    from being_trainer_gaussian_avatar.perceptual import LPIPS
+
+    torch.manual_seed(0)
+    net = LPIPS()
+    with torch.no_grad():
+        for lin in net.lins:
+            lin.model[1].weight.abs_()
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_lpips_loads_the_lpips_package_layout_and_measures_distortion(tmp_path):
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
+
+    weights = _lpips_file(tmp_path / "lpips.pth")
+    state = torch.load(weights, weights_only=True)
+    # The lpips package's LPIPS(net='alex') names: AlexNet's features indices inside five slices, lin0-4 (and
+    # the same layers again as lins.0-4), and the input scaling buffers.
+    expected = {"scaling_layer.shift", "scaling_layer.scale"}
+    expected |= {f"net.slice{k}.{i}.{p}" for k, i in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10)) for p in ("weight", "bias")}
+    expected |= {f"{name}.model.1.weight" for k in range(5) for name in (f"lin{k}", f"lins.{k}")}
+    assert set(state) == expected
+    net = load_lpips(weights, torch.device("cpu"))
+    torch.manual_seed(1)
+    image = torch.rand(2, 64, 64, 3)
+    noise = torch.randn_like(image)
+    near, far = ((image + s * noise).clamp(0, 1) for s in (0.02, 0.2))
+    assert net(image, image).tolist() == [0.0, 0.0]
+    assert (0 < net(image, near)).all() and (net(image, near) < net(image, far)).all()
+    assert torch.allclose(net(image, far), net(far, image))
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_lpips_weights_that_are_missing_or_wrong_give_clear_errors(tmp_path):
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
+
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(ValueError) as err:
+        load_lpips(missing, torch.device("cpu"))
+    assert str(err.value) == (f"stages.trainer.config.lpips_weights: {missing} does not exist; LPIPS weights are "
+                              "never downloaded. Save them where they are available: "
+                              "torch.save(lpips.LPIPS(net='alex').state_dict(), 'lpips.pth')")
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, other)
+    with pytest.raises(ValueError) as err:
+        load_lpips(other, torch.device("cpu"))
+    assert str(err.value).startswith(f"stages.trainer.config.lpips_weights: {other} is not an LPIPS AlexNet state "
+                                     "dict (missing: scaling_layer.shift, scaling_layer.scale, net.slice1.0.weight, "
+                                     "net.slice1.0.bias; unexpected: conv.weight)")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=f"lpips_weights: {garbage} is not a saved state dict"):
+        load_lpips(garbage, torch.device("cpu"))
+
+
+def test_lpips_joins_the_fine_loss_and_the_held_out_metrics(prepared_copy, being_run_stage, tmp_path):
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
+
+    weights = _lpips_file(tmp_path / "lpips.pth")
+    net = load_lpips(weights, torch.device("cpu"))
+    cfg = AvatarConfig(**{**TINY, "lpips_weights": str(weights)})
+    rgb, image = torch.rand(2, 32, 32, 3), torch.rand(2, 32, 32, 3)
+    alpha, mask, lips = torch.full((2, 32, 32, 1), 0.5), torch.ones(2, 32, 32), torch.tensor([[8, 8, 24, 24]] * 2)
+    coarse = losses(rgb, alpha, image, mask, lips, cfg, fine=False, perceptual=net)
+    fine = losses(rgb, alpha, image, mask, lips, cfg, fine=True, perceptual=net)
+    assert "lpips" not in coarse[1] and fine[1]["lpips"] > 0
+    assert fine[0] == pytest.approx((coarse[0] + fine[1]["lip_l1"] + 0.01 * fine[1]["lpips"]).item())
+
+    config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
+    assert json.loads((prepared_copy / "avatar" / "metrics.json").read_text())["lpips"] is None
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "lpips_weights": str(weights)}, force=True)
+    assert 0 < json.loads((prepared_copy / "avatar" / "metrics.json").read_text())["lpips"] < 1
