@@ -80,7 +80,7 @@ def _parser(commands) -> argparse.ArgumentParser:
     sp.add_argument("--progress", choices=["bars", "jsonl", "none"], default="bars")
 
     for command in commands.all():
-        command.configure(sub.add_parser(command.name, parents=[common], help=command.help))
+        command.configure(sub.add_parser(command.name, parents=[common], help=command.help), [common])
     return p
 
 

@@ -29,8 +29,9 @@ class Command:
     #: Whether the CLI shows progress bars while it runs (unless ``-q``).
     shows_progress: ClassVar[bool] = False
 
-    def configure(self, parser: argparse.ArgumentParser) -> None:
-        """Add the command's arguments."""
+    def configure(self, parser: argparse.ArgumentParser, parents: list[argparse.ArgumentParser]) -> None:
+        """Add the command's arguments. Give nested sub-parsers ``parents=parents``: the options every
+        command takes (``-q``, ``--traceback``) are then accepted after them too."""
 
     def run(self, args: argparse.Namespace, ctx: CommandContext) -> int:
         raise NotImplementedError

@@ -85,6 +85,15 @@ def probe(path: Path) -> MediaInfo:
     )
 
 
+def check_streams(video: Path, info: MediaInfo, cfg: IngestConfig) -> None:
+    """InputError when ``video`` lacks a video stream, or an audio stream that ``cfg`` requires."""
+    if info.video_codec is None:
+        raise InputError(f"{video} has no video stream")
+    if info.audio_codec is None and cfg.audio == "required":
+        raise InputError(f"{video} has no audio stream; prepare it anyway with --no-audio "
+                         f"(ingest.audio: optional), but a trainer needs audio")
+
+
 def video_filter(cfg: IngestConfig) -> str:
     filters = [f"fps={cfg.fps:g}"]
     if cfg.crop == "center":
@@ -142,12 +151,8 @@ def ingest(video: Path, root: Path, cfg: IngestConfig, progress: Reporter | None
     into place only when complete, so a failure never leaves a half-written dataset."""
     progress = progress or Reporter()
     info = info or probe(video)
-    if info.video_codec is None:
-        raise InputError(f"{video} has no video stream")
+    check_streams(video, info, cfg)
     want_audio = info.audio_codec is not None
-    if not want_audio and cfg.audio == "required":
-        raise InputError(f"{video} has no audio stream; prepare it anyway with --no-audio "
-                         f"(ingest.audio: optional), but a trainer needs audio")
     staging = root / INTERNAL_DIR / "ingest"
     if staging.exists():
         shutil.rmtree(staging)

@@ -23,7 +23,7 @@ from . import __version__
 from .config import ResolvedConfig, ResolvedStage, StageSelection, dump_yaml
 from .contracts import Provided, check_chain, provided_by_run, unmet
 from .errors import ConfigError, InputError, StageFailed, UsageError
-from .ingest import AUDIO_FILE, MediaInfo, check_run_folder, extract_audio, ingest, probe
+from .ingest import AUDIO_FILE, MediaInfo, check_run_folder, check_streams, extract_audio, ingest, probe
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
 from .progress import Reporter
@@ -67,7 +67,8 @@ class Pipeline:
         video = Path(video)
         kinds = STAGE_ORDER if train else PREPARE_STAGES
         info = probe(video)
-        self.preflight(kinds, has_audio=info.audio_codec is not None or self.config.raw.ingest.audio == "required")
+        check_streams(video, info, self.config.raw.ingest)
+        self.preflight(kinds, has_audio=info.audio_codec is not None)
         check_run_folder(video, self.root)
         with self._open():
             self._save_config()
@@ -100,8 +101,8 @@ class Pipeline:
         audio, output = Path(audio), Path(output)
         if output.suffix.lower() != ".mp4":
             raise InputError(f"render output {output} must end in .mp4")
-        manifest = self._require_prepared()
         self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER), contracts=False)
+        manifest = self._require_prepared()
         trainer = self.config.stages[StageKind.TRAINER]
         if (manifest.stages.get(str(StageKind.TRAINER)) or {}).get("status") != "done":
             raise InputError(f"{self.root} has no trained avatar; run `being train {self.root}` first")

@@ -1,6 +1,6 @@
 """Real-time factor of the audio encoders (run by hand; numbers in docs/benchmarks.md).
 
-    python benchmarks/audio_encoders.py AUD_WAV [--large] [--device cpu|cuda] [--fp16]
+    python -m benchmarks.audio_encoders AUD_WAV [--large] [--device cpu|cuda] [--fp16]
 
 Runs the plugins' own chunked inference (being_audio_wav2vec2.inference) on a 16 kHz mono wav with
 random-init models: the tiny test models, and with --large full-size wav2vec2-large / HuBERT-large configs
@@ -14,9 +14,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE), str(HERE / "plugins" / "audio-wav2vec2"), str(HERE / "plugins" / "audio-mel")]
 
 
 def main() -> None:

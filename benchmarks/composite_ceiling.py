@@ -1,7 +1,7 @@
 """How far the composite alone keeps a prepared run from a perfect held-out PSNR (run by hand; results in
 docs/benchmarks.md). No training: it needs only a prepared run folder, on a CPU.
 
-    python benchmarks/composite_ceiling.py RUN [--resolution 512] [--split val|train|all]
+    python -m benchmarks.composite_ceiling RUN [--resolution 512] [--split val|train|all]
 
 The trainer renders the head over a per-frame background (``torso_imgs`` over ``bc.jpg``) and its held-out
 PSNR compares with the real frame (``ori_imgs``). Even a perfect head scores only what the background
@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE / "plugins" / "trainer-gaussian-avatar")]
+from benchmarks.common import run_data
 
 
 def main() -> None:
     import cv2
-    from being_trainer_gaussian_avatar.data import RunData, _nearest
     from being_trainer_gaussian_avatar.train import db
     from rich.console import Console
     from rich.progress import track
@@ -37,8 +34,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None, help="training width (default: the dataset's)")
     ap.add_argument("--split", choices=("val", "train", "all"), default="val")
     args = ap.parse_args()
-    manifest = json.loads((args.run / "being.json").read_text())
-    data = RunData(args.run, manifest, args.resolution)
+    data = run_data(args.run, args.resolution)
     ids = {"val": data.val_ids, "train": data.train_ids, "all": list(range(data.n))}[args.split]
     regions = ("background", "torso_neck", "head_edge_band")
     se = dict.fromkeys(regions, 0.0)
@@ -46,8 +42,7 @@ def main() -> None:
     values = 0
     for i in track(ids, description=f"{len(ids)} {args.split} frames", console=Console(stderr=True)):
         image, head, bg = (a.astype(np.float64) for a in data.pixels(i))
-        parsing = _nearest(args.run / f"parsing/{i}.png", (data.width, data.height))
-        white = (parsing == 255).all(-1)
+        white = data.background_label(i)
         outside = head == 0
         err = ((bg - image) ** 2).sum(-1) * outside
         # Pixels within 4 px (at 512) of the head that the parsing calls background: hair fringe, anti-aliasing.

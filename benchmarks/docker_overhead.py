@@ -1,11 +1,11 @@
 """What running stages in containers costs (run by hand; results in docs/benchmarks.md).
 
-    python benchmarks/docker_overhead.py [VIDEO] [--repeat N]
+    python -m benchmarks.docker_overhead VIDEO [--repeat N]
 
 1. Per image: its size, and the start-to-exit time of the container for an empty request (``being-stage``
    on a request file with no content: the interpreter starts, the plugins load, the request is refused),
    next to the same command in a local subprocess.
-2. ``being prepare`` of VIDEO (default: the shared 5 s clip) with every preprocessing stage on the docker
+2. ``being prepare`` of VIDEO (the shared 5 s clip was used) with every preprocessing stage on the docker
    runner, twice (the first with the images' /cache folders emptied, the second with them as the first
    left them), then in-process: total wall time and each stage's seconds.
 
@@ -23,15 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(HERE))
-
-from being_core import images  # noqa: E402
-from being_core.config import load  # noqa: E402
-from being_core.pipeline import Pipeline  # noqa: E402
-from being_core.plugins import load_registry  # noqa: E402
-from being_core.stage import PREPARE_STAGES  # noqa: E402
-from being_core.testing import find_testdata  # noqa: E402
+from being_core.config import load
+from being_core.pipeline import Pipeline
+from being_core.plugins import load_registry
+from being_core.stage import PREPARE_STAGES
+from being_docker import images
 
 
 def empty_request_seconds(c, tag: str, folder: Path, repeat: int) -> float:
@@ -62,7 +58,7 @@ def local_seconds(folder: Path, repeat: int) -> float:
 def prepare_seconds(video: Path, runner: str, folder: Path) -> dict:
     registry = load_registry()
     overrides = [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
-    resolved = load(HERE / "configs" / "docker.yaml", registry, overrides)
+    resolved = load("docker", registry, overrides)
     t = time.perf_counter()
     manifest = Pipeline(folder, resolved, registry).prepare(video)
     total = time.perf_counter() - t
@@ -72,10 +68,13 @@ def prepare_seconds(video: Path, runner: str, folder: Path) -> dict:
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    repeat = int(args[args.index("--repeat") + 1]) if "--repeat" in args else 5
-    video = Path(args[0]) if args and not args[0].startswith("--") else \
-        find_testdata() / "videos" / "videoretalking_face5.mp4"
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("video", type=Path, help="e.g. ../shared/testdata/videos/videoretalking_face5.mp4")
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    repeat, video = args.repeat, args.video
     c = images.client()
     results: dict = {"images": {}}
     with tempfile.TemporaryDirectory() as tmp:

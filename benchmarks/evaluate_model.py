@@ -1,7 +1,7 @@
 """Re-run the trainer's held-out evaluation on a saved avatar, here on the CPU (run by hand; results in
 docs/benchmarks.md).
 
-    python benchmarks/evaluate_model.py RUN MODEL.pt [MODEL.pt ...]
+    python -m benchmarks.evaluate_model RUN MODEL.pt [MODEL.pt ...]
 
 The GPU box has no mediapipe, so the trainings of ``gpu_quality.py`` report ``lmd`` as null. This loads each
 ``avatar/model.pt`` they bring back, renders the val split of the same prepared run with the reference
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE), str(HERE / "plugins" / "trainer-gaussian-avatar"), str(HERE / "benchmarks")]
+from benchmarks.common import trainer_context
 
 
 def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
@@ -29,16 +27,12 @@ def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
     from being_trainer_gaussian_avatar import AvatarConfig
     from being_trainer_gaussian_avatar.data import RunData
     from being_trainer_gaussian_avatar.train import Avatar, evaluate
-    from gpu_trainer import PrintReporter
-
-    from being_core.stage import StageContext
 
     model = torch.load(model_path, map_location="cpu", weights_only=False)
     cfg = AvatarConfig(**{**model["config"], "device": "cpu", "frame_cache": "off"})
-    manifest = json.loads((run / "being.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = StageContext(root=run, out=Path(tmp), config=cfg, manifest=manifest, progress=PrintReporter().r)
-        data = RunData(run, manifest, model["width"])
+        ctx = trainer_context(run, Path(tmp) / "out", cfg, Path(tmp) / "state")
+        data = RunData.from_context(ctx, model["width"])
         av = Avatar(data, cfg, torch.device("cpu"))
         av.load(model["model"])
         started = time.perf_counter()

@@ -1,51 +1,43 @@
 """GPU benchmark of trainer 'gaussian-avatar' (run by hand on a CUDA machine; results in docs/benchmarks.md).
 
-    python benchmarks/gpu_trainer.py PACK OUT [--fine N]
+    python -m benchmarks.gpu_trainer RUN OUT [--fine N]
 
+RUN is a prepared run folder (on a GPU box without mediapipe: unpacked by ``tools/gpu/pack.py``).
 1. gsplat against the PyTorch reference rasteriser: images and gradients on random Gaussians.
-2. The real training (the stage's own train()) on a packed run (benchmarks/gpu_pack.py): time, held-out
+2. The real training, as ``being train RUN`` runs it (the pipeline, the in-process runner): time, held-out
    PSNR/SSIM, peak GPU memory.
 3. Fine-stage iterations/s at batch 32 and rendering frames/s (deformer + gsplat) with the trained model.
-Writes OUT/gpu_results.json after every step.
+Writes OUT/gpu_results.json after every step, and copies the trained avatar's val.mp4 and metrics.json to OUT.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE), str(HERE / "plugins" / "trainer-gaussian-avatar"), str(HERE / "plugins" / "face-mediapipe"),
-                str(HERE / "benchmarks")]
+import torch
 
-import torch  # noqa: E402
+from benchmarks.common import PrintReporter, run_data, timed
 
-RESULTS: dict = {}
+RESULTS: dict[str, Any] = {}
 
 
 def dump(out: Path) -> None:
     (out / "gpu_results.json").write_text(json.dumps(RESULTS, indent=1))
 
 
-def timed(fn, n: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n
-
-
 def compare_rasterisers() -> dict:
+    """gsplat against the reference rasteriser on 3,000 random Gaussians at 128² (builds gsplat's kernels)."""
     from being_trainer_gaussian_avatar.raster import rasterize_gsplat, rasterize_reference
 
     torch.manual_seed(0)
     dev, n, size = torch.device("cuda"), 3000, 128
-    means = torch.randn(1, n, 3, device=dev) * torch.tensor([0.5, 0.5, 0.3], device=dev) + torch.tensor([0, 0, 3.0], device=dev)
+    centre = torch.tensor([0, 0, 3.0], device=dev)
+    means = torch.randn(1, n, 3, device=dev) * torch.tensor([0.5, 0.5, 0.3], device=dev) + centre
     quats = torch.randn(1, n, 4, device=dev)
     scales = torch.rand(1, n, 3, device=dev) * 0.04 + 0.005
     opac = torch.rand(1, n, device=dev) * 0.8 + 0.1
@@ -63,32 +55,19 @@ def compare_rasterisers() -> dict:
         grads[name] = [a.grad for a in args]
     rgb_diff = (out["reference"][0] - out["gsplat"][0]).abs()
     alpha_diff = (out["reference"][1] - out["gsplat"][1]).abs()
+    names = ("means", "quats", "scales", "opacities", "colors")
     rel = {k: float((gr - gg).norm() / gr.norm().clamp(min=1e-12))
-           for k, gr, gg in zip(("means", "quats", "scales", "opacities", "colors"), grads["reference"], grads["gsplat"])}
+           for k, gr, gg in zip(names, grads["reference"], grads["gsplat"])}
     return {"gaussians": n, "size": size, "rgb_max_abs": float(rgb_diff.max()), "rgb_mean_abs": float(rgb_diff.mean()),
             "alpha_max_abs": float(alpha_diff.max()), "grad_relative_error": rel}
-
-
-class PrintReporter:
-    """Progress as a few printed lines (the GPU box has no terminal)."""
-
-    def __init__(self):
-        from being_core.progress import Reporter
-
-        class R(Reporter):
-            def on_note(self, task_id, text):
-                print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-        self.r = R()
 
 
 def fine_step_speed(run: Path, cfg, model: Path | None) -> dict:
     """One fine step (deformer + gsplat + losses + Adam) at batch 32 with the frames already on the GPU."""
     import numpy as np
-    from being_trainer_gaussian_avatar.data import RunData
     from being_trainer_gaussian_avatar.train import Avatar, losses
 
-    data = RunData(run, json.loads((run / "being.json").read_text()), cfg.resolution)
+    data = run_data(run, cfg.resolution)
     av = Avatar(data, cfg, torch.device("cuda"))
     if model is not None:
         av.load(torch.load(model, weights_only=False)["model"])
@@ -113,9 +92,42 @@ def fine_step_speed(run: Path, cfg, model: Path | None) -> dict:
             "render_only_batches_per_s": round(1 / timed(forward_only, 20), 2)}
 
 
+def render_speed(run: Path, cfg, model: Path) -> dict:
+    """Frames/s of the trained avatar's deformation + rasterisation, one frame and 32 frames at a time."""
+    from being_trainer_gaussian_avatar.train import Avatar
+
+    av = Avatar(run_data(run, None), cfg, torch.device("cuda"))
+    av.load(torch.load(model, weights_only=False)["model"])
+    speeds = {}
+    with torch.no_grad():
+        for batch in (1, 32):
+            ids = torch.arange(batch)
+            speeds[f"render_batch{batch}_fps"] = round(batch / timed(lambda ids=ids: av.render(ids, None, deform=True),
+                                                                     20), 1)
+    return speeds
+
+
+def train(run: Path, fine: int) -> dict:
+    """``being train RUN`` with the run's own config and a few overrides, through the real pipeline."""
+    from being_core.config import load
+    from being_core.pipeline import Pipeline
+    from being_core.plugins import load_registry
+
+    registry = load_registry()
+    overrides = [f"stages.trainer.config.{k}={v}" for k, v in
+                 {"fine_iterations": fine, "num_workers": 12, "tensorboard": False, "log_every": 250}.items()]
+    resolved = load(run / "config.yaml", registry, overrides)
+    manifest = Pipeline(run, resolved, registry, PrintReporter(), force={"trainer"}).train()
+    return manifest.stages["trainer"]
+
+
 def main() -> None:
-    pack, out = Path(sys.argv[1]), Path(sys.argv[2])
-    fine = int(sys.argv[sys.argv.index("--fine") + 1]) if "--fine" in sys.argv else 3000
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a prepared run folder")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--fine", type=int, default=3000, help="fine-stage iterations")
+    args = ap.parse_args()
+    run, out = args.run.resolve(), args.out
     out.mkdir(parents=True, exist_ok=True)
     RESULTS["device"] = torch.cuda.get_device_name(0)
     RESULTS["torch"] = torch.__version__
@@ -123,72 +135,26 @@ def main() -> None:
     RESULTS["raster_check"] = compare_rasterisers()
     RESULTS["raster_check"]["seconds_incl_gsplat_jit"] = round(time.perf_counter() - t, 1)
     dump(out)
-    print(json.dumps(RESULTS), flush=True)
 
-    import gpu_pack
-
-    run = Path("/tmp/being-run")
-    t = time.perf_counter()
-    gpu_pack.unpack(pack, run)
-    RESULTS["unpack_seconds"] = round(time.perf_counter() - t, 1)
-    dump(out)
-
-    import being_trainer_gaussian_avatar.video as video
     from being_trainer_gaussian_avatar import AvatarConfig
-    from being_trainer_gaussian_avatar import train as train_module
 
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:  # the GPU box has no ffmpeg wheel; write the side-by-side video with OpenCV instead
-        def write_video(path, frames, fps=25.0, audio=None):
-            import cv2
-
-            frames = list(frames)
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frames[0].shape[1::-1])
-            for f in frames:
-                writer.write(f[..., ::-1])
-            writer.release()
-
-        video.write_video = write_video
-    from being_core.stage import StageContext
-
-    cfg = AvatarConfig(fine_iterations=fine, num_workers=12, tensorboard=False, log_every=250)
+    cfg = AvatarConfig(fine_iterations=args.fine, num_workers=12, tensorboard=False, log_every=250)
     RESULTS["fine_step_initial_model"] = fine_step_speed(run, cfg, None)
     dump(out)
-    stage_out = out / "stage"
-    stage_out.mkdir(exist_ok=True)
-    state = Path("/tmp/being-state")
-    state.mkdir(exist_ok=True)
-    ctx = StageContext(root=run, out=stage_out, config=cfg, manifest=json.loads((run / "being.json").read_text()),
-                       progress=PrintReporter().r, state=state)
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    metrics = train_module.train(ctx, cfg)
-    RESULTS["train"] = {k: v for k, v in metrics.items() if k != "history"}
-    RESULTS["train"]["wall_seconds"] = round(time.perf_counter() - t, 1)
-    RESULTS["train"]["schedule"] = {"coarse": cfg.coarse_iterations, "fine": cfg.fine_iterations, "batch": cfg.batch_size}
-    RESULTS["history"] = metrics["history"]
+    entry = train(run, args.fine)
+    RESULTS["train"] = {**entry["metrics"], "wall_seconds": round(time.perf_counter() - t, 1),
+                        "schedule": {"coarse": cfg.coarse_iterations, "fine": cfg.fine_iterations,
+                                     "batch": cfg.batch_size}}
     dump(out)
-
-    RESULTS["fine_step_trained_model"] = fine_step_speed(run, cfg, stage_out / "avatar" / "model.pt")
-    dump(out)
-    from being_trainer_gaussian_avatar.data import RunData
-    from being_trainer_gaussian_avatar.train import Avatar
-
-    data = RunData(run, ctx.manifest, None)
-    av = Avatar(data, cfg, torch.device("cuda"))
-    av.load(torch.load(stage_out / "avatar" / "model.pt", weights_only=False)["model"])
-    with torch.no_grad():
-        for batch in (1, 32):
-            b_ids = torch.arange(batch)
-            sec = timed(lambda: av.render(b_ids, None, deform=True), 20)
-            RESULTS[f"render_batch{batch}_fps"] = round(batch / sec, 1)
+    model = run / "avatar" / "model.pt"
+    RESULTS["fine_step_trained_model"] = fine_step_speed(run, cfg, model)
+    RESULTS.update(render_speed(run, cfg, model))
     RESULTS["peak_gpu_memory_gb_total"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     dump(out)
-    import shutil
-
     for name in ("val.mp4", "metrics.json"):
-        shutil.copy(stage_out / "avatar" / name, out / name)
+        shutil.copy(run / "avatar" / name, out / name)
     print(json.dumps(RESULTS, indent=1), flush=True)
 
 

@@ -1,6 +1,6 @@
 """Benchmark: frames per second of each step of `being prepare` on a real clip (run by hand).
 
-    .venv/bin/python benchmarks/prepare_stages.py ../shared/testdata/videos/dfrf_cnn2_25fps.mp4
+    .venv/bin/python -m benchmarks.prepare_stages ../shared/testdata/videos/dfrf_cnn2_25fps.mp4
 
 Prints one JSON line per step (ingest, face landmarks, head fit, audio) and the whole stage; the numbers
 recorded in docs/benchmarks.md come from this script.

@@ -21,9 +21,9 @@ class ImagesCommand(Command):
     help = "build, list and prune the stages' container images"
     shows_progress = True
 
-    def configure(self, parser: argparse.ArgumentParser) -> None:
+    def configure(self, parser: argparse.ArgumentParser, parents: list[argparse.ArgumentParser]) -> None:
         isub = parser.add_subparsers(dest="images_command", required=True, metavar="ACTION")
-        ib = isub.add_parser("build", help="build images (default: every implementation with a lock)")
+        ib = isub.add_parser("build", parents=parents, help="build images (default: every implementation with a lock)")
         ib.add_argument("names", nargs="*", metavar="IMPL", help="e.g. face-mediapipe (see `being plugins`)")
         ib.add_argument("--variant", choices=list(images.VARIANTS), default="cpu", help="torch build inside the image")
         ib.add_argument("--base", help="base image (default: being/base:<suite>, bootstrapped from the host's apt "
@@ -31,11 +31,12 @@ class ImagesCommand(Command):
         ib.add_argument("--force", action="store_true", help="rebuild even when the image is current")
         ib.add_argument("--preprocess", action="store_true",
                         help="only the dataset stages' images (face, audio, AU, teeth), not the trainer's")
-        il = isub.add_parser("list", help="Being's images: tag, size, age, current or stale")
+        il = isub.add_parser("list", parents=parents, help="Being's images: tag, size, age, current or stale")
         il.add_argument("--json", action="store_true", help="machine-readable output")
-        ip = isub.add_parser("prune", help="remove stale images and those of uninstalled plugins")
+        ip = isub.add_parser("prune", parents=parents, help="remove stale images and those of uninstalled plugins")
         ip.add_argument("--all", action="store_true", help="remove every image Being built (not the base)")
-        ik = isub.add_parser("lock", help="re-resolve and pin an image's packages (host pip) into the plugin's source")
+        ik = isub.add_parser("lock", parents=parents,
+                             help="re-resolve and pin an image's packages (host pip) into the plugin's source")
         ik.add_argument("names", nargs="*", metavar="IMPL")
         ik.add_argument("--variant", choices=list(images.VARIANTS), default="cpu")
 

@@ -44,8 +44,9 @@ def test_every_problem_is_reported_at_once(registry):
     assert lines[0] == "my.yaml has 5 problems:"
     assert lines[1] == "  - ingest.fps: Input should be greater than 0"
     assert lines[2] == "  - stages.audio_encoder.config.valeu: unknown key"
-    assert lines[3].startswith("  - stages.audio_encoder.runner: unknown runner implementation 'slurm'; installed: "
-                               "inprocess, subprocess, toy-thread")
+    runners = ", ".join(r.cls.name for r in registry.runners())
+    assert lines[3] == (f"  - stages.audio_encoder.runner: unknown runner implementation 'slurm'; installed: {runners}. "
+                        "Install the plugin that provides it (see `being plugins`).")
     assert lines[4].startswith("  - stages.teeth_segmenter.impl: unknown teeth_segmenter implementation 'nope'")
     assert lines[5] == "  - stages.trainer.runner_options.memory: unknown key"
 

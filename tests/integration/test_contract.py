@@ -40,7 +40,7 @@ def test_runs_on_a_real_clip(impl, prepared_copy, being_run_stage, tmp_path_fact
     assert all((prepared_copy / rel).is_file() for rel in outputs)
     work = prepared_copy / ".being" / "stages" / str(cls.kind)
     result = StageResult.model_validate_json((work / "work" / "result.json").read_text())
-    assert result.ok and result.kind == "being.stage-result" and result.schema_version == 1
+    assert result.ok and result.kind == "being.stage-result" and result.schema_version == 2
     request = json.loads((work / "request.json").read_text())
     assert request["kind"] == "being.stage-request" and request["impl"] == cls.name
     assert all(not p.startswith("/") for p in request["inputs"]), "paths are relative to the run folder"

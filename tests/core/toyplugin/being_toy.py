@@ -18,6 +18,7 @@ from pydantic import Field
 
 from being_core import (
     AudioEncoder,
+    Command,
     FaceTracker,
     Runner,
     RunnerOptions,
@@ -165,6 +166,28 @@ class ThreadRunner(Runner[ThreadOptions]):
         worker.join(options.timeout_s)
         if errors:
             raise errors[0]
+
+
+class ToyCommand(Command):
+    """``being toy greet --to NAME``: a plugin's command with a nested action."""
+
+    name = "toy"
+    help = "the toy plugin's command"
+
+    def configure(self, parser, parents):
+        actions = parser.add_subparsers(dest="toy_action", required=True)
+        greet = actions.add_parser("greet", parents=parents, help="print a greeting")
+        greet.add_argument("--to", default="world")
+
+    def run(self, args, ctx):
+        if not ctx.quiet:
+            ctx.console.out(f"hello {args.to}", highlight=False)
+        return 0
+
+
+@hookimpl
+def being_register_commands(commands):
+    commands.add(ToyCommand())
 
 
 @hookimpl

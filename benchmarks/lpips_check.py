@@ -1,7 +1,7 @@
 """The trainer's own LPIPS against the lpips package, on a machine where that package imports (run by hand;
 result in docs/benchmarks.md).
 
-    python benchmarks/gpu_lpips_check.py
+    python -m benchmarks.lpips_check
 
 Builds the package's ``LPIPS(net='alex')`` with its bundled linear weights and a random AlexNet (no download),
 saves its state dict, loads that file with ``being_trainer_gaussian_avatar.perceptual.load_lpips`` and compares
@@ -12,15 +12,11 @@ of 32 frames at 512x512, the fine stage's batch.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE), str(HERE / "plugins" / "trainer-gaussian-avatar")]
 
 
 def official():
@@ -29,7 +25,9 @@ def official():
 
     real = torchvision.models.alexnet
 
-    def alexnet(pretrained=False, **kwargs):  # torchvision dropped `pretrained`; lpips still passes it
+    # A compatibility shim for the lpips package, not for Being: torchvision dropped the `pretrained`
+    # argument that lpips still passes. The backbone is random (pnet_rand); nothing is downloaded.
+    def alexnet(pretrained=False, **kwargs):
         assert not pretrained, "this check never downloads AlexNet's weights"
         return real(weights=None, **kwargs)
 
@@ -38,14 +36,8 @@ def official():
 
 
 def main() -> None:
-    import importlib.util
+    from being_trainer_gaussian_avatar.perceptual import load_lpips
 
-    # the module alone: the plugin's package needs being_core and pydantic, which the GPU box lacks
-    spec = importlib.util.spec_from_file_location(
-        "perceptual", HERE / "plugins/trainer-gaussian-avatar/being_trainer_gaussian_avatar/perceptual.py")
-    perceptual = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(perceptual)
-    load_lpips = perceptual.load_lpips
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     ref = official().to(device)

@@ -1,12 +1,14 @@
 """Carry a prepared run folder to a machine without mediapipe or ffmpeg (the GPU box) in a few tens of MB.
 
-    python benchmarks/gpu_pack.py pack RUN PACK      # here: frames -> H.264 (crf 14), labels, landmarks, fit
-    python benchmarks/gpu_pack.py unpack PACK RUN    # there: rebuilds the run folder with cv2 and numpy
+    python -m tools.gpu.pack pack RUN PACK      # here: frames -> H.264 (crf 14), labels, landmarks, fit
+    python -m tools.gpu.pack unpack PACK RUN    # there: rebuilds the run folder with cv2 and numpy
 
 Unpacking rebuilds ``ori_imgs`` (decoded from the H.264 copy, so a little softer than the original JPEGs;
 training and evaluation both see the same decoded frames), ``parsing``, ``torso_imgs`` and ``gt_imgs``
 (with the face tracker's own composite code), the 68-point ``.lms``, ``track_params.pt`` (vertices
-recomputed from the head model) and ``being.json``. Used only by the GPU benchmark.
+recomputed from the head model), ``being.json`` and ``config.yaml``. A development tool for the GPU box (the
+benchmarks then run on the unpacked folder); unpacking needs being-face-mediapipe installed (its composite
+code; not mediapipe itself).
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(HERE / "plugins" / "face-mediapipe"), str(HERE)]
 
 COLOURS = [(255, 255, 255), (255, 0, 0), (0, 255, 0), (0, 0, 255)]  # bg, head, neck, torso (cv2 order)
 
@@ -48,7 +47,7 @@ def pack(run: Path, dest: Path) -> None:
     np.savez_compressed(dest / "fit.npz", **{k: track[k].numpy() for k in ("id", "exp", "euler", "trans", "focal")},
                         mean=head["mean"], basis=head["basis"], dense=head["dense_weights"])
     np.savez_compressed(dest / "audio.npz", aud_mel=np.load(run / "aud_mel.npy"))
-    for name in ("bc.jpg", "being.json", "transforms_train.json", "transforms_val.json"):
+    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json"):
         shutil.copy(run / name, dest / name)
 
 
@@ -82,7 +81,7 @@ def unpack(src: Path, run: Path) -> None:
     torch.save({k: torch.from_numpy(fit[k]) for k in ("id", "exp", "euler", "trans", "focal")} | {"vertices": vertices},
                run / "track_params.pt")
     np.save(run / "aud_mel.npy", np.load(src / "audio.npz")["aud_mel"])
-    for name in ("bc.jpg", "being.json", "transforms_train.json", "transforms_val.json"):
+    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json"):
         shutil.copy(src / name, run / name)
 
 

@@ -1,0 +1,138 @@
+"""Put together what Being needs on a GPU box without network, mediapipe or ffmpeg (run by hand).
+
+    python -m tools.gpu.carry RUN [--dest .gpu]                      # then benchmarks.gpu_quality there
+    python -m tools.gpu.carry RUN --trainer-benchmark [--dest .gpu]  # then benchmarks.gpu_trainer there
+    python -m tools.gpu.carry RUN --cli --audio A.wav [--dest .gpu]  # then `being train` and `being render`
+
+Writes into DEST: wheels of being-core and every plugin (installed there with ``--no-deps``: what they import
+lazily, such as mediapipe, is never loaded on that path), gsplat and the core's pure-Python needs that such a
+machine may lack (CPython 3.12 manylinux wheels fetched with this machine's pip settings), imageio-ffmpeg with
+its ffmpeg binary xz-compressed beside it (0.4.9's: the current wheel's binary is 172 MB) so the trainer
+writes its videos as everywhere else, and the run: packed by ``tools/gpu/pack.py`` for the benchmarks, or the
+run folder itself as ``run.tar.xz`` with ``--cli`` (use a short clip: 64 MiB is little), plus the audio to
+render. It checks that the whole folder stays under the 64 MiB a device call carries and prints the command
+to run there. DEST is ignored by git (``/.gpu/``); name it in the call's carry list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tools.gpu import pack as packing
+
+CHECKOUT = Path.cwd()
+LIMIT = 64 * 2 ** 20
+# gsplat, plus the core's imports that the GPU image lacks (it has torch, numpy, rich, pluggy, pyyaml, jaxtyping)
+PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
+# --cli: what `being render` (mel features with librosa) needs beyond the GPU image (which has scipy,
+# scikit-learn, numba, joblib, lazy_loader, msgpack); versions as installed here
+CLI_PACKAGES = ("librosa", "soundfile", "soxr", "audioread", "pooch", "decorator", "cffi", "pycparser",
+                "platformdirs", "requests", "urllib3", "idna", "charset-normalizer", "certifi")
+FFMPEG = "imageio-ffmpeg==0.4.9"
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux2010_x86_64", "manylinux1_x86_64", "any")
+
+
+def size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a prepared run folder (being prepare)")
+    ap.add_argument("--dest", type=Path, default=CHECKOUT / ".gpu")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--cli", action="store_true", help="carry the run folder and run the real CLI there")
+    mode.add_argument("--trainer-benchmark", action="store_true", help="print benchmarks.gpu_trainer's command")
+    ap.add_argument("--audio", type=Path, help="with --cli: the audio that `being render` gets there")
+    args = ap.parse_args()
+    if args.cli and not (args.audio and args.audio.is_file()):
+        sys.exit(f"--cli needs --audio with an existing audio file (got {args.audio})")
+    if not (args.run / "being.json").is_file():
+        sys.exit(f"{args.run} is not a prepared run folder (no being.json)")
+    wheels = args.dest / "whl"
+    names = PACKAGES + (CLI_PACKAGES if args.cli else ())
+    pins = ["gsplat==1.5.3"] + [f"{name}=={importlib.metadata.version(name)}" for name in names]
+    download(pins, wheels)
+    being_wheels(wheels)
+    carry_ffmpeg(args.dest)
+    if args.cli:
+        carry_run(args.run, args.dest)
+        shutil.copyfile(args.audio, args.dest / "audio.wav")
+    elif not (args.dest / "pack" / "being.json").is_file():
+        packing.pack(args.run, args.dest / "pack")
+    total = size(args.dest)
+    print(f"{args.dest}: {total / 2 ** 20:.1f} MiB (wheels {size(wheels) / 2 ** 20:.1f})")
+    if total > LIMIT:
+        sys.exit(f"{args.dest} is over the 64 MiB a device call carries")
+    rel = args.dest.resolve().relative_to(CHECKOUT) if args.dest.resolve().is_relative_to(CHECKOUT) else args.dest
+    setup = (f"set -e; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {rel}/whl/*.whl; "
+             f"cp -r {rel}/py/imageio_ffmpeg /tmp/site/; python3 -c \"import lzma,shutil;"
+             f"shutil.copyfileobj(lzma.open('{rel}/ffmpeg.xz'),open('/tmp/ffmpeg','wb'))\"; chmod +x /tmp/ffmpeg; "
+             f"export PYTHONPATH=/tmp/site:$PWD IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg TORCH_CUDA_ARCH_LIST=9.0 "
+             f"PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH")
+    if args.cli:
+        run = f"/tmp/{args.run.resolve().name}"
+        print(f"carry: [\"{rel}\"]; command:\n{setup}; python3 -c \"import tarfile;"
+              f"tarfile.open('{rel}/run.tar.xz').extractall('/tmp')\"; being train {run} > $OUT/train.log 2>&1; "
+              f"being render {run} --audio {rel}/audio.wav -o $OUT/render.mp4 > $OUT/render.log 2>&1; "
+              f"cp {run}/avatar/metrics.json {run}/avatar/val.mp4 {run}/being.json $OUT/")
+        return
+    unpack = f"python3 -m tools.gpu.pack unpack {rel}/pack /tmp/run"
+    bench = ("python3 -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
+             "python3 -m benchmarks.gpu_quality /tmp/run $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2")
+    print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")
+
+
+def download(pins: list[str], wheels: Path) -> None:
+    platform_args = [a for p in PLATFORMS for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", *platform_args, "-d", str(wheels), *pins],
+                   check=True)
+
+
+def being_wheels(wheels: Path) -> None:
+    """Wheels of being-core and every plugin of this checkout."""
+    sources = [CHECKOUT, *sorted(p for p in (CHECKOUT / "plugins").iterdir() if (p / "pyproject.toml").is_file())]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels),
+                    *map(str, sources)], check=True)
+
+
+def carry_run(run: Path, dest: Path) -> None:
+    """The run folder as run.tar.xz."""
+    import tarfile
+
+    tmp = dest / "run.tar.xz.tmp"
+    with tarfile.open(tmp, "w:xz", preset=6) as tar:
+        tar.add(run, arcname=run.resolve().name)
+    tmp.replace(dest / "run.tar.xz")
+
+
+def carry_ffmpeg(dest: Path) -> None:
+    """imageio-ffmpeg as py/imageio_ffmpeg (without its binary) and the binary as ffmpeg.xz."""
+    import lzma
+    import tempfile
+    import zipfile
+
+    if (dest / "ffmpeg.xz").is_file() and (dest / "py" / "imageio_ffmpeg").is_dir():
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        download([FFMPEG], Path(scratch))
+        with zipfile.ZipFile(next(Path(scratch).glob("*.whl"))) as whl:
+            whl.extractall(scratch)
+        package = Path(scratch) / "imageio_ffmpeg"
+        binary = next((package / "binaries").glob("ffmpeg-*"))
+        with open(binary, "rb") as src, lzma.open(dest / "ffmpeg.xz", "wb", preset=9) as out:
+            shutil.copyfileobj(src, out)
+        binary.unlink()
+        shutil.rmtree(dest / "py" / "imageio_ffmpeg", ignore_errors=True)
+        shutil.copytree(package, dest / "py" / "imageio_ffmpeg")
+
+
+if __name__ == "__main__":
+    main()
