@@ -205,7 +205,10 @@ def resolve(data: dict[str, Any], registry: Registry, source: str = "config") ->
             try:
                 options = runner.cls.Options.model_validate(sel_raw.get("runner_options") or {})
             except ValidationError as exc:
-                problems += [_describe(f"stages.{kind}.runner_options", e) for e in exc.errors()]
+                accepted = ", ".join(runner.cls.Options.model_fields)
+                problems += [f"{_loc(f'stages.{kind}.runner_options', e)}: not an option of runner '{runner_name}' "
+                             f"(its options: {accepted})" if e["type"] == "extra_forbidden"
+                             else _describe(f"stages.{kind}.runner_options", e) for e in exc.errors()]
         selection = raw.stages.get(kind) if raw is not None else None
         if selection is not None and cfg is not None and runner is not None and options is not None:
             resolved[kind] = ResolvedStage(kind, selection, impl, cfg, runner, options)

@@ -58,6 +58,8 @@ def local_seconds(folder: Path, repeat: int) -> float:
 def prepare_seconds(video: Path, runner: str, folder: Path) -> dict:
     registry = load_registry()
     overrides = [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
+    if runner != "docker":  # the docker config's limits are options of the docker runner only
+        overrides += [f"stages.{k}.runner_options={{}}" for k in PREPARE_STAGES]
     resolved = load("docker", registry, overrides)
     t = time.perf_counter()
     manifest = Pipeline(folder, resolved, registry).prepare(video)

@@ -48,7 +48,8 @@ def test_every_problem_is_reported_at_once(registry):
     assert lines[3] == (f"  - stages.audio_encoder.runner: unknown runner implementation 'slurm'; installed: {runners}. "
                         "Install the plugin that provides it (see `being plugins`).")
     assert lines[4].startswith("  - stages.teeth_segmenter.impl: unknown teeth_segmenter implementation 'nope'")
-    assert lines[5] == "  - stages.trainer.runner_options.memory: unknown key"
+    assert lines[5] == ("  - stages.trainer.runner_options.memory: not an option of runner 'subprocess' (its options: "
+                        "timeout_s)")
 
 
 def test_overrides_parse_yaml_values():

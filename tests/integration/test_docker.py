@@ -217,6 +217,8 @@ def test_prepare_in_docker_equals_in_process(built, face5, tmp_path):
     runs = {}
     for runner in ("docker", "inprocess"):
         overrides = face + [f"stages.{k}.runner={runner}" for k in PREPARE_STAGES]
+        if runner == "inprocess":  # the docker config's limits are options of the docker runner only
+            overrides += [f"stages.{k}.runner_options={{}}" for k in PREPARE_STAGES]
         resolved = load("docker", registry, overrides)
         runs[runner] = Pipeline(tmp_path / runner, resolved, registry).prepare(face5)
     docker, inproc = runs["docker"], runs["inprocess"]

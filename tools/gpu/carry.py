@@ -83,9 +83,11 @@ def main() -> None:
               f"being render {run} --audio {rel}/audio.wav -o $OUT/render.mp4 > $OUT/render.log 2>&1; "
               f"cp {run}/avatar/metrics.json {run}/avatar/val.mp4 {run}/being.json $OUT/")
         return
-    unpack = f"python3 -m tools.gpu.pack unpack {rel}/pack /tmp/run"
-    bench = ("python3 -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
-             "python3 -m benchmarks.gpu_quality /tmp/run $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2")
+    # -P: the checkout is on PYTHONPATH for benchmarks/ and tools/ only; its being_core must not shadow the
+    # installed wheel (the shipped configs are package data of the wheel, not a folder of the source package)
+    unpack = f"python3 -P -m tools.gpu.pack unpack {rel}/pack /tmp/run"
+    bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
+             "python3 -P -m benchmarks.gpu_quality /tmp/run $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2")
     print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")
 
 

@@ -45,7 +45,7 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
     test_config = {"iterations": 60, "focal_factors": [1.5, 2.5]}
 
     def run(self, ctx: StageContext[MediapipeConfig]) -> StageReport:
-        from .quiet import native_stderr_to
+        from being_core.native import native_stderr_to
 
         with native_stderr_to(ctx.log):
             return self._track(ctx)

@@ -4,6 +4,7 @@ checkpoints that resume, evaluation on the held-out frames."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -406,12 +407,14 @@ def mouth_landmark_distance(pred: np.ndarray, gt: np.ndarray):
     """Mean distance (pixels) between FaceMesh mouth landmarks of rendered and real uint8 RGB frames; None when
     mediapipe is not installed here."""
     try:
-        os.environ.setdefault("GLOG_minloglevel", "2")
         import mediapipe as mp
     except ImportError:
         return None
+    from being_core.native import native_stderr_to
+
     dists = []
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
+    with native_stderr_to(logging.getLogger("being.stage")), \
+            mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
         for p, g in zip(pred, gt):
             pts = []
             for img in (p, g):

@@ -1,10 +1,10 @@
-"""Keep mediapipe's native (C++) log lines off the user's console.
+"""Keep a native library's log lines off the user's console (for plugins; no model code here).
 
-TFLite and absl write straight to file descriptor 2 ("Created TensorFlow Lite XNNPACK delegate",
-"All log messages before absl::InitializeLog()", "Feedback manager requires ..."), bypassing Python's
-logging and ignoring GLOG_minloglevel. While mediapipe runs, fd 2 goes to a temporary file and Python's own
+Native code such as mediapipe's TFLite and absl writes straight to file descriptor 2 ("Created TensorFlow
+Lite XNNPACK delegate", "All log messages before absl::InitializeLog()", ...), bypassing Python's logging
+and its level settings. Inside :func:`native_stderr_to`, fd 2 goes to a temporary file while Python's own
 ``sys.stderr`` (progress bars, log records) keeps writing to the real stderr; the captured lines go to the
-stage's log at DEBUG level afterwards.
+given logger at DEBUG level afterwards.
 """
 
 from __future__ import annotations
@@ -36,4 +36,4 @@ def native_stderr_to(log: logging.Logger) -> Iterator[None]:
             capture.seek(0)
             for line in capture.read().decode("utf-8", "replace").splitlines():
                 if line.strip():
-                    log.debug("mediapipe: %s", line)
+                    log.debug("native: %s", line)
