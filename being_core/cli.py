@@ -212,7 +212,7 @@ def _cmd_stage(args, ctx, registry) -> int:
         reporter = JsonLinesReporter()
     elif args.progress == "none":
         reporter = Reporter()
-    result = execute(args.request, args.root, reporter)
+    result = execute(args.request, args.root, reporter, registry=registry)
     if not result.ok:
         log.error("%s", result.error.message if result.error else "stage failed")
     return EXIT_OK if result.ok else EXIT_STAGE_FAILED

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UnknownImplementationError
 from .registry import Registry
 from .stage import STAGE_ORDER, Stage, StageKind
 
@@ -104,7 +105,7 @@ def provided_by_run(stages: dict[str, Any], registry: Registry) -> Provided:
             continue
         try:
             cls = registry.get(kind, entry["impl"])
-        except Exception:  # an implementation no longer installed: what it wrote is all we know
+        except UnknownImplementationError:  # no longer installed: what it wrote is all we know
             provided.add(entry.get("outputs", {}))
             continue
         provided.add([*cls.outputs, *entry.get("outputs", {})], cls.provides)

@@ -10,7 +10,7 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -19,6 +19,9 @@ from .manifest import INTERNAL_DIR
 from .progress import Reporter
 from .protocol import StageError, StageRequest, StageResult, write_json_atomic
 from .stage import Stage, StageContext, StageKind
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 log = logging.getLogger("being.stage")
 
@@ -43,12 +46,15 @@ def root_of(request_path: Path) -> Path:
 
 
 def execute(request_path: Path, root: Path | None = None, progress: Reporter | None = None,
-            cls: type[Stage[Any]] | None = None) -> StageResult:
+            cls: type[Stage[Any]] | None = None, registry: Registry | None = None) -> StageResult:
     """Run the requested stage and write ``result.json``. Errors inside the stage become a failed result.
 
-    ``cls`` is the implementation when the caller has it (in-process); otherwise it is looked up among the
-    plugins installed here (a child process, a container).
+    ``cls`` is the implementation when the caller has it (a runner in this process); otherwise it is looked up
+    in ``registry``, the plugins installed where the request runs (``being-stage`` in a child process or a
+    container).
     """
+    if cls is None and registry is None:
+        raise TypeError("execute() needs the implementation (cls) or a registry to find it in")
     request = read_request(request_path)
     root = (root or root_of(request_path)).resolve()
     out = root / request.out_dir
@@ -63,9 +69,8 @@ def execute(request_path: Path, root: Path | None = None, progress: Reporter | N
 
     try:
         if cls is None:
-            from .plugins import load_registry
-
-            cls = load_registry().get(StageKind(request.stage), request.impl)
+            assert registry is not None
+            cls = registry.get(StageKind(request.stage), request.impl)
         if cls.version != request.version:
             raise StageFailed(
                 f"{request.stage} '{request.impl}' here is version {cls.version}, but the run asks for "

@@ -192,6 +192,11 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         self._manifest = Manifest.load(self.root)
         self._manifest.data["being_version"] = __version__
+        facts = self._manifest.data.get("dataset") or {}
+        if "n_frames" in facts and "val_start" not in facts:  # prepared before the split was a recorded fact
+            facts["val_start"] = split_point(facts["n_frames"], self.config.raw.ingest.val_split)
+            log.info("recorded the train/val split of %s: frames %d-%d held out", self.root, facts["val_start"],
+                     facts["n_frames"] - 1)
         handler = None
         if run_log:
             path = self.root / RUN_LOG

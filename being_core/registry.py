@@ -5,13 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import PluginError, UnknownImplementationError
+from .runners import Runner
 from .stage import Stage, StageKind
-
-if TYPE_CHECKING:
-    from .runners import Runner
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,18 @@ def distribution_of(cls: type) -> str:
     return owners[0] if owners else top
 
 
+def _checked(cls: Any, base: type[Any], method: str, noun: str, distribution: str | None) -> str:
+    """The distribution of a class a plugin registers, after checking it is a ``base`` written correctly."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(f"registry.{method}() takes a {base.__name__} subclass, got {cls!r}")
+    dist = distribution or distribution_of(cls)
+    declared: Any = cls  # a Stage or Runner subclass: both check their own definition
+    problems: list[str] = declared.check_definition()
+    if problems:
+        raise PluginError(f"{noun} {cls.__qualname__} from {dist}: " + "; ".join(problems))
+    return dist
+
+
 class Registry:
     """Implementations by (kind, name) and runners by name. ``add*`` is for plugins, the rest for the core."""
 
@@ -62,35 +72,22 @@ class Registry:
 
     def add(self, cls: type[Stage[Any]], distribution: str | None = None) -> None:
         """Register a stage implementation (a subclass of one of the kinds in :mod:`being_core.stage`)."""
-        if not (isinstance(cls, type) and issubclass(cls, Stage)):
-            raise PluginError(f"registry.add() takes a Stage subclass, got {cls!r}")
-        dist = distribution or distribution_of(cls)
-        problems = cls.check_definition()
-        if problems:
-            raise PluginError(f"stage {cls.__qualname__} from {dist}: " + "; ".join(problems))
-        key = (cls.kind, cls.name)
-        if key in self._impls and self._impls[key].cls is not cls:
-            other = self._impls[key].distribution
-            raise PluginError(
-                f"two plugins register {cls.kind} implementation '{cls.name}': {other} and {dist}; "
-                f"uninstall one of them"
-            )
-        self._impls[key] = Implementation(cls, dist)
+        dist = _checked(cls, Stage, "add", "stage", distribution)
+        self._put(self._impls, (cls.kind, cls.name), Implementation(cls, dist),
+                  f"{cls.kind} implementation '{cls.name}'")
 
     def add_runner(self, cls: type[Runner[Any]], distribution: str | None = None) -> None:
         """Register a runner (a subclass of :class:`being_core.runners.Runner`)."""
-        from .runners import Runner
+        dist = _checked(cls, Runner, "add_runner", "runner", distribution)
+        self._put(self._runners, cls.name, RunnerImplementation(cls, dist), f"runner '{cls.name}'")
 
-        if not (isinstance(cls, type) and issubclass(cls, Runner)):
-            raise PluginError(f"registry.add_runner() takes a Runner subclass, got {cls!r}")
-        dist = distribution or distribution_of(cls)
-        problems = cls.check_definition()
-        if problems:
-            raise PluginError(f"runner {cls.__qualname__} from {dist}: " + "; ".join(problems))
-        if cls.name in self._runners and self._runners[cls.name].cls is not cls:
-            raise PluginError(f"two plugins register runner '{cls.name}': {self._runners[cls.name].distribution} "
-                              f"and {dist}; uninstall one of them")
-        self._runners[cls.name] = RunnerImplementation(cls, dist)
+    @staticmethod
+    def _put(table: dict[Any, Any], key: Any, entry: Implementation | RunnerImplementation, what: str) -> None:
+        """Add ``entry``; the same class twice is harmless, two classes under one name are an error."""
+        if key in table and table[key].cls is not entry.cls:
+            raise PluginError(f"two plugins register {what}: {table[key].distribution} and {entry.distribution}; "
+                              f"uninstall one of them")
+        table[key] = entry
 
     # --- for the core --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,8 +21,10 @@ from .errors import StageFailed
 from .execute import execute
 from .hookspecs import hookimpl
 from .progress import Reporter, replay
-from .registry import Implementation, Registry
 from .stage import Stage
+
+if TYPE_CHECKING:
+    from .registry import Implementation, Registry
 
 log = logging.getLogger("being.runner")
 

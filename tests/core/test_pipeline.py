@@ -183,3 +183,15 @@ def test_render_runs_the_recorded_encoder_then_the_trainers_render_action(toy_vi
     assert out.read_bytes() == features.tobytes() and features.shape == (60, 1, 1)
     entry = Manifest.load(root).stages["trainer:render"]
     assert entry["metrics"] == {"frames": 60} and list(entry["inputs"]) == ["avatar/model.json"]
+
+
+def test_a_run_prepared_before_the_split_was_recorded_gets_the_configs_split(toy_video, tmp_path, registry,
+                                                                             runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    manifest = Manifest.load(root)
+    del manifest.data["dataset"]["val_start"]
+    manifest.save()
+    Pipeline(root, config(registry), registry).train()
+    assert Manifest.load(root).data["dataset"]["val_start"] == 50
+    assert Manifest.load(root).stages["trainer"]["metrics"]["val_frames"] == 10
