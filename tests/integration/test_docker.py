@@ -273,7 +273,7 @@ def test_ctrl_c_removes_the_container(probe_image, tmp_path, docker_client):
     import signal
     import time
 
-    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'integration')!r})\n"
               "from pathlib import Path\nfrom test_docker import probe_run\nfrom being_core.stage import StageKind\n"
               f"probe_run(Path({str(tmp_path)!r}), 'sleep').run_stage(StageKind.TEETH_SEGMENTER)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
