@@ -103,7 +103,9 @@ class Pipeline:
             raise InputError(f"render output {output} must end in .mp4")
         self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER), contracts=False)
         manifest = self._require_prepared()
-        trainer = self.config.stages[StageKind.TRAINER]
+        trainer = self.config.stages.get(StageKind.TRAINER)
+        if trainer is None:
+            raise InputError(f"{self.config.source} selects no trainer (stages.trainer) to render with")
         if (manifest.stages.get(str(StageKind.TRAINER)) or {}).get("status") != "done":
             raise InputError(f"{self.root} has no trained avatar; run `being train {self.root}` first")
         enc = manifest.stages.get(str(StageKind.AUDIO_ENCODER)) or {}

@@ -195,3 +195,14 @@ def test_a_run_prepared_before_the_split_was_recorded_gets_the_configs_split(toy
     Pipeline(root, config(registry), registry).train()
     assert Manifest.load(root).data["dataset"]["val_start"] == 50
     assert Manifest.load(root).stages["trainer"]["metrics"]["val_frames"] == 10
+
+
+def test_render_without_a_selected_trainer_says_so(toy_video, tmp_path, registry, runs_log):
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    with pytest.raises(InputError) as err:
+        Pipeline(root, config(registry, trainer=None), registry).render(toy_video, tmp_path / "says.mp4")
+    assert str(err.value) == "toy config selects no trainer (stages.trainer) to render with"
+    assert not (tmp_path / "says.mp4").exists()
