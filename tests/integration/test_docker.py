@@ -200,6 +200,23 @@ def test_images_list_shows_built_images_as_current(built, tmp_path):
         assert row["status"] == "current" and row["size_mb"] > 0
 
 
+def test_a_third_party_plugin_gets_its_image_and_runs_in_it(docker_client, built, prepared_copy):
+    """The example plugin (examples/teeth-bright) is built from its own package's lock and the shared template,
+    with nothing of it in Being's code, then runs its stage in that image with the same result as in-process."""
+    proc = subprocess.run([sys.executable, "-m", "being_core", "images", "build", "-q", "teeth-bright"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    impl = load_registry().implementation(StageKind.TEETH_SEGMENTER, "bright")
+    image = docker_client.images.get(impl.cls.image())
+    assert image.labels["being.distribution"] == "being-teeth-bright"
+    assert images.stale_reason(image.labels, images.ImageSpec(impl)) is None
+    in_process = Manifest.load(prepared_copy).stages["teeth_segmenter"]["outputs"]
+    registry = load_registry()
+    resolved = resolve({"stages": {"teeth_segmenter": {"impl": "bright", "runner": "docker"}}}, registry, "test")
+    entry = Pipeline(prepared_copy, resolved, registry, force={"teeth_segmenter"}).run_one(StageKind.TEETH_SEGMENTER)
+    assert entry["runner"] == "docker" and entry["outputs"] == in_process
+
+
 def test_a_changed_plugin_makes_its_image_stale(built):
     impl = next(i for i in load_registry().all() if i.cls.slug() == "au-landmarks")
     image = images.client().images.get(impl.cls.image())
