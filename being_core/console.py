@@ -34,16 +34,20 @@ class RichReporter(Reporter):
                                   TextColumn("{task.fields[note]}"),
                                   console=console, transient=False)
         self._tasks: dict[int, int] = {}
+        self._started = False
 
     def __enter__(self):
-        self._progress.start()
-        return self
+        return self  # the live display starts with the first task: a command that fails before prints nothing else
 
     def __exit__(self, *exc):
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
         return False
 
     def on_start(self, task_id, description, total, unit):
+        if not self._started:
+            self._progress.start()
+            self._started = True
         self._tasks[task_id] = self._progress.add_task(description, total=total, unit=unit, note="")
 
     def on_advance(self, task_id, n):

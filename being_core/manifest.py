@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .paths import is_inside
 from .protocol import write_json_atomic
 
 MANIFEST_NAME = "being.json"
@@ -71,6 +72,16 @@ class Manifest:
             )
         data.setdefault("stages", {})
         data.setdefault("files", {})
+        if not isinstance(data["stages"], dict) or not isinstance(data["files"], dict):
+            raise InputError(f"{path} is not a Being manifest: 'stages' and 'files' must be mappings")
+        recorded = list(data["files"])
+        for entry in data["stages"].values():
+            if isinstance(entry, dict):
+                recorded += [*entry.get("outputs", {}), *entry.get("inputs", {})]
+        outside = [rel for rel in recorded if not is_inside(rel)]
+        if outside:  # a shared or crafted run folder must never make Being touch other files
+            raise InputError(f"{path} names files outside its run folder ({', '.join(map(repr, outside[:3]))}); "
+                             f"refusing to use it")
         return cls(root, data)
 
     def save(self) -> None:

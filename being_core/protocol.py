@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .paths import RunPath
 from .stage import DatasetFacts
 
 SCHEMA_VERSION = 2
@@ -35,8 +36,8 @@ class StageRequest(_Doc):
     dataset: DatasetFacts = Field(description="The run's dataset facts (frames, size, split).")
     upstream: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="The info of the earlier stages the implementation reads (reads_info).")
-    inputs: list[str] = Field(default_factory=list, description="Input files, relative to the run folder.")
-    work_dir: str = Field(description="The stage's writable folder, relative to the run folder.")
+    inputs: list[RunPath] = Field(default_factory=list, description="Input files, relative to the run folder.")
+    work_dir: RunPath = Field(description="The stage's writable folder, relative to the run folder.")
     params: dict[str, Any] = Field(default_factory=dict, description="The action's parameters.")
 
     @property

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .paths import RunPath
 from .progress import Reporter
 
 
@@ -119,10 +120,10 @@ class RenderParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    audio: str = Field(description="16 kHz mono wav to lip-sync.")
-    features: str = Field(description="[M, W, D] float32 features of that audio, from the run's own encoder.")
+    audio: RunPath = Field(description="16 kHz mono wav to lip-sync.")
+    features: RunPath = Field(description="[M, W, D] float32 features of that audio, from the run's own encoder.")
     n_frames: int = Field(ge=1, description="Frames to render (M).")
-    output: str = Field(description="The .mp4 to write.")
+    output: RunPath = Field(description="The .mp4 to write.")
 
 
 @dataclass(frozen=True)

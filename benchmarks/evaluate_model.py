@@ -25,10 +25,10 @@ from benchmarks.common import trainer_context
 def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
     import torch
     from being_trainer_gaussian_avatar import AvatarConfig
-    from being_trainer_gaussian_avatar.data import RunData
+    from being_trainer_gaussian_avatar.data import RunData, load_tensors
     from being_trainer_gaussian_avatar.train import Avatar, evaluate
 
-    model = torch.load(model_path, map_location="cpu", weights_only=False)
+    model = load_tensors(model_path, str(model_path))
     cfg = AvatarConfig(**{**model["config"], "device": "cpu", "frame_cache": "off"})
     with tempfile.TemporaryDirectory() as tmp:
         ctx = trainer_context(run, Path(tmp) / "out", cfg, Path(tmp) / "state")

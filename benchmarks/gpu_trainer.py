@@ -70,7 +70,7 @@ def fine_step_speed(run: Path, cfg, model: Path | None) -> dict:
     data = run_data(run, cfg.resolution)
     av = Avatar(data, cfg, torch.device("cuda"))
     if model is not None:
-        av.load(torch.load(model, weights_only=False)["model"])
+        av.load(torch.load(model, weights_only=True)["model"])
     ids = torch.arange(32)
     frames = [data.pixels(i) for i in range(32)]
     image, mask, bg = (torch.from_numpy(np.stack([f[k] for f in frames])).cuda() for k in range(3))
@@ -97,7 +97,7 @@ def render_speed(run: Path, cfg, model: Path) -> dict:
     from being_trainer_gaussian_avatar.train import Avatar
 
     av = Avatar(run_data(run, None), cfg, torch.device("cuda"))
-    av.load(torch.load(model, weights_only=False)["model"])
+    av.load(torch.load(model, weights_only=True)["model"])
     speeds = {}
     with torch.no_grad():
         for batch in (1, 32):

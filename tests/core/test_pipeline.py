@@ -206,3 +206,47 @@ def test_render_without_a_selected_trainer_says_so(toy_video, tmp_path, registry
         Pipeline(root, config(registry, trainer=None), registry).render(toy_video, tmp_path / "says.mp4")
     assert str(err.value) == "toy config selects no trainer (stages.trainer) to render with"
     assert not (tmp_path / "says.mp4").exists()
+
+
+def test_a_crafted_manifest_cannot_make_being_touch_files_outside_the_run(toy_video, tmp_path, registry, runs_log):
+    """Run folders travel: paths read from a received being.json are refused unless inside the run folder."""
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    victims = [tmp_path / "victim.txt", tmp_path / "elsewhere" / "victim.txt"]
+    for victim in victims:
+        victim.parent.mkdir(exist_ok=True)
+        victim.write_text("keep me")
+    manifest = Manifest.load(root)
+    outputs = manifest.stages["teeth_segmenter"]["outputs"]
+    outputs["../victim.txt"] = "0" * 64
+    outputs[str(victims[1])] = "0" * 64
+    manifest.save()
+    with pytest.raises(InputError) as err:
+        prepare(toy_video, root, registry, teeth_segmenter={"impl": "toy", "config": {"value": 3.0}})
+    assert str(err.value) == (f"{root / 'being.json'} names files outside its run folder ('../victim.txt', "
+                              f"'{victims[1]}'); refusing to use it")
+    assert [v.read_text() for v in victims] == ["keep me", "keep me"]
+    assert runs(runs_log, "teeth_segmenter") == 1
+
+
+def test_a_request_naming_paths_outside_the_run_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from being_core.errors import InputError
+    from being_core.execute import read_request
+
+    path = tmp_path / "run" / ".being" / "stages" / "teeth_segmenter" / "request.json"
+    path.parent.mkdir(parents=True)
+    request = {"stage": "teeth_segmenter", "impl": "toy", "version": "1.0.0", "work_dir": "../../outside",
+               "dataset": {"n_frames": 2, "fps": 25, "width": 4, "height": 4, "has_audio": False, "val_start": 1}}
+    path.write_text(json.dumps(request))
+    with pytest.raises(InputError) as err:
+        read_request(path)
+    assert str(err.value) == (f"{path} is not a valid stage request: work_dir: Value error, '../../outside' is not "
+                              "a path inside the run folder")
+    proc = subprocess.run([sys.executable, "-m", "being_core", "stage", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 3 and proc.stderr.startswith(f"ERROR: {path} is not a valid stage request: work_dir")
+    assert not (tmp_path / "outside").exists()

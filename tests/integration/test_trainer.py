@@ -3,6 +3,7 @@ differences, training on a real clip, the audio width from the encoder's info, r
 
 import json
 import math
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -116,7 +117,7 @@ def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_sta
 
     # mel (D=80) first, then a wav2vec2 model (D=44): the trainer's input layer follows the encoder's info.
     entry = being_run_stage(prepared_copy, "trainer", "gaussian-avatar", TINY)
-    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)
+    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=True)
     assert model["audio"] == {"encoder": "mel", "dim": 80, "window": 16, "file": "aud_mel.npy"}
     assert model["model"]["deformer"]["audio.0.weight"].shape == (TINY.get("width", 64), 80)
     metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
@@ -127,7 +128,7 @@ def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_sta
     tiny = save_tiny_model(tmp_path / "w2v", "wav2vec2")
     being_run_stage(prepared_copy, "audio_encoder", "wav2vec2", {"model": tiny})
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", TINY)
-    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)
+    model = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=True)
     assert model["audio"]["dim"] == 44 and model["audio"]["encoder"] == "wav2vec2"
     assert model["model"]["deformer"]["audio.0.weight"].shape[1] == 44
 
@@ -165,9 +166,9 @@ def test_checkpoints_resume_the_same_run(prepared_copy, being_run_stage, monkeyp
 def test_same_seed_same_avatar(prepared_copy, being_run_stage):
     config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
-    first = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    first = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=True)["model"]
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config, force=True)
-    second = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    second = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=True)["model"]
     for part in ("gaussians", "deformer"):
         for name, value in first[part].items():
             assert torch.equal(value, second[part][name]), f"{part}.{name}"
@@ -176,10 +177,10 @@ def test_same_seed_same_avatar(prepared_copy, being_run_stage):
 def test_frames_cached_on_the_device_train_the_same_avatar(prepared_copy, being_run_stage):
     config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6}
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "frame_cache": "off"})
-    streamed = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    streamed = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=True)["model"]
     streamed_metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "frame_cache": "device"}, force=True)
-    cached = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=False)["model"]
+    cached = torch.load(prepared_copy / "avatar" / "model.pt", weights_only=True)["model"]
     cached_metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
     for part in ("gaussians", "deformer"):
         for name, value in streamed[part].items():
@@ -350,3 +351,38 @@ def test_lpips_joins_the_fine_loss_and_the_held_out_metrics(prepared_copy, being
     assert json.loads((prepared_copy / "avatar" / "metrics.json").read_text())["lpips"] is None
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**config, "lpips_weights": str(weights)}, force=True)
     assert 0 < json.loads((prepared_copy / "avatar" / "metrics.json").read_text())["lpips"] < 1
+
+
+class _Payload:
+    """Unpickling this writes a file: what a crafted model.pt or checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_a_crafted_model_or_checkpoint_is_refused_and_runs_nothing(prepared_copy, being_run_stage, tmp_path,
+                                                                    being_testdata):
+    from being_trainer_gaussian_avatar.data import load_tensors
+
+    from being_core.errors import StageFailed
+
+    marker = tmp_path / "marker.txt"
+    crafted = tmp_path / "checkpoint.pt"
+    torch.save({"model": _Payload(marker), "step": 1}, crafted)
+    with pytest.raises(ValueError) as err:
+        load_tensors(crafted, "the training checkpoint")
+    assert str(err.value).startswith("the training checkpoint holds more than tensors and plain values; refusing "
+                                     "to load it, since loading could run code from it (")
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "fine_iterations": 2, "coarse_iterations": 6})
+    torch.save({"model": _Payload(marker), "width": 64}, prepared_copy / "avatar" / "model.pt")
+    registry = __import__("being_core.plugins", fromlist=["load_registry"]).load_registry()
+    resolved = resolve({"stages": {"trainer": {"impl": "gaussian-avatar", "config": TINY}}}, registry)
+    with pytest.raises(StageFailed) as err:
+        Pipeline(prepared_copy, resolved, registry).render(being_testdata / "audio" / "geneface_zozo.wav",
+                                                           tmp_path / "says.mp4")
+    assert str(err.value).startswith("trainer 'gaussian-avatar' failed: ValueError: avatar/model.pt holds more than "
+                                     "tensors and plain values; refusing to load it")
+    assert not marker.exists() and not (tmp_path / "says.mp4").exists()

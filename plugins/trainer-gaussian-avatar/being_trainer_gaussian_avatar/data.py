@@ -22,6 +22,19 @@ from being_core.audio import AudioFeatures
 EYES = [(159, 145, 33, 133), (386, 374, 362, 263)]
 
 
+def load_tensors(path: Path, name: str) -> dict:
+    """``torch.load`` restricted to tensors and plain values (``weights_only``): a file from someone else's run
+    folder (a shared avatar, a checkpoint) is data, never code. ValueError naming ``name`` otherwise."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{name} holds more than tensors and plain values; refusing to load it, since loading "
+                         f"could run code from it ({reason})") from None
+
+
 def euler2rot(euler: torch.Tensor) -> torch.Tensor:
     """The reference's ``rot_x @ rot_y @ rot_z`` (its matrices are the standard ones transposed)."""
     a, b, c = euler[:, 0], euler[:, 1], euler[:, 2]
@@ -66,7 +79,7 @@ class RunData:
         self.width = resolution or self.src_w
         self.height = round(self.src_h * self.width / self.src_w)
         s = self.width / self.src_w
-        track = torch.load(root / "track_params.pt", map_location="cpu")
+        track = load_tensors(root / "track_params.pt", "track_params.pt")
         self.euler, self.trans = track["euler"].float(), track["trans"].float()
         focal = float(track["focal"].reshape(-1)[0])
         self.points = track["vertices"].float().mean(0)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from .data import RunData
+from .data import RunData, load_tensors
 from .train import Avatar
 from .video import write_video
 
@@ -24,7 +24,7 @@ def pingpong(n_source: int, n_out: int) -> np.ndarray:
 @torch.no_grad()
 def render(ctx, cfg) -> dict:
     params = ctx.params
-    model = torch.load(ctx.input("avatar/model.pt"), map_location="cpu", weights_only=False)
+    model = load_tensors(ctx.input("avatar/model.pt"), "avatar/model.pt")
     features = np.load(ctx.input(params.features)).astype(np.float32)
     want = model["audio"]
     if features.shape[1:] != (want["window"], want["dim"]):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import FrameCache, Frames, RunData
+from .data import FrameCache, Frames, RunData, load_tensors
 from .model import Deformer, Gaussians, deformed
 from .perceptual import load_lpips
 from .raster import pick_backend
@@ -152,7 +152,7 @@ def train(ctx, cfg) -> dict:
     writer = _tensorboard(ctx.output("avatar/tb/.keep").parent) if cfg.tensorboard else None
     resumed = resumed_ema = None
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_tensors(ckpt_path, "the training checkpoint (.being/stages/trainer/work/state/checkpoint.pt)")
         av.load(ckpt["model"])
         step, resumed = ckpt["step"], ckpt["step"]
         resumed_ema = ckpt.get("ema")
