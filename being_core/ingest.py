@@ -6,6 +6,7 @@ from what was decoded, never estimated from duration x fps.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from .config import IngestConfig
 from .errors import InputError
 from .manifest import INTERNAL_DIR, natural_key
 from .progress import Reporter
+
+log = logging.getLogger("being.ingest")
 
 AUDIO_RATE = 16000
 FRAMES_DIR = "ori_imgs"
@@ -168,6 +171,14 @@ def ingest(video: Path, root: Path, cfg: IngestConfig, progress: Reporter | None
                          f"at least {cfg.min_frames} are needed (ingest.min_frames)")
     if frames[-1] != f"{len(frames) - 1}.jpg":
         raise InputError(f"ffmpeg wrote non-contiguous frames for {video}")
+    if expected and len(frames) < expected - max(cfg.fps, 0.05 * expected):  # more than 1 s and 5 % short
+        message = (f"{video} ends early: its container says {info.duration_s:.2f} s ({expected} frames at "
+                   f"{cfg.fps:g} fps), but only {len(frames)} frames ({len(frames) / cfg.fps:.2f} s) decode; the "
+                   f"file is probably cut off")
+        if cfg.truncated == "refuse":
+            shutil.rmtree(staging)
+            raise InputError(f"{message}. Fetch it again, or keep what decodes with ingest.truncated: accept")
+        log.warning("%s; keeping the %d frames that decode (ingest.truncated: accept)", message, len(frames))
     audio_seconds = None
     if want_audio:
         audio_seconds = extract_audio(video, staging, progress)

@@ -38,6 +38,7 @@ class DockerOptions(RunnerOptions):
     memory: str | None = Field(None, description="Memory limit of the container, e.g. '8g'.")
     gpu: bool | None = Field(None, description="Request a GPU; default: what the implementation declares.")
     image: str | None = Field(None, description="Image to run instead of the implementation's own tag.")
+    pids: int = Field(4096, ge=16, le=1_000_000, description="Most processes and threads the container may run.")
     cache: bool = Field(True, description="Mount a writable cache folder per image (~/.cache/being/containers/"
                         "<image>) at /cache, where e.g. numba keeps compiled kernels between runs.")
 
@@ -91,7 +92,9 @@ class DockerRunner(Runner[DockerOptions]):
             cache = images.cache_dir() / "containers" / re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
             cache.mkdir(parents=True, exist_ok=True)
             mounts.append(Mount("/cache", str(cache), type="bind", read_only=False))
-            env.update(NUMBA_CACHE_DIR="/cache/numba", XDG_CACHE_HOME="/cache")
+            # /tmp is noexec: code compiled at run time (torch extensions such as gsplat's) lives in /cache
+            env.update(NUMBA_CACHE_DIR="/cache/numba", XDG_CACHE_HOME="/cache",
+                       TORCH_EXTENSIONS_DIR="/cache/torch_extensions")
         kwargs = limits(stage, options)
         log_path = work / "stage.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +102,8 @@ class DockerRunner(Runner[DockerOptions]):
             container = c.containers.create(
                 tag, [f"{MOUNT}/{rel_request}", "--root", MOUNT, "--progress", "jsonl"], mounts=mounts,
                 user=f"{os.getuid()}:{os.getgid()}", network_disabled=True, read_only=True,
-                tmpfs={"/tmp": "rw,exec,size=4g"}, working_dir="/tmp", detach=True,
+                tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=4g"}, working_dir="/tmp", detach=True,
+                cap_drop=["ALL"], security_opt=["no-new-privileges:true"], pids_limit=options.pids,
                 environment=env,
                 labels={"being.stage": str(stage.kind), "being.run": str(root)}, **kwargs)
         except docker.errors.APIError as exc:

@@ -250,3 +250,42 @@ def test_a_request_naming_paths_outside_the_run_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "being_core", "stage", str(path)], capture_output=True, text=True)
     assert proc.returncode == 3 and proc.stderr.startswith(f"ERROR: {path} is not a valid stage request: work_dir")
     assert not (tmp_path / "outside").exists()
+
+
+@pytest.fixture(scope="module")
+def cut_video(tmp_path_factory):
+    """A 6 s clip whose index is at the start (faststart) with the last 60 % of its bytes cut off."""
+    import subprocess
+
+    from being_core.ingest import ffmpeg_exe
+
+    folder = tmp_path_factory.mktemp("cut")
+    whole = folder / "whole.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=48x32:rate=25:duration=6", "-f", "lavfi", "-i", "sine=frequency=440:duration=6",
+                    "-shortest", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(whole)], check=True)
+    cut = folder / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    return cut
+
+
+def test_a_cut_off_video_is_refused_unless_accepted(cut_video, tmp_path, registry, runs_log, caplog):
+    from being_core.config import resolve
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    with pytest.raises(InputError) as err:
+        prepare(cut_video, root, registry)
+    message = str(err.value)
+    assert message.startswith(f"{cut_video} ends early: its container says 6.0")
+    assert message.endswith("decode; the file is probably cut off. Fetch it again, or keep what decodes with "
+                            "ingest.truncated: accept")
+    assert not (root / "ori_imgs").exists() and runs(runs_log) == 0
+    accepting = resolve({"ingest": {**config(registry).raw.ingest.model_dump(), "truncated": "accept"},
+                         "stages": {"teeth_segmenter": {"impl": "toy"}}}, registry, "toy config")
+    with caplog.at_level("WARNING", logger="being.ingest"):
+        manifest = Pipeline(root, accepting, registry).prepare(cut_video)
+    n = manifest.data["dataset"]["n_frames"]
+    assert 10 <= n < 150 - 25 and runs(runs_log, "teeth_segmenter") == 1
+    assert f"keeping the {n} frames that decode (ingest.truncated: accept)" in caplog.text

@@ -125,6 +125,10 @@ def test_stage_runs_as_the_caller_without_network_and_streams_progress(probe_ima
     assert entry["info"]["uid"] == os.getuid() and entry["info"]["gid"] == os.getgid()
     assert entry["info"]["network"].startswith("unreachable")
     assert entry["info"]["memory_limit"] == 256 * 2 ** 20
+    # hardened: no capabilities, no privilege gain, nothing executed from /tmp, a process limit
+    assert entry["info"]["cap_eff"] == "0000000000000000" and entry["info"]["no_new_privs"] == "1"
+    assert entry["info"]["tmp_exec"] == "refused: Permission denied"
+    assert entry["info"]["pids_max"] == "4096"
     assert "teeth_segmenter: probe: done" in caplog.messages  # the run log gets the container's log lines
     stage_log = pipeline.root / ".being" / "stages" / "teeth_segmenter" / "work" / "stage.log"
     assert "probe: done" in stage_log.read_text()

@@ -40,7 +40,29 @@ class Probe(TeethSegmenter):
             np.save(ctx.output(f"teeth_mask/{frame.stem}.npy"), np.zeros((4, 4), bool))
         print("probe: done", file=sys.stderr, flush=True)
         return StageReport(info={"uid": os.getuid(), "gid": os.getgid(), "network": _network(),
-                                 "memory_limit": _memory_limit()})
+                                 "memory_limit": _memory_limit(), **_hardening()})
+
+
+def _hardening() -> dict:
+    """What the container lets this process do: capabilities, privilege gain, executing from /tmp, pids."""
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    script = "/tmp/probe-exec.sh"
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(script, 0o755)
+    try:
+        import subprocess
+
+        subprocess.run([script], check=True)
+        tmp_exec = "ran"
+    except OSError as exc:
+        tmp_exec = f"refused: {exc.strerror}"
+    try:
+        pids = open("/sys/fs/cgroup/pids.max").read().strip()
+    except OSError:
+        pids = None
+    return {"cap_eff": status["CapEff"].strip(), "no_new_privs": status.get("NoNewPrivs", "").strip(),
+            "tmp_exec": tmp_exec, "pids_max": pids}
 
 
 def _memory_limit() -> int | None:
