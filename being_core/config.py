@@ -25,8 +25,8 @@ class _Strict(BaseModel):
 
 
 class IngestConfig(_Strict):
-    fps: float = Field(25.0, gt=0, description="Frame rate of the dataset; every public trainer expects 25.")
-    size: int | None = Field(512, ge=32, description="Square output size in pixels; null keeps the source size.")
+    fps: float = Field(25.0, ge=1, le=120, description="Frame rate of the dataset; every public trainer expects 25.")
+    size: int | None = Field(512, ge=32, le=4096, description="Square output size in pixels; null keeps the source size.")
     crop: Literal["center", "none"] = Field(
         "center", description="'center' crops the largest centred square before resizing; 'none' squashes."
     )

@@ -101,6 +101,8 @@ class Pipeline:
         audio, output = Path(audio), Path(output)
         if output.suffix.lower() != ".mp4":
             raise InputError(f"render output {output} must end in .mp4")
+        if output.is_dir():
+            raise InputError(f"render output {output} is a folder; name the .mp4 file to write")
         self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER), contracts=False)
         manifest = self._require_prepared()
         trainer = self.config.stages.get(StageKind.TRAINER)
@@ -190,8 +192,34 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _open(self, run_log: bool = True) -> Iterator[Manifest]:
-        """Load (or start) ``being.json`` and, with ``run_log``, copy every log line to ``RUN/.being/log.txt``."""
+        """Lock the run folder, load (or start) ``being.json`` and, with ``run_log``, copy every log line to
+        ``RUN/.being/log.txt``."""
         self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            yield from self._opened(run_log)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One being process per run folder: a second one is refused, naming the first (``.being/lock``)."""
+        import fcntl
+
+        path = self.root / INTERNAL_DIR / "lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise InputError(f"{self.root} is in use by another being process (pid {other}); wait for it to "
+                                 f"finish, or use another run folder") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _opened(self, run_log: bool) -> Iterator[Manifest]:
         self._manifest = Manifest.load(self.root)
         self._manifest.data["being_version"] = __version__
         facts = self._manifest.data.get("dataset") or {}

@@ -42,7 +42,7 @@ def test_every_problem_is_reported_at_once(registry):
         resolve(data, registry, "my.yaml")
     lines = str(err.value).splitlines()
     assert lines[0] == "my.yaml has 5 problems:"
-    assert lines[1] == "  - ingest.fps: Input should be greater than 0"
+    assert lines[1] == "  - ingest.fps: Input should be greater than or equal to 1"
     assert lines[2] == "  - stages.audio_encoder.config.valeu: unknown key"
     runners = ", ".join(r.cls.name for r in registry.runners())
     assert lines[3] == (f"  - stages.audio_encoder.runner: unknown runner implementation 'slurm'; installed: {runners}. "
@@ -67,3 +67,10 @@ def test_the_saved_config_has_every_default(registry):
     assert data["stages"]["audio_encoder"]["config"] == {"value": 0.0, "fail": False, "undeclared": False}
     assert data["stages"]["audio_encoder"]["runner_options"] == {"thread_name": "toy-worker"}
     assert RunConfig.model_validate(data)
+
+
+def test_absurd_numbers_are_refused(registry):
+    with pytest.raises(ConfigError) as err:
+        resolve({"ingest": {"fps": 1e308, "size": 100000}}, registry, "c.yaml")
+    assert str(err.value) == ("c.yaml has 2 problems:\n  - ingest.fps: Input should be less than or equal to 120\n"
+                              "  - ingest.size: Input should be less than or equal to 4096")

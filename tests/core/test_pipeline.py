@@ -289,3 +289,42 @@ def test_a_cut_off_video_is_refused_unless_accepted(cut_video, tmp_path, registr
     n = manifest.data["dataset"]["n_frames"]
     assert 10 <= n < 150 - 25 and runs(runs_log, "teeth_segmenter") == 1
     assert f"keeping the {n} frames that decode (ingest.truncated: accept)" in caplog.text
+
+
+def test_one_being_process_per_run_folder(toy_video, tmp_path, registry, runs_log):
+    import subprocess
+    import sys
+
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(root / '.being' / 'lock')!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.ftruncate(fd, 0)\nos.write(fd, str(os.getpid()).encode())\n"
+        "print('locked', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(InputError) as err:
+            Pipeline(root, config(registry), registry).train()
+        assert str(err.value) == (f"{root} is in use by another being process (pid {holder.pid}); wait for it to "
+                                  "finish, or use another run folder")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "trainer" not in Manifest.load(root).stages
+    Pipeline(root, config(registry), registry).train()  # free again once the other process is gone
+    assert runs(runs_log, "trainer") == 1
+
+
+def test_render_to_a_folder_is_refused_before_anything_runs(toy_video, tmp_path, registry, runs_log):
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    (tmp_path / "out.mp4").mkdir()
+    with pytest.raises(InputError) as err:
+        Pipeline(root, config(registry), registry).render(toy_video, tmp_path / "out.mp4")
+    assert str(err.value) == f"render output {tmp_path / 'out.mp4'} is a folder; name the .mp4 file to write"
+    assert not (root / "renders").exists()

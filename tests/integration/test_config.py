@@ -38,7 +38,7 @@ def test_all_problems_are_reported_at_once(being_registry, tmp_path):
     runners = ", ".join(r.cls.name for r in being_registry.runners())
     assert str(err.value) == "\n".join([
         f"{path} has 6 problems:",
-        "  - ingest.fps: Input should be greater than 0",
+        "  - ingest.fps: Input should be greater than or equal to 1",
         "  - ingest.colour: unknown key",
         "  - stages.face_tracker.config.n_exp: Input should be greater than or equal to 1",
         "  - stages.face_tracker.config.smoothe: unknown key",

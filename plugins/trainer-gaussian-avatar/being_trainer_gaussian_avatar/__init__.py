@@ -17,10 +17,10 @@ from being_core import StageConfig, StageContext, StageReport, Trainer, hookimpl
 
 
 class AvatarConfig(StageConfig):
-    resolution: int | None = Field(None, ge=32, description="Training/render width in pixels; null = dataset size.")
+    resolution: int | None = Field(None, ge=32, le=4096, description="Training/render width in pixels; null = dataset size.")
     coarse_iterations: int = Field(2000, ge=1, description="Static-Gaussian steps (batch 1).")
     fine_iterations: int = Field(3000, ge=0, description="Deformation steps (batch_size frames each).")
-    batch_size: int = Field(32, ge=1, description="Frames per fine step.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Frames per fine step.")
     densify_from: int = Field(200, ge=1, description="First coarse step that densifies.")
     densify_until: int = Field(1500, ge=1, description="Last coarse step that densifies.")
     densify_interval: int = Field(100, ge=1, description="Coarse steps between densify/prune passes.")
@@ -37,7 +37,7 @@ class AvatarConfig(StageConfig):
                              "weights, used as the final model; 0 turns it off.")
     width: int = Field(64, ge=8, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, description="Attention heads.")
-    plane_resolution: int = Field(64, ge=4, description="Tri-plane resolution.")
+    plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")
     plane_channels: int = Field(32, ge=1, description="Tri-plane channels per plane.")
     lambda_dssim: float = Field(0.2, ge=0, description="Weight of D-SSIM.")
     lambda_lip: float = Field(1.0, ge=0, description="Weight of the lip-box L1 (fine stage).")
