@@ -37,18 +37,18 @@ class Provided:
         self.files += list(files)
         self.capabilities |= set(capabilities)
 
-    def missing(self, files: Iterable[str], capabilities: Iterable[str]) -> list[str]:
-        """What of ``files`` and ``capabilities`` is not available, in declaration order."""
-        gone = [p for p in files if not any(covers(have, p) for have in self.files)]
-        return gone + [f"capability {c}" for c in capabilities if c not in self.capabilities]
+    def missing(self, files: Iterable[str], capabilities: Iterable[str]) -> tuple[list[str], list[str]]:
+        """(files, capabilities) of those asked for that are not available, in declaration order."""
+        return ([p for p in files if not any(covers(have, p) for have in self.files)],
+                [c for c in capabilities if c not in self.capabilities])
 
 
 def _name(cls: type[Stage[Any]]) -> str:
     return f"{cls.kind} '{cls.name}'"
 
 
-def providers(registry: Registry, before: StageKind, missing: list[str]) -> list[str]:
-    """Installed implementations of earlier kinds that provide everything in ``missing``."""
+def providers(registry: Registry, before: StageKind, files: list[str], capabilities: list[str]) -> list[str]:
+    """Installed implementations of kinds before ``before`` that provide all of ``files`` and ``capabilities``."""
     found = []
     for impl in registry.all():
         cls = impl.cls
@@ -56,23 +56,21 @@ def providers(registry: Registry, before: StageKind, missing: list[str]) -> list
             continue
         own = Provided([], set())
         own.add(cls.outputs, cls.provides)
-        if not own.missing([m for m in missing if not m.startswith("capability ")],
-                           [m[len("capability "):] for m in missing if m.startswith("capability ")]):
+        if own.missing(files, capabilities) == ([], []):
             found.append(_name(cls))
     return found
 
 
 def unmet(cls: type[Stage[Any]], provided: Provided, registry: Registry, action: str = "run") -> str | None:
     """The one-line problem when ``cls`` (running ``action``) needs something ``provided`` lacks, else None."""
-    inputs = cls.files(action)[0]
-    missing = provided.missing(inputs, cls.requires)
-    if not missing:
+    files, capabilities = provided.missing(cls.files(action)[0], cls.requires)
+    if not files and not capabilities:
         return None
-    who = providers(registry, cls.kind, missing)
+    who = providers(registry, cls.kind, files, capabilities)
     hint = f"{', '.join(who)} would" if who else "no installed implementation of an earlier stage does"
-    what = "render" if action != "run" else cls.kind
-    return (f"stages.{cls.kind}: {_name(cls)} needs {', '.join(missing)}, which no stage before "
-            f"{what} provides; {hint}")
+    needs = [*files, *(f"capability {c}" for c in capabilities)]
+    return (f"stages.{cls.kind}: {_name(cls)} needs {', '.join(needs)}, which no stage before "
+            f"{cls.kind if action == 'run' else action} provides; {hint}")
 
 
 def check_chain(chain: list[type[Stage[Any]]], registry: Registry, provided: Provided | None = None,
