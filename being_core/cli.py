@@ -168,8 +168,8 @@ def _summary(console, pipeline, trained: bool) -> None:
     if entry is None:
         console.out(f"next: being train {root}", highlight=False)
         return
-    cls = pipeline.config.stages.get("trainer").impl.cls if "trainer" in pipeline.config.stages else None
-    names = cls.headline_metrics if cls else ()
+    trainer = pipeline.config.stages.get("trainer")
+    names = trainer.impl.cls.headline_metrics if trainer else ()
     metrics = entry.get("metrics", {})
     shown = [f"{k} {metrics[k]}" for k in names if metrics.get(k) is not None]
     if shown:
