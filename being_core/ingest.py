@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import IngestConfig
 from .errors import InputError
 from .manifest import INTERNAL_DIR, natural_key
+from .native import die_with_parent
 from .progress import Reporter
 
 log = logging.getLogger("being.ingest")
@@ -135,7 +136,7 @@ def check_run_folder(video: Path, root: Path) -> None:
 def _run_ffmpeg(args: list[str], what: Path, progress: Reporter, description: str, total: int | None) -> None:
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
     with progress.task(description, total, unit="frame") as task:
-        proc = subprocess.Popen([*cmd[:-1], "-progress", "pipe:1", cmd[-1]],
+        proc = subprocess.Popen([*cmd[:-1], "-progress", "pipe:1", cmd[-1]], preexec_fn=die_with_parent,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
         done = 0
         for line in proc.stdout:  # type: ignore[union-attr]

@@ -1,4 +1,7 @@
-"""Keep a native library's log lines off the user's console (for plugins; no model code here).
+"""Native code and child processes, kept in their place (no model code here).
+
+:func:`native_stderr_to` keeps a native library's log lines off the user's console; :func:`die_with_parent`
+ties a child process's life to its parent's.
 
 Native code such as mediapipe's TFLite and absl writes straight to file descriptor 2 ("Created TensorFlow
 Lite XNNPACK delegate", "All log messages before absl::InitializeLog()", ...), bypassing Python's logging
@@ -37,3 +40,17 @@ def native_stderr_to(log: logging.Logger) -> Iterator[None]:
             for line in capture.read().decode("utf-8", "replace").splitlines():
                 if line.strip():
                     log.debug("native: %s", line)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child process (ffmpeg, a stage's own process): on Linux the kernel kills it when
+    the process that started it dies, even by ``kill -9``, so no orphan keeps writing into a run folder that
+    the next attempt uses. Elsewhere it does nothing."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no parent-death signal to ask for
+        pass

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import StageFailed
 from .execute import execute
 from .hookspecs import hookimpl
+from .native import die_with_parent
 from .progress import Reporter, replay
 from .stage import Stage
 
@@ -91,7 +92,8 @@ class SubprocessRunner(Runner[RunnerOptions]):
         log_path = request.parent / "work" / "stage.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w", encoding="utf-8") as log_file:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
+                                    preexec_fn=die_with_parent)
             timer = _kill_after(proc, options.timeout_s)
             tasks: dict[Any, Any] = {}
             try:

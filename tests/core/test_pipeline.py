@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +330,83 @@ def test_render_to_a_folder_is_refused_before_anything_runs(toy_video, tmp_path,
         Pipeline(root, config(registry), registry).render(toy_video, tmp_path / "out.mp4")
     assert str(err.value) == f"render output {tmp_path / 'out.mp4'} is a folder; name the .mp4 file to write"
     assert not (root / "renders").exists()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_killing_being_during_ingest_leaves_no_writer_behind(toy_video, tmp_path):
+    """kill -9 of `being prepare` takes its ffmpeg child with it; the next prepare of another video is clean."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from being_core.ingest import ffmpeg_exe
+
+    long = tmp_path / "long.mp4"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=1280x720:rate=25:duration=40", "-f", "lavfi", "-i", "sine=duration=40",
+                    "-shortest", "-pix_fmt", "yuv420p", "-preset", "ultrafast", str(long)], check=True)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"ingest": {"size": 512, "min_frames": 10}, "stages": {}}))
+    root = tmp_path / "run"
+    being = subprocess.Popen([sys.executable, "-m", "being_core", "prepare", str(long), "-o", str(root), "-c",
+                              str(config), "-q"])
+    staging = str(root / ".being" / "ingest")
+    deadline = time.monotonic() + 60
+    while not _processes_mentioning(staging):
+        assert time.monotonic() < deadline and being.poll() is None, "ffmpeg never started"
+        time.sleep(0.05)
+    being.send_signal(signal.SIGKILL)
+    being.wait()
+    deadline = time.monotonic() + 5
+    while _processes_mentioning(staging) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_mentioning(staging) == [], "ffmpeg outlived the killed being process"
+    proc = subprocess.run([sys.executable, "-m", "being_core", "prepare", str(toy_video), "-o", str(root), "-c",
+                           str(config), "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((root / "ori_imgs").glob("*.jpg"))) == 60
+    assert json.loads((root / "being.json").read_text())["dataset"]["n_frames"] == 60
+
+
+def test_a_child_started_with_die_with_parent_dies_with_its_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for tie, survives in ((True, False), (False, True)):
+        middle = subprocess.Popen([sys.executable, "-c", (
+            "import subprocess, sys\nfrom being_core.native import die_with_parent\n"
+            f"child = subprocess.Popen(['sleep', '30'], preexec_fn=die_with_parent if {tie} else None)\n"
+            "print(child.pid, flush=True)\nchild.wait()\n")], stdout=subprocess.PIPE, text=True)
+        child = int(middle.stdout.readline())
+        middle.send_signal(signal.SIGKILL)
+        middle.wait()
+        deadline = time.monotonic() + 3
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            try:  # reap it if it became ours; otherwise wait for it to vanish
+                os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            status = Path(f"/proc/{child}/stat")
+            if status.exists() and status.read_text().split()[2] == "Z":
+                break
+            time.sleep(0.05)
+        alive = Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+        assert alive == survives, f"die_with_parent={tie}: child alive={alive}"
+        if alive:
+            os.kill(child, signal.SIGKILL)
