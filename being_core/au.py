@@ -7,8 +7,9 @@ Exactly one row per dataset frame, ``frame`` counting from 1 like OpenFace.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .protocol import write_text_atomic
 
 AU_R = ["AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU14", "AU15", "AU17", "AU20",
         "AU23", "AU25", "AU26", "AU45"]
@@ -29,6 +30,4 @@ def write_au_csv(path: Path, rows: list[dict[str, float]], fps: float) -> None:
             out.append(str(int(v)) if col in ("frame", "face_id", "success") or col.endswith("_c")
                        else f"{float(v):.3f}".rstrip("0").rstrip(".") if col != "timestamp" else f"{float(v):.3f}")
         lines.append(", ".join(out))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")

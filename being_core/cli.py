@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PLUGIN, EXIT_STAGE_FAILED, BeingError
+from .errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PLUGIN, EXIT_STAGE_FAILED, BeingError
 
 log = logging.getLogger("being")
 
@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print_exception()
         err_console.print(f"ERROR: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
+    except OSError as exc:  # the file system said no: a full disk, a read-only or vanished folder
+        if args.traceback:
+            err_console.print_exception()
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"ERROR: {where}{exc.strerror or exc}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         err_console.print("ERROR: interrupted; run the same command again to resume", markup=False)
         return EXIT_INTERRUPTED

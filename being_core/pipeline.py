@@ -27,7 +27,7 @@ from .ingest import AUDIO_FILE, MediaInfo, check_run_folder, check_streams, extr
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
 from .progress import Reporter
-from .protocol import StageRequest, StageResult, write_json_atomic
+from .protocol import StageRequest, StageResult, write_json_atomic, write_text_atomic
 from .registry import Registry
 from .stage import PREPARE_STAGES, STAGE_ORDER, DatasetFacts, RenderParams, Stage, StageKind, split_point
 
@@ -242,10 +242,7 @@ class Pipeline:
                 handler.close()
 
     def _save_config(self) -> None:
-        path = self.root / CONFIG_NAME
-        tmp = path.with_name(f".{CONFIG_NAME}.tmp")
-        tmp.write_text(dump_yaml(self.config), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(self.root / CONFIG_NAME, dump_yaml(self.config))
 
     def _forced(self, name: str) -> bool:
         return name in self.force or "all" in self.force

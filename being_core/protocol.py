@@ -70,13 +70,21 @@ class StageResult(_Doc):
     seconds: float = 0.0
 
 
-def write_json_atomic(path: Path, data: dict[str, Any] | BaseModel) -> None:
-    """Write JSON to a temporary name beside ``path`` and rename it into place."""
-    text = data.model_dump_json(indent=2) if isinstance(data, BaseModel) else json.dumps(data, indent=2)
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path`` and rename it into place: ``path`` is either the old
+    file or the whole new one, and a failed write (a full disk) leaves no partial file behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    except OSError as exc:  # name the file the user knows, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any] | BaseModel) -> None:
+    """Write JSON atomically (:func:`write_text_atomic`)."""
+    text = data.model_dump_json(indent=2) if isinstance(data, BaseModel) else json.dumps(data, indent=2)
+    write_text_atomic(path, text + "\n")

@@ -145,3 +145,43 @@ def test_listing_plugins_imports_no_model_stack():
     data = json.loads(listing)
     assert {"mel", "toy"} <= {i["name"] for i in data["implementations"] if i["kind"] == "audio_encoder"}
     assert data["broken"] == []
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_partial_file(toy_video, tmp_path):
+    """CI runs as root: a prepared run on a small tmpfs that is then filled up; `being train` must write its
+    config.yaml first and cannot."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        run = disk / "run"
+        config = toy_config(tmp_path)
+        assert being("prepare", str(toy_video), "-o", str(run), "-c", str(config), "-q").returncode == EXIT_OK
+        before = (run / "config.yaml").read_bytes()
+        with open(disk / "filler", "wb") as filler:  # take every byte that is left
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        proc = being("train", str(run), "-c", str(config), "-q")
+        assert proc.returncode == EXIT_INPUT
+        assert proc.stderr == f"ERROR: {run / 'config.yaml'}: No space left on device\n"
+        assert (run / "config.yaml").read_bytes() == before
+        assert not [p.name for p in run.rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_rendering_from_a_read_only_run_folder_is_one_error_line(toy_video, tmp_path):
+    run = tmp_path / "run"
+    assert being("run", str(toy_video), "-o", str(run), "-c", str(toy_config(tmp_path)), "-q").returncode == EXIT_OK
+    subprocess.run(["mount", "--bind", "-o", "ro", str(run), str(run)], check=True)  # read-only even for root
+    try:
+        proc = being("render", str(run), "--audio", str(toy_video), "-o", str(tmp_path / "says.mp4"), "-q")
+        assert proc.returncode == EXIT_INPUT
+        assert proc.stderr == f"ERROR: {run / '.being' / 'lock'}: Read-only file system\n"
+        assert not (tmp_path / "says.mp4").exists()
+    finally:
+        subprocess.run(["umount", str(run)], check=True)
