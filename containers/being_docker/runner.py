@@ -81,6 +81,7 @@ class DockerRunner(Runner[DockerOptions]):
         c = images.client()
         tag = image_for(stage, options)
         root = Path(root).resolve()
+        _remove_leftovers(c, root, str(stage.kind))
         work = request.parent / "work"
         rel_request = request.resolve().relative_to(root).as_posix()
         rel_work = work.resolve().relative_to(root).as_posix()
@@ -206,6 +207,15 @@ def _line(line: str, stdout: bool, progress: Reporter, tasks: dict, log_file, ki
         log_file.flush()
         if line.strip():  # into the run log (RUN/.being/log.txt); the console leaves these out
             container_log.info("%s: %s", kind, line.rstrip())
+
+
+def _remove_leftovers(c, root: Path, kind: str) -> None:
+    """Remove this stage's containers for this run folder that an earlier, killed being process left running:
+    the run folder is locked by the process calling this, so no living process owns them."""
+    for container in c.containers.list(all=True, filters={"label": [f"being.run={root}", f"being.stage={kind}"]}):
+        log.warning("%s: removing container %s, left running by an earlier attempt that was killed",
+                    kind, container.short_id)
+        _remove(container)
 
 
 def _remove(container) -> None:

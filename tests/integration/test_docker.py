@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker.errors
 import numpy as np
 import pytest
 from conftest import FAST_FACE, REPO
@@ -91,7 +92,7 @@ class ProbeRun:
         finally:
             sys.path.pop(0)
         self.root = tmp_path / "run"
-        (self.root / "ori_imgs").mkdir(parents=True)
+        (self.root / "ori_imgs").mkdir(parents=True, exist_ok=True)
         for i in range(2):
             (self.root / "ori_imgs" / f"{i}.jpg").write_bytes(b"\xff\xd8 not decoded by the probe")
         manifest = Manifest.load(self.root)
@@ -320,3 +321,31 @@ def test_render_checks_its_images_before_anything_runs(docker_client, tmp_path, 
                               "being/trainer-gaussian-avatar:0.0.0-missing is not built; "
                               "run `being images build trainer-gaussian-avatar`")
     assert not (tmp_path / "r").exists() and not (tmp_path / "out.mp4").exists()
+
+
+def test_a_killed_runs_container_is_removed_by_the_next_attempt(probe_image, tmp_path, docker_client):
+    """kill -9 of being leaves its container running (nothing can stop it then); the next attempt, which holds
+    the run folder's lock, removes it before it starts its own."""
+    import signal
+    import time
+
+    script = (f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'integration')!r})\n"
+              "from pathlib import Path\nfrom test_docker import probe_run\nfrom being_core.stage import StageKind\n"
+              f"probe_run(Path({str(tmp_path)!r}), 'sleep').run_stage(StageKind.TEETH_SEGMENTER)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = str(tmp_path / "run")
+
+    def mine():
+        return [c for c in docker_client.containers.list(all=True) if c.labels.get("being.run") == root]
+
+    deadline = time.monotonic() + 60
+    while not mine():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [left] = mine()
+    entry = probe_run(tmp_path, "ok").run_stage(StageKind.TEETH_SEGMENTER)
+    assert entry["status"] == "done" and mine() == []
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(left.id)

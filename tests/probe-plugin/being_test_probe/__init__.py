@@ -57,10 +57,13 @@ def _hardening() -> dict:
         tmp_exec = "ran"
     except OSError as exc:
         tmp_exec = f"refused: {exc.strerror}"
-    try:
-        pids = open("/sys/fs/cgroup/pids.max").read().strip()
-    except OSError:
-        pids = None
+    pids = None
+    for path in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"):  # cgroup v2, v1
+        try:
+            pids = open(path).read().strip()
+            break
+        except OSError:
+            continue
     return {"cap_eff": status["CapEff"].strip(), "no_new_privs": status.get("NoNewPrivs", "").strip(),
             "tmp_exec": tmp_exec, "pids_max": pids}
 
