@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"ERROR: {where}{exc.strerror or exc}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        err_console.print("ERROR: interrupted; run the same command again to resume", markup=False)
+        again = ("run the same command again: the new audio's features are kept, the frames are rendered anew"
+                 if args.command == "render" else "run the same command again to resume")
+        err_console.print(f"ERROR: interrupted; {again}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
 
 

@@ -57,8 +57,9 @@ _AUDIO_RE = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)"
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 
 
-def probe(path: Path) -> MediaInfo:
-    """Read stream facts with ``ffmpeg -i``. Raises InputError when the file is missing or not media."""
+def probe(path: Path, expected: str = "a video") -> MediaInfo:
+    """Read stream facts with ``ffmpeg -i``. Raises InputError when the file is missing or not media; the
+    message says what the file was expected to be (``"a video"``, ``"audio"``)."""
     if not path.exists():
         raise InputError(f"{path} does not exist")
     if not path.is_file():
@@ -67,7 +68,7 @@ def probe(path: Path) -> MediaInfo:
                           capture_output=True, text=True, errors="replace")
     text = proc.stderr
     if "Invalid data found" in text or "Error opening input" in text:
-        raise InputError(f"{path} is not a video ffmpeg can read (ffmpeg: invalid data)")
+        raise InputError(f"{path} is not {expected} ffmpeg can read (ffmpeg: invalid data)")
     video = next((m for line in text.splitlines()
                   if "attached pic" not in line and (m := _VIDEO_RE.search(line))), None)
     audio = _AUDIO_RE.search(text)

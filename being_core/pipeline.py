@@ -116,7 +116,7 @@ class Pipeline:
         problem = unmet(trainer.impl.cls, provided_by_run(manifest.stages, self.registry), self.registry, "render")
         if problem:
             raise ConfigError(self.config.source, [problem])
-        info = probe(audio)
+        info = probe(audio, "audio")
         if info.audio_codec is None:
             raise InputError(f"{audio} has no audio stream")
         with self._open():

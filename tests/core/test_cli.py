@@ -185,3 +185,25 @@ def test_rendering_from_a_read_only_run_folder_is_one_error_line(toy_video, tmp_
         assert not (tmp_path / "says.mp4").exists()
     finally:
         subprocess.run(["umount", str(run)], check=True)
+
+
+def test_an_interrupted_render_says_what_the_next_one_redoes(toy_video, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    config = toy_config(tmp_path)
+    assert being("run", str(toy_video), "-o", str(run), "-c", str(config), "-q").returncode == EXIT_OK
+    render = subprocess.Popen([sys.executable, "-m", "being_core", "render", str(run), "--audio", str(toy_video),
+                               "-o", str(tmp_path / "says.mp4"), "-q", "--set", "stages.trainer.config.pause=30"],
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(run.glob("renders/*/aud_toy.npy")):  # the features are written, the frames are next
+        assert time.monotonic() < deadline and render.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    render.send_signal(signal.SIGINT)
+    _, stderr = render.communicate(timeout=30)
+    assert render.returncode == 130
+    assert stderr == ("ERROR: interrupted; run the same command again: the new audio's features are kept, the frames "
+                      "are rendered anew\n")

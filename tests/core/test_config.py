@@ -64,7 +64,8 @@ def test_the_saved_config_has_every_default(registry):
     resolved = resolve({"stages": {"audio_encoder": {"impl": "toy", "runner": "toy-thread"}}}, registry)
     data = resolved.to_dict()
     assert data["ingest"]["val_split"] == 11
-    assert data["stages"]["audio_encoder"]["config"] == {"value": 0.0, "fail": False, "undeclared": False}
+    assert data["stages"]["audio_encoder"]["config"] == {"value": 0.0, "fail": False, "undeclared": False,
+                                                         "pause": 0.0}
     assert data["stages"]["audio_encoder"]["runner_options"] == {"thread_name": "toy-worker"}
     assert RunConfig.model_validate(data)
 

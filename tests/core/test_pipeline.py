@@ -410,3 +410,15 @@ def test_a_child_started_with_die_with_parent_dies_with_its_parent(tmp_path):
         assert alive == survives, f"die_with_parent={tie}: child alive={alive}"
         if alive:
             os.kill(child, signal.SIGKILL)
+
+
+def test_render_names_a_bad_audio_file_as_audio(toy_video, tmp_path, registry, runs_log):
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    noise = tmp_path / "speech.wav"
+    noise.write_text("not audio at all")
+    with pytest.raises(InputError) as err:
+        Pipeline(root, config(registry), registry).render(noise, tmp_path / "says.mp4")
+    assert str(err.value) == f"{noise} is not audio ffmpeg can read (ffmpeg: invalid data)"

@@ -36,6 +36,7 @@ class ToyConfig(StageConfig):
     value: float = Field(0.0, description="Written into the outputs, so a config change changes them.")
     fail: bool = Field(False, description="Raise after writing one file.")
     undeclared: bool = Field(False, description="Also write a file the class does not declare.")
+    pause: float = Field(0.0, ge=0, description="Seconds the trainer's render waits before writing (to interrupt it).")
 
 
 def _runs_file(ctx: StageContext) -> Path:
@@ -137,6 +138,9 @@ class ToyTrainer(Trainer[ToyConfig]):
                            info={"train_frames": len(ctx.dataset.train_ids)})
 
     def render(self, ctx: StageContext[ToyConfig]) -> StageReport:
+        import time
+
+        time.sleep(ctx.config.pause)
         feats = np.load(ctx.input(ctx.params.features))
         ctx.output(ctx.params.output).write_bytes(feats.tobytes())
         return StageReport(metrics={"frames": ctx.params.n_frames})
