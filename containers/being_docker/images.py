@@ -283,10 +283,10 @@ def python_of(c, image: str) -> str:
 # --- locks and wheels -------------------------------------------------------------------------------
 
 
-def read_lock(path: Path) -> list[str]:
-    """The ``name==version`` pins of a lock file."""
+def read_lock(path: Path, slug: str) -> list[str]:
+    """The ``name==version`` pins of the lock file of the image ``slug``."""
     if not path.is_file():
-        raise UsageError(f"{path} does not exist; create it with `being images lock {_slug_of(path)}`")
+        raise UsageError(f"{path} does not exist; create it with `being images lock {slug}`")
     pins = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip() and not line.startswith("#"):
@@ -294,10 +294,6 @@ def read_lock(path: Path) -> list[str]:
                 raise UsageError(f"{path}:{n}: expected NAME==VERSION, got '{line.strip()}'")
             pins.append(line.strip())
     return pins
-
-
-def _slug_of(lock: Path) -> str:
-    return lock.parent.parent.name.replace("being_", "").replace("_", "-")
 
 
 def _norm(name: str) -> str:
@@ -339,12 +335,24 @@ def write_lock(spec: ImageSpec, constraints: list[str] | tuple[str, ...] = ()) -
               "# Being's own distributions are built from their installed source folder when they came from one,",
               "# else fetched by these pins like any other package.",
               "# OpenCV is swapped for its headless build (no X11/OpenGL libraries in the image)."]
-    target = plugin_dir / spec.lock.relative_to(spec.lock.parents[2])
+    target = lock_target(spec.impl.cls.__module__.split(".")[0], spec.lock, plugin_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = target.with_name(f".{target.name}.tmp")
     tmp_path.write_text("\n".join([*header, *sorted(pins, key=str.lower)]) + "\n", encoding="utf-8")
     os.replace(tmp_path, target)
     return target
+
+
+def lock_target(package: str, installed_lock: Path, source: Path) -> Path:
+    """Where a lock goes in a plugin's source folder: where it is installed from, for an editable install;
+    else ``<package>/image/`` in the source's flat or ``src/`` layout."""
+    if installed_lock.resolve().is_relative_to(source.resolve()):
+        return installed_lock
+    for folder in (source / package, source / "src" / package):
+        if (folder / "__init__.py").is_file():
+            return folder / "image" / installed_lock.name
+    raise UsageError(f"cannot find the package {package} in {source} (neither {package}/ nor src/{package}/) "
+                     f"to write its lock into")
 
 
 def _local_sources() -> dict[str, Path]:
@@ -424,7 +432,7 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
     if not force and current(c, spec):
         log.info("%s is current, not rebuilt", spec.tag)
         return spec.tag
-    pins = read_lock(spec.lock)
+    pins = read_lock(spec.lock, spec.slug)
     local = _local_sources()
     from_source = {p: local[n] for p in pins if (n := _installed_name(p, local)) is not None}
     started = time.monotonic()

@@ -38,14 +38,14 @@ def test_read_lock_reads_pins_and_names_the_bad_line(tmp_path):
     lock = tmp_path / "being_x" / "image" / "requirements-cpu.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text("# header\nbeing-core==0.1.0\nnumpy==1.26.4\ntorch===2.13.0\n")
-    assert images.read_lock(lock) == ["being-core==0.1.0", "numpy==1.26.4", "torch===2.13.0"]
+    assert images.read_lock(lock, "x") == ["being-core==0.1.0", "numpy==1.26.4", "torch===2.13.0"]
     lock.write_text("numpy>=1.2\n")
     with pytest.raises(UsageError) as err:
-        images.read_lock(lock)
+        images.read_lock(lock, "x")
     assert str(err.value) == f"{lock}:1: expected NAME==VERSION, got 'numpy>=1.2'"
     with pytest.raises(UsageError) as err:
-        images.read_lock(tmp_path / "being_missing" / "image" / "requirements-cpu.lock")
-    assert str(err.value).endswith("does not exist; create it with `being images lock missing`")
+        images.read_lock(tmp_path / "being_missing" / "image" / "requirements-cpu.lock", "teeth-missing")
+    assert str(err.value).endswith("does not exist; create it with `being images lock teeth-missing`")
 
 
 def test_every_installed_implementation_ships_a_lock_of_its_own_package():
@@ -56,7 +56,7 @@ def test_every_installed_implementation_ships_a_lock_of_its_own_package():
     for spec in specs:
         package = spec.impl.cls.__module__.split(".")[0]
         assert spec.lock.parent == images.package_files(package) / "image", spec.slug
-        pins = images.read_lock(spec.lock)
+        pins = images.read_lock(spec.lock, spec.slug)
         names = {p.split("==")[0] for p in pins}
         version = __import__("importlib.metadata", fromlist=["version"]).version
         assert f"being-core=={version('being-core')}" in pins, spec.slug
@@ -110,3 +110,20 @@ def test_build_context_wheels_come_from_clean_source_copies(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "being_test_probe/__init__.py" in names and not [n for n in names if "stale_module" in n]
     assert Path(wheel).name.startswith("being_test_probe-0.1.0-")
+
+
+def test_a_lock_is_written_into_the_plugins_source_whatever_its_layout(tmp_path):
+    installed = tmp_path / "site-packages" / "being_x" / "image" / "requirements-cpu.lock"
+    flat, src = tmp_path / "flat", tmp_path / "srclayout"
+    (flat / "being_x").mkdir(parents=True)
+    (flat / "being_x" / "__init__.py").write_text("")
+    (src / "src" / "being_x").mkdir(parents=True)
+    (src / "src" / "being_x" / "__init__.py").write_text("")
+    assert images.lock_target("being_x", installed, flat) == flat / "being_x" / "image" / "requirements-cpu.lock"
+    assert images.lock_target("being_x", installed, src) == src / "src" / "being_x" / "image" / "requirements-cpu.lock"
+    editable = flat / "being_x" / "image" / "requirements-cpu.lock"
+    assert images.lock_target("being_x", editable, flat) == editable
+    with pytest.raises(UsageError) as err:
+        images.lock_target("being_y", installed, flat)
+    assert str(err.value) == (f"cannot find the package being_y in {flat} (neither being_y/ nor src/being_y/) to "
+                              "write its lock into")
