@@ -139,8 +139,11 @@ class Pipeline:
             self.run_stage(StageKind.TRAINER, action="render", params=params.model_dump(mode="json"))
             output.parent.mkdir(parents=True, exist_ok=True)
             tmp = output.with_name(f".{output.name}.tmp")
-            shutil.copyfile(self.root / params.output, tmp)
-            os.replace(tmp, output)
+            try:  # like write_text_atomic: the old video or the whole new one, never a partial file
+                shutil.copyfile(self.root / params.output, tmp)
+                os.replace(tmp, output)
+            finally:
+                tmp.unlink(missing_ok=True)
         return output
 
     def run_one(self, kind: StageKind) -> dict[str, Any] | None:
