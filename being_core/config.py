@@ -33,12 +33,12 @@ class IngestConfig(_Strict):
     audio: Literal["required", "optional"] = Field(
         "required", description="'optional' prepares a clip without an audio stream (no audio stage runs)."
     )
-    min_frames: int = Field(50, ge=1, description="Shortest clip, in frames at `fps`, worth training on.")
+    min_frames: int = Field(50, ge=1, le=100_000, description="Shortest clip, in frames at `fps`, worth training on.")
     jpeg_quality: int = Field(2, ge=1, le=31, description="ffmpeg -q:v for ori_imgs (1 best, 31 worst).")
     truncated: Literal["refuse", "accept"] = Field(
         "refuse", description="A video whose frames end well before its container's duration (a cut-off "
         "download): 'refuse' it, or 'accept' what decodes with a warning.")
-    val_split: int = Field(11, ge=2, description="The last 1/val_split of the frames is held out (the val "
+    val_split: int = Field(11, ge=2, le=1000, description="The last 1/val_split of the frames is held out (the val "
                            "split every stage reads); the reference datasets hold out 1/11.")
 
     def decoding(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ class RunnerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout_s: float | None = Field(None, gt=0, description="Wall-clock limit for the stage, seconds.")
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="Wall-clock limit for the stage, seconds.")
 
 
 OptionsT = TypeVar("OptionsT", bound=RunnerOptions)

@@ -8,6 +8,9 @@ Fixtures:
 * ``being_testdata`` - ``$BEING_TESTDATA`` or ``../shared/testdata`` beside the working directory (fails when
   ``CI=true`` and it is missing, skips otherwise);
 * ``being_run_stage`` - run one stage on a run folder and return its manifest entry.
+
+Helpers: :func:`unbounded_settings` lists the numeric settings of a config model that lack a lower or an upper
+bound (every number a user can set should have a sane range, so ``fps=1e308`` fails validation).
 """
 
 from __future__ import annotations
@@ -17,6 +20,41 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
+
+
+def unbounded_settings(model: type[BaseModel]) -> list[str]:
+    """Numeric fields of ``model`` (also inside tuples and optionals) without both a lower and an upper bound."""
+    import typing
+
+    import annotated_types as at
+
+    def numbers(annotation: Any, metadata: list[Any], path: str) -> list[str]:
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is typing.Annotated:
+            return numbers(args[0], [*metadata, *_constraints(args[1:])], path)
+        if origin is tuple:
+            return [p for i, a in enumerate(args) if a is not Ellipsis for p in numbers(a, [], f"{path}[{i}]")]
+        if args:  # X | None
+            return [p for a in args if a is not type(None) for p in numbers(a, metadata, path)]
+        if annotation in (int, float):
+            low = any(isinstance(m, (at.Ge, at.Gt)) for m in metadata)
+            high = any(isinstance(m, (at.Le, at.Lt)) for m in metadata)
+            return [] if low and high else [path]
+        return []
+
+    return [p for name, field in model.model_fields.items()
+            for p in numbers(field.annotation, list(field.metadata), name)]
+
+
+def _constraints(items: tuple[Any, ...]) -> list[Any]:
+    """The annotated-types constraints in ``Annotated`` extras (a pydantic ``Field`` carries its own)."""
+    from pydantic.fields import FieldInfo
+
+    out: list[Any] = []
+    for item in items:
+        out.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    return out
 
 
 @pytest.fixture

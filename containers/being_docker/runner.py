@@ -34,7 +34,7 @@ MOUNT = "/being/run"
 
 
 class DockerOptions(RunnerOptions):
-    cpus: float | None = Field(None, gt=0, description="CPU limit of the container.")
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit of the container.")
     memory: str | None = Field(None, description="Memory limit of the container, e.g. '8g'.")
     gpu: bool | None = Field(None, description="Request a GPU; default: what the implementation declares.")
     image: str | None = Field(None, description="Image to run instead of the implementation's own tag.")

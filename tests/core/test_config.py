@@ -75,3 +75,24 @@ def test_absurd_numbers_are_refused(registry):
         resolve({"ingest": {"fps": 1e308, "size": 100000}}, registry, "c.yaml")
     assert str(err.value) == ("c.yaml has 2 problems:\n  - ingest.fps: Input should be less than or equal to 120\n"
                               "  - ingest.size: Input should be less than or equal to 4096")
+
+
+def test_every_core_number_has_a_range(registry):
+    """The ingest settings and every runner's options; the contract test checks each stage's config."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, Field
+
+    from being_core.config import IngestConfig
+    from being_core.testing import unbounded_settings
+
+    class Loose(BaseModel):
+        a: int = Field(1, ge=0)
+        b: tuple[Annotated[float, Field(gt=0, le=1)], float] = (0.5, 2.0)
+        c: float | None = Field(None, ge=0, le=1)
+        d: str = "text"
+
+    assert unbounded_settings(Loose) == ["a", "b[1]"]
+    assert unbounded_settings(IngestConfig) == []
+    for runner in registry.runners():
+        assert unbounded_settings(runner.cls.Options) == [], runner.cls.name

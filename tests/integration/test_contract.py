@@ -8,6 +8,7 @@ from being_core.manifest import matches_any
 from being_core.plugins import load_registry
 from being_core.protocol import StageResult
 from being_core.stage import CAPABILITIES, PREPARE_STAGES, StageConfig
+from being_core.testing import unbounded_settings
 
 IMPLEMENTATIONS = load_registry().all()
 IDS = [f"{i.cls.kind}-{i.cls.name}" for i in IMPLEMENTATIONS]
@@ -25,6 +26,7 @@ def test_declaration(impl, tmp_path):
     assert set(cls.requires) <= providers, "every required capability has an installed provider"
     assert set(cls.requires) | set(cls.provides) <= set(CAPABILITIES), "capabilities are documented"
     assert cls.image() == f"being/{cls.slug()}:{cls.version}"
+    assert unbounded_settings(cls.Config) == [], "every numeric setting has a sane range"
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS if i.cls.kind in PREPARE_STAGES],

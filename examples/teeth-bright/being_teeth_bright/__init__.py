@@ -16,7 +16,7 @@ INNER_LIPS = slice(60, 68)
 class BrightConfig(StageConfig):
     min_value: float = Field(0.55, ge=0, le=1, description="Smallest HSV value (brightness) counted as teeth.")
     max_saturation: float = Field(0.45, ge=0, le=1, description="Largest HSV saturation counted as teeth.")
-    min_opening_px: float = Field(2.0, ge=0, description="Inner-lip gap below which the mouth counts as closed.")
+    min_opening_px: float = Field(2.0, ge=0, le=1000, description="Inner-lip gap below which the mouth counts as closed.")
 
 
 class BrightTeeth(TeethSegmenter[BrightConfig]):

@@ -19,7 +19,7 @@ class OpenFaceConfig(StageConfig):
     binary: str | None = Field(None, description="Path of OpenFace's FeatureExtraction executable.")
     csv: str | None = Field(None, description="An OpenFace CSV already made for this clip (absolute, or relative "
                                               "to the run folder).")
-    timeout_s: float = Field(3600, gt=0, description="Longest FeatureExtraction may run.")
+    timeout_s: float = Field(3600, gt=0, le=7 * 86400, description="Longest FeatureExtraction may run.")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -19,7 +19,7 @@ REFERENCE_FILE = "aud_hu.npy"
 class HubertConfig(ChunkedModelConfig):
     model: str = Field(REFERENCE_MODEL, description="Local folder, or a model id already in the local Hugging "
                                                     "Face cache; never downloaded at run time.")
-    layer: int = Field(-1, description="Hidden layer (-1 = last, 0 = the conv features).")
+    layer: int = Field(-1, ge=-64, le=64, description="Hidden layer (-1 = last, 0 = the conv features).")
     window: int = Field(2, ge=1, le=64, description="50 Hz states per video frame (W); 2 as the reference.")
 
 

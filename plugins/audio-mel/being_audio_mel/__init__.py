@@ -22,11 +22,11 @@ WIN = 400  # 25 ms analysis window
 class MelConfig(StageConfig):
     n_mels: int = Field(80, ge=8, le=256, description="Mel bands, the feature width D.")
     window: int = Field(16, ge=1, le=64, description="50 Hz frames per video frame, the window W (even).")
-    n_fft: int = Field(512, ge=128, description="FFT size in samples (32 ms at 16 kHz).")
-    fmin: float = Field(55.0, ge=0, description="Lowest mel frequency, Hz.")
+    n_fft: int = Field(512, ge=128, le=8192, description="FFT size in samples (32 ms at 16 kHz).")
+    fmin: float = Field(55.0, ge=0, lt=8000, description="Lowest mel frequency, Hz.")
     fmax: float = Field(7600.0, gt=0, le=8000, description="Highest mel frequency, Hz.")
     max_mismatch_frames: int = Field(
-        25, ge=0, description="Largest difference between audio length and video frame count, in video frames."
+        25, ge=0, le=10_000, description="Largest difference between audio length and video frame count, in video frames."
     )
 
 

@@ -20,18 +20,18 @@ REFERENCE_FILE = "aud_eo.npy"
 class ChunkedModelConfig(StageConfig):
     """Settings :func:`encode` reads, shared by the wav2vec2 and HuBERT encoders."""
 
-    chunk_seconds: float = Field(20.0, gt=0, description="Audio per model call; bounds memory on long clips.")
-    context_seconds: float = Field(2.0, ge=0, description="Extra audio each side of a chunk, then dropped.")
+    chunk_seconds: float = Field(20.0, gt=0, le=600, description="Audio per model call; bounds memory on long clips.")
+    context_seconds: float = Field(2.0, ge=0, le=60, description="Extra audio each side of a chunk, then dropped.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
     fp16: bool = Field(False, description="Half precision (GPU only).")
-    max_mismatch_frames: int = Field(25, ge=0, description="Largest audio/video length difference, in frames.")
+    max_mismatch_frames: int = Field(25, ge=0, le=10_000, description="Largest audio/video length difference, in frames.")
 
 
 class Wav2Vec2Config(ChunkedModelConfig):
     model: str = Field(REFERENCE_MODEL, description="Local folder, or a model id already in the local Hugging "
                                                     "Face cache; never downloaded at run time.")
     output: Literal["logits", "hidden"] = Field("logits", description="CTC logits, or a hidden layer's states.")
-    layer: int = Field(-1, description="Hidden layer for output: hidden (-1 = last, 0 = the conv features).")
+    layer: int = Field(-1, ge=-64, le=64, description="Hidden layer for output: hidden (-1 = last, 0 = the conv features).")
     window: int = Field(16, ge=1, le=64, description="50 Hz states per video frame (W); 16 as the reference.")
 
 

@@ -6,7 +6,7 @@ morphable model (mean shape + expression basis) is learned from the clip's own l
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -20,11 +20,11 @@ class MediapipeConfig(StageConfig):
         0.1, ge=0, le=1, description="Largest share of frames without a face before the stage fails."
     )
     n_exp: int = Field(16, ge=1, le=64, description="Expression basis size learned from the clip.")
-    iterations: int = Field(80, ge=10, description="Optimiser steps of the final pose/expression fit.")
-    focal_factors: tuple[float, ...] = Field(
-        (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), min_length=1, description="Focal lengths searched, in image widths."
+    iterations: int = Field(80, ge=10, le=10_000, description="Optimiser steps of the final pose/expression fit.")
+    focal_factors: tuple[Annotated[float, Field(gt=0.1, le=20)], ...] = Field(
+        (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), min_length=1, max_length=32, description="Focal lengths searched, in image widths."
     )
-    smooth: float = Field(1.0, ge=0, description="Weight of the temporal smoothness of pose.")
+    smooth: float = Field(1.0, ge=0, le=1000, description="Weight of the temporal smoothness of pose.")
     densify_level: int = Field(4, ge=1, le=8, description="Barycentric steps per mesh triangle for `vertices`.")
     parsing_variant: Literal["ernerf", "talkinggaussian"] = Field(
         "ernerf", description="'talkinggaussian' also paints the inner mouth grey and the hair black."

@@ -11,18 +11,24 @@ mmsegmentation's ``pytorch2onnx``) and set ``model`` to the file.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from being_core import StageConfig, StageContext, StageReport, TeethSegmenter, hookimpl
 
+_Side = Annotated[int, Field(ge=16, le=4096)]
+_Level = Annotated[float, Field(ge=0, le=255)]
+_Spread = Annotated[float, Field(gt=0, le=255)]
+
 
 class EasyPortraitConfig(StageConfig):
     model: str | None = Field(None, description="Path of the ONNX model (absolute, or relative to the run folder).")
-    input_size: tuple[int, int] | None = Field(None, description="Model input (height, width); null = read it "
+    input_size: tuple[_Side, _Side] | None = Field(None, description="Model input (height, width); null = read it "
                                                                  "from the model.")
-    teeth_label: int = Field(7, ge=0, description="Label of teeth in the model's output.")
-    mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="RGB mean, 0-255 scale.")
-    std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="RGB std, 0-255 scale.")
+    teeth_label: int = Field(7, ge=0, le=255, description="Label of teeth in the model's output.")
+    mean: tuple[_Level, _Level, _Level] = Field((123.675, 116.28, 103.53), description="RGB mean, 0-255 scale.")
+    std: tuple[_Spread, _Spread, _Spread] = Field((58.395, 57.12, 57.375), description="RGB std, 0-255 scale.")
     device: str = Field("auto", description="'auto' uses CUDA when onnxruntime has it, else the CPU; or 'cpu'.")
 
 

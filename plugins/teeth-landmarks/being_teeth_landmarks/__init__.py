@@ -18,10 +18,10 @@ INNER_MOUTH = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 
 
 
 class LandmarkTeethConfig(StageConfig):
-    min_opening: float = Field(0.06, ge=0, description="Inner-lip gap, as a share of mouth width, below which the "
+    min_opening: float = Field(0.06, ge=0, le=1, description="Inner-lip gap, as a share of mouth width, below which the "
                                                        "mouth counts as closed.")
     min_area: float = Field(0.03, ge=0, le=1, description="Smallest teeth mask, as a share of the mouth opening.")
-    sample_frames: int = Field(200, ge=1, description="Open-mouth frames used to learn the colour threshold.")
+    sample_frames: int = Field(200, ge=1, le=100_000, description="Open-mouth frames used to learn the colour threshold.")
 
 
 class LandmarkTeeth(TeethSegmenter[LandmarkTeethConfig]):

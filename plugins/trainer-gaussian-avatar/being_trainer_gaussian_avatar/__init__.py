@@ -18,36 +18,36 @@ from being_core import StageConfig, StageContext, StageReport, Trainer, hookimpl
 
 class AvatarConfig(StageConfig):
     resolution: int | None = Field(None, ge=32, le=4096, description="Training/render width in pixels; null = dataset size.")
-    coarse_iterations: int = Field(2000, ge=1, description="Static-Gaussian steps (batch 1).")
-    fine_iterations: int = Field(3000, ge=0, description="Deformation steps (batch_size frames each).")
+    coarse_iterations: int = Field(2000, ge=1, le=1_000_000, description="Static-Gaussian steps (batch 1).")
+    fine_iterations: int = Field(3000, ge=0, le=1_000_000, description="Deformation steps (batch_size frames each).")
     batch_size: int = Field(32, ge=1, le=1024, description="Frames per fine step.")
-    densify_from: int = Field(200, ge=1, description="First coarse step that densifies.")
-    densify_until: int = Field(1500, ge=1, description="Last coarse step that densifies.")
-    densify_interval: int = Field(100, ge=1, description="Coarse steps between densify/prune passes.")
-    densify_grad: float = Field(0.0002, gt=0, description="View-space gradient (NDC) that makes a Gaussian grow.")
-    prune_opacity: float = Field(0.005, ge=0, description="Gaussians below this opacity are removed.")
+    densify_from: int = Field(200, ge=1, le=1_000_000, description="First coarse step that densifies.")
+    densify_until: int = Field(1500, ge=1, le=1_000_000, description="Last coarse step that densifies.")
+    densify_interval: int = Field(100, ge=1, le=100_000, description="Coarse steps between densify/prune passes.")
+    densify_grad: float = Field(0.0002, gt=0, le=1, description="View-space gradient (NDC) that makes a Gaussian grow.")
+    prune_opacity: float = Field(0.005, ge=0, lt=1, description="Gaussians below this opacity are removed.")
     init_extra: float = Field(0.5, ge=0, le=4, description="Extra random Gaussians around the face (hair, "
                                                             "ears, skull), as a share of the tracked vertices.")
-    max_gaussians: int = Field(60000, ge=100, description="Upper bound on the number of Gaussians.")
-    lr_means: float = Field(1.6e-4, gt=0, description="Position learning rate, times the head's extent.")
-    lr_deformer: float = Field(1e-3, gt=0, description="Deformation network learning rate (tri-plane: x10).")
+    max_gaussians: int = Field(60000, ge=100, le=10_000_000, description="Upper bound on the number of Gaussians.")
+    lr_means: float = Field(1.6e-4, gt=0, le=1, description="Position learning rate, times the head's extent.")
+    lr_deformer: float = Field(1e-3, gt=0, le=1, description="Deformation network learning rate (tri-plane: x10).")
     lr_final: float = Field(1.0, gt=0, le=1, description="Fine-stage learning rates decay exponentially to this "
                             "fraction of their start.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="Fine-stage exponential moving average of the "
                              "weights, used as the final model; 0 turns it off.")
-    width: int = Field(64, ge=8, description="Feature width of the deformation transformer.")
-    heads: int = Field(4, ge=1, description="Attention heads.")
+    width: int = Field(64, ge=8, le=1024, description="Feature width of the deformation transformer.")
+    heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")
-    plane_channels: int = Field(32, ge=1, description="Tri-plane channels per plane.")
-    lambda_dssim: float = Field(0.2, ge=0, description="Weight of D-SSIM.")
-    lambda_lip: float = Field(1.0, ge=0, description="Weight of the lip-box L1 (fine stage).")
-    lambda_alpha: float = Field(0.1, ge=0, description="Weight of the head-mask alpha loss.")
+    plane_channels: int = Field(32, ge=1, le=512, description="Tri-plane channels per plane.")
+    lambda_dssim: float = Field(0.2, ge=0, le=100, description="Weight of D-SSIM.")
+    lambda_lip: float = Field(1.0, ge=0, le=100, description="Weight of the lip-box L1 (fine stage).")
+    lambda_alpha: float = Field(0.1, ge=0, le=100, description="Weight of the head-mask alpha loss.")
     lpips_weights: str | None = Field(
         None, description="A local file with LPIPS (AlexNet) weights, the state dict of the lpips package's "
         "LPIPS(net='alex'); never downloaded. When set, the fine stage adds lambda_lpips x LPIPS and the "
         "held-out metrics include lpips. null: no LPIPS.")
-    lambda_lpips: float = Field(0.01, ge=0, description="Weight of LPIPS in the fine stage (with lpips_weights).")
-    alpha_band: int = Field(0, ge=0, description="Pixels just outside the head mask, up to this distance (in "
+    lambda_lpips: float = Field(0.01, ge=0, le=100, description="Weight of LPIPS in the fine stage (with lpips_weights).")
+    alpha_band: int = Field(0, ge=0, le=256, description="Pixels just outside the head mask, up to this distance (in "
                             "pixels of a 512-wide frame, scaled to the training width), are left out of the alpha "
                             "loss: hair fringe that the parsing calls background. 0 turns it off.")
     target: Literal["frame", "composite"] = Field(
@@ -61,12 +61,12 @@ class AvatarConfig(StageConfig):
         "auto", description="'device' decodes every frame once into memory on the training device (7 bytes "
         "per pixel per frame); 'off' streams them from disk; 'auto' caches on a GPU when it takes at most "
         "a quarter of the free GPU memory.")
-    num_workers: int = Field(-1, ge=-1, description="Data-loader workers; -1 = min(8, cores / 2).")
-    seed: int = Field(0, description="Random seed (same seed, same data, same device: same run).")
-    log_every: int = Field(50, ge=1, description="Steps between progress/TensorBoard updates.")
-    checkpoint_every: int = Field(500, ge=1, description="Steps between resumable checkpoints.")
+    num_workers: int = Field(-1, ge=-1, le=256, description="Data-loader workers; -1 = min(8, cores / 2).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed (same seed, same data, same device: same run).")
+    log_every: int = Field(50, ge=1, le=1_000_000, description="Steps between progress/TensorBoard updates.")
+    checkpoint_every: int = Field(500, ge=1, le=1_000_000, description="Steps between resumable checkpoints.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs when tensorboard is installed.")
-    render_batch: int = Field(16, ge=1, description="Frames per rendering batch.")
+    render_batch: int = Field(16, ge=1, le=1024, description="Frames per rendering batch.")
 
 
 class GaussianAvatar(Trainer[AvatarConfig]):
