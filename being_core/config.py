@@ -27,9 +27,13 @@ class _Strict(BaseModel):
 class IngestConfig(_Strict):
     fps: float = Field(25.0, ge=1, le=120, description="Frame rate of the dataset; every public trainer expects 25.")
     size: int | None = Field(512, ge=32, le=4096, description="Square output size in pixels; null keeps the source size.")
-    crop: Literal["center", "none"] = Field(
-        "center", description="'center' crops the largest centred square before resizing; 'none' squashes."
-    )
+    crop: Literal["face", "center", "none"] = Field(
+        "face", description="'face' keeps one fixed square around the subject's head and shoulders, found by the "
+        "face tracker's 'locate' action on frames sampled over the whole clip; 'center' keeps the largest centred "
+        "square; 'none' squashes the whole frame.")
+    face_scale: float = Field(2.2, ge=1.2, le=8, description="With crop 'face': the square's side in face "
+                              "heights (plus the face's travel over the clip); as large as the frame allows.")
+    crop_samples: int = Field(9, ge=1, le=64, description="With crop 'face': frames sampled to find the face.")
     audio: Literal["required", "optional"] = Field(
         "required", description="'optional' prepares a clip without an audio stream (no audio stage runs)."
     )
@@ -218,6 +222,21 @@ def resolve(data: dict[str, Any], registry: Registry, source: str = "config") ->
     if problems or raw is None:
         raise ConfigError(source, problems)
     return ResolvedConfig(raw, resolved, source)
+
+
+def crop_problems(config: ResolvedConfig) -> list[str]:
+    """What stops ingest from cropping as configured: ``ingest.crop: face`` is a promise the face tracker keeps,
+    so one must be selected and able to locate faces. Checked before ``being prepare`` writes anything."""
+    if config.raw.ingest.crop != "face":
+        return []
+    if config.raw.stages.get(StageKind.FACE_TRACKER) is None:
+        return ["ingest.crop: 'face' finds the subject with the face tracker, but no stages.face_tracker is "
+                "selected; select one, or set ingest.crop: center"]
+    tracker = config.stages.get(StageKind.FACE_TRACKER)
+    if tracker is not None and not getattr(tracker.impl.cls, "can_locate", lambda: False)():
+        return [f"ingest.crop: 'face' needs a face tracker that locates faces, and face_tracker "
+                f"'{tracker.impl.cls.name}' has no 'locate' action; set ingest.crop: center"]
+    return []
 
 
 def load(name_or_path: str | Path | None, registry: Registry, overrides: list[str] | tuple[str, ...] = ()

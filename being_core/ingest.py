@@ -46,15 +46,93 @@ class MediaInfo:
     audio_codec: str | None
     audio_rate: int | None
     audio_channels: str | None
+    sar: tuple[int, int] | None = None  # sample (pixel) aspect ratio, when the container states one
+    rotation: float = 0.0  # display rotation in degrees, which ffmpeg applies while decoding
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def square_pixels(self) -> bool:
+        return self.sar is None or self.sar[0] == self.sar[1] or 0 in self.sar
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """Width and height of the decoded frames: non-square pixels made square, rotation applied."""
+        if self.width is None or self.height is None:
+            raise ValueError("no video stream")
+        width, height = self.width, self.height
+        if not self.square_pixels and self.sar:
+            width = int(width * self.sar[0] / self.sar[1]) // 2 * 2
+        if round(abs(self.rotation)) % 180 == 90:
+            width, height = height, width
+        return width, height
+
+    def geometry_notes(self) -> list[str]:
+        """What decoding does to the frames beyond the crop, for the log."""
+        notes = []
+        if not self.square_pixels and self.sar:
+            notes.append(f"its pixels are not square (sample aspect ratio {self.sar[0]}:{self.sar[1]}); frames are "
+                         f"resampled to square pixels, {self.width}x{self.height} becomes "
+                         f"{int(self.width or 0) * self.sar[0] // self.sar[1] // 2 * 2}x{self.height}")
+        if round(self.rotation) % 360:
+            notes.append(f"it carries a rotation of {self.rotation:g} degrees; frames are turned upright "
+                         f"({'x'.join(map(str, self.display_size))})")
+        return notes
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The fixed square that ingest keeps of every frame, in the pixels of the upright, square-pixel frame."""
+
+    mode: str  # 'center' or 'face'
+    x: int
+    y: int
+    side: int
+    frame_width: int
+    frame_height: int
+
+    @property
+    def whole_frame(self) -> bool:
+        return self.side == self.frame_width == self.frame_height
+
+    def describe(self) -> str:
+        return (f"the {self.side}x{self.side} square at ({self.x}, {self.y}) of the "
+                f"{self.frame_width}x{self.frame_height} frame")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def center_square(width: int, height: int) -> Crop:
+    side = min(width, height)
+    return Crop("center", (width - side) // 2, (height - side) // 2, side, width, height)
+
+
+def face_square(boxes: list[tuple[float, float, float, float]], width: int, height: int, scale: float) -> Crop:
+    """One square that holds the head and shoulders in every sampled frame: ``scale`` face heights (the median
+    face box) plus the face's travel between samples, the face a little above the middle; as large as the
+    frame allows, moved (never shrunk below that) to stay inside it."""
+    import numpy as np
+
+    b = np.asarray(boxes, dtype=np.float64)
+    size = float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
+    x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+    travel = max(x1 - x0, y1 - y0) - size
+    side = int(min(width, height, round(scale * size + max(travel, 0.0))))
+    side -= side % 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    x = int(round(min(max(cx - side / 2, 0), width - side)))
+    y = int(round(min(max(cy - 0.55 * side, 0), height - side)))
+    return Crop("face", x, y, side, width, height)
 
 
 _VIDEO_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
 _FPS_RE = re.compile(r"([\d.]+) fps")
 _AUDIO_RE = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
+_SAR_RE = re.compile(r"\[SAR (\d+):(\d+) DAR")
+_ROTATION_RE = re.compile(r"rotation of (-?[\d.]+) degrees|^\s*rotate\s*:\s*(-?[\d.]+)", re.IGNORECASE | re.MULTILINE)
 
 
 def probe(path: Path, expected: str = "a video") -> MediaInfo:
@@ -78,6 +156,15 @@ def probe(path: Path, expected: str = "a video") -> MediaInfo:
         if m := _FPS_RE.search(line):
             fps = float(m.group(1))
     dur = _DURATION_RE.search(text)
+    sar = rotation = None
+    if video:
+        video_section = text[text.index(video.group(0)):]
+        next_stream = video_section.find("Stream #", 1)
+        video_section = video_section[:next_stream] if next_stream > 0 else video_section
+        if m := _SAR_RE.search(video_section):
+            sar = (int(m.group(1)), int(m.group(2)))
+        if m := _ROTATION_RE.search(video_section):
+            rotation = float(m.group(1) or m.group(2))
     return MediaInfo(
         duration_s=int(dur.group(1)) * 3600 + int(dur.group(2)) * 60 + float(dur.group(3)) if dur else None,
         video_codec=video.group(1) if video else None,
@@ -87,6 +174,8 @@ def probe(path: Path, expected: str = "a video") -> MediaInfo:
         audio_codec=audio.group(1) if audio else None,
         audio_rate=int(audio.group(2)) if audio else None,
         audio_channels=audio.group(3).strip() if audio else None,
+        sar=sar,
+        rotation=rotation or 0.0,
     )
 
 
@@ -99,13 +188,48 @@ def check_streams(video: Path, info: MediaInfo, cfg: IngestConfig) -> None:
                          f"(ingest.audio: optional), but a trainer needs audio")
 
 
-def video_filter(cfg: IngestConfig) -> str:
-    filters = [f"fps={cfg.fps:g}"]
-    if cfg.crop == "center":
-        filters.append("crop='min(iw,ih)':'min(iw,ih)'")
+def upright_filters(info: MediaInfo) -> list[str]:
+    """Filters that make the pixels square (ffmpeg applies the rotation itself, before any filter)."""
+    return [] if info.square_pixels else ["scale='trunc(iw*sar/2)*2':ih", "setsar=1"]
+
+
+def video_filter(cfg: IngestConfig, info: MediaInfo, crop: Crop | None) -> str:
+    filters = [f"fps={cfg.fps:g}", *upright_filters(info)]
+    if crop is not None and not crop.whole_frame:
+        filters.append(f"crop={crop.side}:{crop.side}:{crop.x}:{crop.y}")
     if cfg.size:
         filters.append(f"scale={cfg.size}:{cfg.size}:flags=lanczos")
     return ",".join(filters)
+
+
+SAMPLES_DIR = "crop"
+
+
+def sample_frames(video: Path, info: MediaInfo, root: Path, count: int) -> list[str]:
+    """``count`` upright, square-pixel stills spread over the whole video, as ``crop/sample_<k>.jpg`` (run-folder
+    relative paths returned); the face-following crop is decided on them."""
+    folder = root / SAMPLES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("sample_*.jpg"):
+        old.unlink()
+    duration = info.duration_s or 0.0
+    written = []
+    for k in range(count):
+        name = f"sample_{k}.jpg"
+        tmp = folder / f".{name}.tmp.jpg"
+        at = duration * (k + 0.5) / count
+        vf = ",".join(upright_filters(info)) or "null"
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-ss", f"{at:.3f}",
+                               "-i", str(video), "-map", "0:v:0", "-frames:v", "1", "-vf", vf, "-q:v", "2", str(tmp)],
+                              capture_output=True, text=True, errors="replace", preexec_fn=die_with_parent)
+        if proc.returncode == 0 and tmp.is_file() and tmp.stat().st_size:
+            os.replace(tmp, folder / name)
+            written.append(f"{SAMPLES_DIR}/{name}")
+        else:
+            tmp.unlink(missing_ok=True)
+    if not written:
+        raise InputError(f"ffmpeg could not decode a single frame of {video} to find the face in")
+    return written
 
 
 @dataclass(frozen=True)
@@ -151,12 +275,19 @@ def _run_ffmpeg(args: list[str], what: Path, progress: Reporter, description: st
 
 
 def ingest(video: Path, root: Path, cfg: IngestConfig, progress: Reporter | None = None,
-           info: MediaInfo | None = None) -> IngestResult:
-    """Decode ``video`` into the run folder. Everything is written under ``.being/ingest`` first and moved
-    into place only when complete, so a failure never leaves a half-written dataset."""
+           info: MediaInfo | None = None, crop: Crop | None = None) -> IngestResult:
+    """Decode ``video`` into the run folder, keeping ``crop`` of every frame (all of it when None).
+    Everything is written under ``.being/ingest`` first and moved into place only when complete, so a
+    failure never leaves a half-written dataset."""
     progress = progress or Reporter()
     info = info or probe(video)
     check_streams(video, info, cfg)
+    if crop is None and cfg.crop == "face":
+        raise ValueError("ingest.crop: face is decided by the pipeline from the face tracker; pass its crop")
+    if crop is None and cfg.crop == "center":
+        crop = center_square(*info.display_size)
+    for note in info.geometry_notes():
+        log.info("ingest: %s: %s", video.name, note)
     want_audio = info.audio_codec is not None
     staging = root / INTERNAL_DIR / "ingest"
     if staging.exists():
@@ -164,7 +295,7 @@ def ingest(video: Path, root: Path, cfg: IngestConfig, progress: Reporter | None
     frames_tmp = staging / FRAMES_DIR
     frames_tmp.mkdir(parents=True)
     expected = round(info.duration_s * cfg.fps) if info.duration_s else None
-    _run_ffmpeg(["-i", str(video), "-map", "0:v:0", "-vf", video_filter(cfg), "-q:v", str(cfg.jpeg_quality),
+    _run_ffmpeg(["-i", str(video), "-map", "0:v:0", "-vf", video_filter(cfg, info, crop), "-q:v", str(cfg.jpeg_quality),
                  "-start_number", "0", str(frames_tmp / "%d.jpg")], video, progress, "ingest: frames", expected)
     frames = sorted((p.name for p in frames_tmp.glob("*.jpg")), key=natural_key)
     if len(frames) < cfg.min_frames:

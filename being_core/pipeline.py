@@ -20,20 +20,44 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import __version__
-from .config import ResolvedConfig, ResolvedStage, StageSelection, dump_yaml
+from .config import ResolvedConfig, ResolvedStage, StageSelection, crop_problems, dump_yaml
 from .contracts import Provided, check_chain, provided_by_run, unmet
 from .errors import ConfigError, InputError, StageFailed, UsageError
-from .ingest import AUDIO_FILE, MediaInfo, check_run_folder, check_streams, extract_audio, ingest, probe
+from .ingest import (
+    AUDIO_FILE,
+    SAMPLES_DIR,
+    Crop,
+    MediaInfo,
+    center_square,
+    check_run_folder,
+    check_streams,
+    extract_audio,
+    face_square,
+    ingest,
+    probe,
+    sample_frames,
+)
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
 from .progress import Reporter
 from .protocol import StageRequest, StageResult, write_json_atomic, write_text_atomic
 from .registry import Registry
-from .stage import PREPARE_STAGES, STAGE_ORDER, DatasetFacts, RenderParams, Stage, StageKind, split_point
+from .stage import (
+    PREPARE_STAGES,
+    STAGE_ORDER,
+    DatasetFacts,
+    FaceBoxes,
+    RenderParams,
+    Stage,
+    StageKind,
+    split_point,
+)
 
 log = logging.getLogger("being.pipeline")
 CONFIG_NAME = "config.yaml"
 RUN_LOG = f"{INTERNAL_DIR}/log.txt"
+_CROP_HINT = {"center": "ingest.crop: face follows the subject instead",
+              "face": "a larger ingest.face_scale keeps more around the face"}
 
 
 class Pipeline:
@@ -68,13 +92,21 @@ class Pipeline:
         kinds = STAGE_ORDER if train else PREPARE_STAGES
         info = probe(video)
         check_streams(video, info, self.config.raw.ingest)
+        if problems := crop_problems(self.config):
+            raise ConfigError(self.config.source, problems)
         self.preflight(kinds, has_audio=info.audio_codec is not None)
         check_run_folder(video, self.root)
         with self._open():
             self._save_config()
-            self.ingest(video, info)
+            crop = self.ingest(video, info)
             for kind in PREPARE_STAGES:
-                self.run_stage(kind)
+                try:
+                    self.run_stage(kind)
+                except StageFailed as exc:
+                    if kind == StageKind.FACE_TRACKER and crop is not None and not crop.whole_frame:
+                        raise StageFailed(f"{exc} (ingest kept {crop.describe()} of {video}; "
+                                          f"{_CROP_HINT[crop.mode]})") from None
+                    raise
             if train:
                 self._train()
         return self.manifest
@@ -268,43 +300,78 @@ class Pipeline:
         config = ResolvedConfig(self.config.raw, {StageKind.AUDIO_ENCODER: stage}, self.config.source)
         return Pipeline(sub_root, config, self.registry, self.progress, self.force)
 
-    def ingest(self, video: Path, info: MediaInfo | None = None) -> None:
+    def ingest(self, video: Path, info: MediaInfo | None = None) -> Crop | None:
         """Decode ``video`` into frames and audio unless the same video was decoded with the same settings;
-        then record the dataset facts, the split decided here from ``ingest.val_split``."""
+        then record the dataset facts, the split decided here from ``ingest.val_split``. Returns the crop."""
         m = self.manifest
         cfg = self.config.raw.ingest
+        info = info or probe(video)
+        crop = self._crop(video, info)
         video_sha = sha256_file(video)
-        key = sha256_json({"video": video_sha, "ingest": cfg.decoding()})
+        key = sha256_json({"video": video_sha, "ingest": cfg.decoding(), "crop": crop and crop.to_dict()})
         entry = m.stages.get("ingest")
         if entry and entry.get("key") == key and m.outputs_intact("ingest") and not self._forced("ingest"):
             log.info("ingest: unchanged, skipped")
         else:
             started = time.monotonic()
-            info = info or probe(video)
-            result = ingest(video, self.root, cfg, self.progress, info)
+            result = ingest(video, self.root, cfg, self.progress, info, crop)
             m.data["source"] = {"video": str(video.resolve()), "sha256": video_sha, **info.to_dict()}
             m.data["dataset"] = {"n_frames": result.n_frames, "fps": cfg.fps, "width": result.width,
                                  "height": result.height, "has_audio": result.has_audio,
                                  "audio_seconds": result.audio_seconds}
             m.forget([r for r in m.data["files"] if r.startswith("ori_imgs/")])
             m.stages["ingest"] = {"status": "done", "key": key, "config": cfg.decoding(),
+                                  "crop": crop and crop.to_dict(),
                                   "outputs": m.digests(result.outputs),
                                   "seconds": round(time.monotonic() - started, 3), "finished": _now()}
         m.data["dataset"]["val_start"] = split_point(m.data["dataset"]["n_frames"], cfg.val_split)
         m.save()
+        return crop
 
-    def run_stage(self, kind: StageKind, action: str = "run",
-                  params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def _crop(self, video: Path, info: MediaInfo) -> Crop | None:
+        """The square ingest keeps: the centred one, or (``ingest.crop: face``) one around the subject that the
+        face tracker's ``locate`` action finds on frames sampled over the whole clip."""
+        cfg = self.config.raw.ingest
+        width, height = info.display_size
+        if cfg.crop == "none":
+            return None
+        if cfg.crop == "center":
+            return center_square(width, height)
+        samples = sample_frames(video, info, self.root, cfg.crop_samples)
+        facts = DatasetFacts(n_frames=len(samples), fps=cfg.fps, width=width, height=height, has_audio=False,
+                             val_start=len(samples))
+        self.run_stage(StageKind.FACE_TRACKER, action="locate", params={"frames": samples}, dataset=facts)
+        path = self.root / SAMPLES_DIR / "faces.json"
+        try:
+            found = FaceBoxes.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValidationError) as exc:
+            raise StageFailed(f"face_tracker locate wrote an invalid {path}: {exc}") from None
+        if len(found.boxes) != len(samples):
+            raise StageFailed(f"face_tracker locate wrote {len(found.boxes)} boxes to {path} for {len(samples)} "
+                              f"sampled frames")
+        boxes = [b for b in found.boxes if b is not None]
+        if not boxes:
+            raise InputError(f"no face found in any of the {len(samples)} frames sampled over {video} "
+                             f"(ingest.crop: face, which looks for the subject to crop around); check that the "
+                             f"video shows a face, or keep the centre with ingest.crop: center")
+        crop = face_square(boxes, width, height, cfg.face_scale)
+        log.info("ingest: the face-following crop keeps %s (a face in %d of %d sampled frames)", crop.describe(),
+                 len(boxes), len(samples))
+        return crop
+
+    def run_stage(self, kind: StageKind, action: str = "run", params: dict[str, Any] | None = None,
+                  dataset: DatasetFacts | None = None) -> dict[str, Any] | None:
         """Run one stage unless its cached outputs are still valid. Returns its manifest entry.
 
-        ``action="render"`` runs a trainer's render under the manifest entry ``trainer:render``.
+        ``action="render"`` runs a trainer's render under the manifest entry ``trainer:render``; ``dataset``
+        replaces the run's facts (a face tracker's ``locate`` runs before ingest, on sampled frames).
         """
         rs = self.config.stages.get(kind)
         if rs is None:
             return None
         cls = rs.impl.cls
         m = self.manifest
-        facts = self.facts()
+        facts = dataset or self.facts()
         name = str(kind) if action == "run" else f"{kind}:{action}"
         if kind == StageKind.AUDIO_ENCODER and not facts.has_audio:
             log.info("%s: skipped, the clip has no audio", kind)

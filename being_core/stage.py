@@ -126,6 +126,24 @@ class RenderParams(BaseModel):
     output: RunPath = Field(description="The .mp4 to write.")
 
 
+class LocateParams(BaseModel):
+    """Parameters of a face tracker's ``locate`` action: still frames sampled from the whole source video
+    (before any crop), relative to the run folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: list[RunPath] = Field(min_length=1, max_length=256, description="Sampled frames (JPEG).")
+
+
+class FaceBoxes(BaseModel):
+    """What ``locate`` writes to ``crop/faces.json``: per sampled frame, the subject's face box
+    ``[x0, y0, x1, y1]`` in that frame's pixels (the largest face when there are several), or null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    boxes: list[tuple[float, float, float, float] | None]
+
+
 @dataclass(frozen=True)
 class Action:
     """An action other than ``run`` that a kind declares: its method, typed parameters and its files."""
@@ -313,6 +331,16 @@ class FaceTracker(Stage[ConfigT]):
     kind = StageKind.FACE_TRACKER
     inputs: ClassVar[tuple[str, ...]] = ("ori_imgs/*.jpg",)
     outputs: ClassVar[tuple[str, ...]] = ("face/landmarks.npy", "face/confidence.npy", "ori_imgs/*.lms")
+
+    #: The optional ``locate`` action, which ``ingest.crop: face`` needs: add it with
+    #: ``actions = {"locate": FaceTracker.locate_action}`` and a method ``locate(ctx)`` that reads
+    #: ``ctx.params.frames`` (:class:`LocateParams`) and writes ``crop/faces.json`` (:class:`FaceBoxes`).
+    locate_action: ClassVar[Action] = Action("locate", LocateParams, inputs=("crop/sample_*.jpg",),
+                                             outputs=("crop/faces.json",))
+
+    @classmethod
+    def can_locate(cls) -> bool:
+        return "locate" in cls.actions
 
 
 class AudioEncoder(Stage[ConfigT]):

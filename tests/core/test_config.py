@@ -65,7 +65,7 @@ def test_the_saved_config_has_every_default(registry):
     data = resolved.to_dict()
     assert data["ingest"]["val_split"] == 11
     assert data["stages"]["audio_encoder"]["config"] == {"value": 0.0, "fail": False, "undeclared": False,
-                                                         "pause": 0.0}
+                                                         "pause": 0.0, "face": [1 / 3, 1 / 4, 2 / 3, 3 / 4]}
     assert data["stages"]["audio_encoder"]["runner_options"] == {"thread_name": "toy-worker"}
     assert RunConfig.model_validate(data)
 

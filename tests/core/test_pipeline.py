@@ -284,7 +284,8 @@ def test_a_cut_off_video_is_refused_unless_accepted(cut_video, tmp_path, registr
     assert message.endswith("decode; the file is probably cut off. Fetch it again, or keep what decodes with "
                             "ingest.truncated: accept")
     assert not (root / "ori_imgs").exists() and runs(runs_log) == 0
-    accepting = resolve({"ingest": {**config(registry).raw.ingest.model_dump(), "truncated": "accept"},
+    accepting = resolve({"ingest": {**config(registry).raw.ingest.model_dump(), "truncated": "accept",
+                                    "crop": "center"},
                          "stages": {"teeth_segmenter": {"impl": "toy"}}}, registry, "toy config")
     with caplog.at_level("WARNING", logger="being.ingest"):
         manifest = Pipeline(root, accepting, registry).prepare(cut_video)
@@ -360,7 +361,7 @@ def test_killing_being_during_ingest_leaves_no_writer_behind(toy_video, tmp_path
                     "testsrc2=size=1280x720:rate=25:duration=40", "-f", "lavfi", "-i", "sine=duration=40",
                     "-shortest", "-pix_fmt", "yuv420p", "-preset", "ultrafast", str(long)], check=True)
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"ingest": {"size": 512, "min_frames": 10}, "stages": {}}))
+    config.write_text(yaml.safe_dump({"ingest": {"size": 512, "min_frames": 10, "crop": "center"}, "stages": {}}))
     root = tmp_path / "run"
     being = subprocess.Popen([sys.executable, "-m", "being_core", "prepare", str(long), "-o", str(root), "-c",
                               str(config), "-q"])

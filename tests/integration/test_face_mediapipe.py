@@ -8,7 +8,7 @@ import torch
 from being_face_mediapipe.fit import euler2rot, pose, project
 from conftest import FAST_FACE, make_video, prepare
 
-from being_core.errors import StageFailed
+from being_core.errors import InputError, StageFailed
 
 FACE = [f"stages.face_tracker.config.{k}={v}" for k, v in FAST_FACE.items()]
 
@@ -94,10 +94,31 @@ def test_several_faces_follow_the_largest(being_testdata, tmp_path):
 def test_a_clip_without_a_face_is_an_error_and_writes_nothing(tmp_path):
     video = make_video(tmp_path / "wall.mp4", "-f", "lavfi", "-i", "color=c=0x808070:s=256x256:d=2.4:r=25",
                        "-pix_fmt", "yuv420p")
-    with pytest.raises(StageFailed) as err:
+    with pytest.raises(InputError) as err:  # the face-following crop finds none
         prepare(video, tmp_path / "run", [*FACE, "ingest.audio=optional", "ingest.min_frames=10"])
+    assert str(err.value).startswith(f"no face found in any of the 9 frames sampled over {video} (ingest.crop: face")
+    assert not (tmp_path / "run" / "ori_imgs").exists()
+    with pytest.raises(StageFailed) as err:
+        prepare(video, tmp_path / "run", [*FACE, "ingest.audio=optional", "ingest.min_frames=10", "ingest.crop=center"])
     assert str(err.value) == "face_tracker 'mediapipe' failed: ValueError: no face found in any of the 60 frames of ori_imgs/"
     assert not list((tmp_path / "run").glob("ori_imgs/*.lms")) and not (tmp_path / "run" / "track_params.pt").exists()
+
+
+def test_the_crop_follows_a_face_off_centre(face5, prepared_face5, tmp_path):
+    """face5 (524x524) placed right of centre in a 1200x720 frame: the face-following crop finds it, and the
+    landmarks tracked in the crop land where the centred clip's do, once both are mapped to the wide frame."""
+    left, top = 620, 100
+    video = make_video(tmp_path / "wide.mp4", "-i", str(face5), "-vf", f"pad=1200:720:{left}:{top}:black",
+                       "-c:a", "copy", "-pix_fmt", "yuv420p")
+    manifest = prepare(video, tmp_path / "run", FACE)
+    crop = manifest.stages["ingest"]["crop"]
+    assert crop["mode"] == "face" and crop["x"] <= left + 150 and crop["x"] + crop["side"] >= left + 400
+    wide = np.load(tmp_path / "run" / "face" / "landmarks.npy")[..., :2] * crop["side"] / 512 + [crop["x"], crop["y"]]
+    centred = np.load(prepared_face5 / "face" / "landmarks.npy")[..., :2] * 524 / 512 + [left, top]
+    error = np.linalg.norm(wide - centred, axis=-1)
+    assert np.median(error) < 3.0 and np.percentile(error, 95) < 8.0, (np.median(error), np.percentile(error, 95))
+    # the centred square of the same frame cuts the face: the crop is what found it
+    assert crop["x"] > (1200 - 720) // 2 + 60
 
 
 def read_like_a_trainer(root, i):

@@ -29,7 +29,7 @@ def wav_facts(path):
 ])
 def test_ingest_counts_decoded_frames_and_writes_16k_mono(being_testdata, being_run_dir, clip, frames):
     video = being_testdata / "videos" / clip
-    result = ingest(video, being_run_dir, IngestConfig())
+    result = ingest(video, being_run_dir, IngestConfig(crop="center"))
     assert result.n_frames == frames == decoded_frames(video)
     jpgs = sorted(being_run_dir.glob("ori_imgs/*.jpg"))
     assert len(jpgs) == frames and (being_run_dir / "ori_imgs" / f"{frames - 1}.jpg").exists()
@@ -45,7 +45,7 @@ def test_ingest_resamples_other_rates_and_keeps_native_size(being_testdata, bein
     src = make_video(tmp_path / "30fps.mp4", "-i", str(being_testdata / "videos" / "liveportrait_d20.mp4"),
                      "-i", str(being_testdata / "audio" / "sadtalker_fayu_pcm24.wav"), "-map", "0:v", "-map", "1:a",
                      "-r", "30", "-t", "4", "-c:a", "aac", "-ar", "48000")
-    result = ingest(src, being_run_dir, IngestConfig(size=None, min_frames=10))
+    result = ingest(src, being_run_dir, IngestConfig(size=None, min_frames=10, crop="center"))
     assert result.n_frames in (100, 101)
     assert (result.width, result.height) == (480, 480)
     assert wav_facts(being_run_dir / "aud.wav")[:2] == (16000, 1)
@@ -75,7 +75,7 @@ def test_not_a_video(being_testdata, being_run_dir):
 def test_audio_file_has_no_video_stream(being_testdata, being_run_dir):
     path = being_testdata / "audio" / "geneface_zozo.wav"
     with pytest.raises(InputError) as err:
-        ingest(path, being_run_dir, IngestConfig())
+        ingest(path, being_run_dir, IngestConfig(crop="center"))
     assert str(err.value) == f"{path} has no video stream"
 
 
@@ -88,7 +88,7 @@ def test_missing_file(being_run_dir, tmp_path):
 def test_too_short_leaves_nothing(being_testdata, being_run_dir):
     video = being_testdata / "videos" / "videoretalking_face5.mp4"
     with pytest.raises(InputError) as err:
-        ingest(video, being_run_dir, IngestConfig(min_frames=500))
+        ingest(video, being_run_dir, IngestConfig(min_frames=500, crop="center"))
     assert str(err.value) == (f"{video} is too short: 122 frames at 25 fps, at least 500 are needed "
                               f"(ingest.min_frames)")
     assert not (being_run_dir / "ori_imgs").exists() and not (being_run_dir / "aud.wav").exists()
@@ -117,7 +117,8 @@ def test_never_overwrites_the_input(being_testdata, tmp_path):
 
 def test_reingest_replaces_frames(being_testdata, being_run_dir):
     ingest(being_testdata / "videos" / "sadtalker_hdtf_WDA_AlexandriaOcasioCortez_000.mp4", being_run_dir,
-           IngestConfig())
-    result = ingest(being_testdata / "videos" / "videoretalking_face5.mp4", being_run_dir, IngestConfig(size=128))
+           IngestConfig(crop="center"))
+    result = ingest(being_testdata / "videos" / "videoretalking_face5.mp4", being_run_dir,
+                    IngestConfig(size=128, crop="center"))
     assert len(list(being_run_dir.glob("ori_imgs/*.jpg"))) == result.n_frames == 122
     assert np.asarray(Image.open(being_run_dir / "ori_imgs" / "121.jpg")).shape == (128, 128, 3)

@@ -42,7 +42,37 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
     outputs = (*FaceTracker.outputs, "face/head_model.npz", "track_params.pt", "transforms_train.json",
                "transforms_val.json", "parsing/*.png", "bc.jpg", "gt_imgs/*.jpg", "torso_imgs/*.png")
     provides = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
+    actions = {"locate": FaceTracker.locate_action}
     test_config = {"iterations": 60, "focal_factors": [1.5, 2.5]}
+
+    def locate(self, ctx: StageContext[MediapipeConfig]) -> StageReport:
+        """The subject's face box in each sampled frame: MediaPipe's full-range face detector (faces far from
+        the camera too), the largest face when there are several."""
+        import json
+
+        import cv2
+        import mediapipe as mp
+
+        from being_core.native import native_stderr_to
+
+        boxes: list[list[float] | None] = []
+        with native_stderr_to(ctx.log), mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=ctx.config.min_confidence) as detector:
+            for rel in ctx.params.frames:
+                image = cv2.imread(str(ctx.input(rel)))
+                if image is None:
+                    raise ValueError(f"{rel} cannot be read")
+                height, width = image.shape[:2]
+                found = detector.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).detections or []
+                faces = []
+                for detection in found:
+                    b = detection.location_data.relative_bounding_box
+                    x0, y0 = max(b.xmin, 0.0) * width, max(b.ymin, 0.0) * height
+                    x1, y1 = min(b.xmin + b.width, 1.0) * width, min(b.ymin + b.height, 1.0) * height
+                    faces.append([round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1)])
+                boxes.append(max(faces, key=lambda f: (f[2] - f[0]) * (f[3] - f[1])) if faces else None)
+        ctx.output("crop/faces.json").write_text(json.dumps({"boxes": boxes}))
+        return StageReport(metrics={"frames_with_face": sum(b is not None for b in boxes), "frames": len(boxes)})
 
     def run(self, ctx: StageContext[MediapipeConfig]) -> StageReport:
         from being_core.native import native_stderr_to

@@ -37,6 +37,8 @@ class ToyConfig(StageConfig):
     fail: bool = Field(False, description="Raise after writing one file.")
     undeclared: bool = Field(False, description="Also write a file the class does not declare.")
     pause: float = Field(0.0, ge=0, description="Seconds the trainer's render waits before writing (to interrupt it).")
+    face: tuple[float, float, float, float] | None = Field(
+        (1 / 3, 1 / 4, 2 / 3, 3 / 4), description="Where locate 'finds' the face, as shares of the frame; null: none.")
 
 
 def _runs_file(ctx: StageContext) -> Path:
@@ -54,15 +56,37 @@ class ToyTracker(FaceTracker[ToyConfig]):
 
     name = "toy"
     version = "1.0.0"
+    actions = {"locate": FaceTracker.locate_action}
+
+    def locate(self, ctx: StageContext[ToyConfig]) -> StageReport:
+        """Reports ``config.face`` (shares of each sampled frame's size) as the face box."""
+        from being_core.ingest import _jpeg_size
+
+        boxes = []
+        for rel in ctx.params.frames:
+            width, height = _jpeg_size(ctx.input(rel).read_bytes(), ctx.input(rel))
+            f = ctx.config.face
+            boxes.append(None if f is None else [f[0] * width, f[1] * height, f[2] * width, f[3] * height])
+        ctx.output("crop/faces.json").write_text(json.dumps({"boxes": boxes}))
+        return StageReport(metrics={"frames": len(boxes)})
 
     def run(self, ctx: StageContext[ToyConfig]) -> StageReport:
         count_run(ctx, "face_tracker")
         n = ctx.dataset.n_frames
+        if ctx.config.fail:
+            raise ValueError(f"no face found in any of the {n} frames of ori_imgs/")
         np.save(ctx.output("face/landmarks.npy"), np.full((n, 5, 3), ctx.config.value, np.float32))
         np.save(ctx.output("face/confidence.npy"), np.ones(n, np.float32))
         for i in range(n):
             np.savetxt(ctx.output(f"ori_imgs/{i}.lms"), np.zeros((68, 2)))
         return StageReport(metrics={"frames": n}, info={"landmarks": 5})
+
+
+class ToyBlindTracker(ToyTracker):
+    """A face tracker without the ``locate`` action (ingest.crop: face cannot use it)."""
+
+    name = "toy-blind"
+    actions = {}
 
 
 class ToyFullTracker(ToyTracker):
@@ -201,5 +225,5 @@ def being_register_runners(registry):
 
 @hookimpl
 def being_register_stages(registry):
-    for cls in (ToyTracker, ToyFullTracker, ToyEncoder, ToyTeeth, ToyTrainer):
+    for cls in (ToyTracker, ToyBlindTracker, ToyFullTracker, ToyEncoder, ToyTeeth, ToyTrainer):
         registry.add(cls)
