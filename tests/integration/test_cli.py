@@ -23,6 +23,7 @@ def test_prepare_end_to_end_with_the_cli(being_testdata, tmp_path):
     assert proc.returncode == EXIT_OK, proc.stderr
     assert len(list(run.glob("ori_imgs/*.lms"))) == 78
     assert (run / ".being" / "log.txt").read_text().count("face_tracker 'mediapipe': running") == 1
+    assert (run / ".being" / "log.txt").read_text().count("face_tracker:locate 'mediapipe': running") == 1
     # mediapipe's native log lines (TFLite, absl) stay off the console
     assert "XNNPACK" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
     assert proc.stdout.splitlines() == [f"done: {run}", f"next: being train {run}"]

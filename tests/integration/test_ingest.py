@@ -10,7 +10,7 @@ from being_core.config import IngestConfig
 from being_core.errors import InputError
 from being_core.ingest import ingest, probe
 
-NO_FACE_STAGES = ["stages.face_tracker=null", "stages.audio_encoder=null", "stages.au_extractor=null",
+NO_FACE_STAGES = ["ingest.crop=center", "stages.face_tracker=null", "stages.audio_encoder=null", "stages.au_extractor=null",
                   "stages.teeth_segmenter=null"]
 
 

@@ -65,7 +65,7 @@ def test_the_wheels_alone_run_the_whole_job(installed, face5, tmp_path):
 
     manifest = json.loads((run / "being.json").read_text())
     assert [k for k, v in manifest["stages"].items() if v["status"] == "done"] == [
-        "ingest", "face_tracker", "audio_encoder", "au_extractor", "trainer"]
+        "face_tracker:locate", "ingest", "face_tracker", "audio_encoder", "au_extractor", "trainer"]
     site = sh(installed / "bin" / "python", "-c", "import being_core.configs as c; print(c.__file__)",
               cwd=elsewhere, env=env).stdout
     assert str(installed) in site and str(REPO) not in site
