@@ -14,6 +14,7 @@ from .stage import (  # noqa: E402
     FaceTracker,
     Refiner,
     RenderParams,
+    Resources,
     Stage,
     StageConfig,
     StageContext,
@@ -25,6 +26,6 @@ from .stage import (  # noqa: E402
 
 __all__ = [
     "AUExtractor", "Action", "AudioEncoder", "Command", "CommandContext", "Commands", "DatasetFacts", "FaceTracker",
-    "Implementation", "Refiner", "Registry", "RenderParams", "Runner", "RunnerOptions", "Stage", "StageConfig",
+    "Implementation", "Refiner", "Registry", "RenderParams", "Resources", "Runner", "RunnerOptions", "Stage", "StageConfig",
     "StageContext", "StageKind", "StageReport", "TeethSegmenter", "Trainer", "__version__", "hookimpl",
 ]

@@ -34,6 +34,7 @@ class RichReporter(Reporter):
                                   TextColumn("{task.fields[note]}"),
                                   console=console, transient=False)
         self._tasks: dict[int, int] = {}
+        self._closed: dict[int, int] = {}
         self._started = False
 
     def __enter__(self):
@@ -61,10 +62,16 @@ class RichReporter(Reporter):
     def on_close(self, task_id):
         rich_id = self._tasks.pop(task_id, None)
         if rich_id is not None:
-            task = self._progress.tasks[rich_id]
+            task = next(t for t in self._progress.tasks if t.id == rich_id)
             if task.total is None:
                 self._progress.update(rich_id, total=task.completed)
             self._progress.stop_task(rich_id)
+            self._closed[task_id] = rich_id
+
+    def on_forget(self, task_id):
+        rich_id = self._closed.pop(task_id, None)
+        if rich_id is not None:
+            self._progress.remove_task(rich_id)
 
 
 def print_table(console, title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -76,6 +77,9 @@ class Pipeline:
                              f"use ingest, {', '.join(map(str, StageKind))} or all")
         self._manifest: Manifest | None = None
         self._checked: set[StageKind] = set()  # stages whose runner said it can run them
+        #: What this pipeline object ran (``ingest``, ``face_tracker``, ``trainer:render``...), cached steps not
+        #: included: empty after a command that found everything done.
+        self.ran: list[str] = []
 
     @property
     def manifest(self) -> Manifest:
@@ -268,6 +272,8 @@ class Pipeline:
             path.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(path, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            thread = threading.get_ident()  # several runs in one process (being batch): each keeps its own lines
+            handler.addFilter(lambda record: record.thread == thread)
             logging.getLogger("being").addHandler(handler)
         try:
             yield self._manifest
@@ -314,6 +320,7 @@ class Pipeline:
             log.info("ingest: unchanged, skipped")
         else:
             started = time.monotonic()
+            self.ran.append("ingest")
             result = ingest(video, self.root, cfg, self.progress, info, crop)
             m.data["source"] = {"video": str(video.resolve()), "sha256": video_sha, **info.to_dict()}
             m.data["dataset"] = {"n_frames": result.n_frames, "fps": cfg.fps, "width": result.width,
@@ -421,7 +428,8 @@ class Pipeline:
         self.manifest.stages[name] = {"status": "running", "impl": cls.name, "started": _now(),
                                       "outputs": previous.get("outputs", {})}
         self.manifest.save()
-        log.info("%s '%s': running (%s runner)", rs.kind, cls.name, rs.selection.runner)
+        log.info("%s '%s': running (%s runner)", name, cls.name, rs.selection.runner)
+        self.ran.append(name)
         rs.runner.cls().launch(rs.impl, request_path, self.root, rs.runner_options, self.progress)
         result_path = self.root / request.result_path
         if not result_path.is_file():

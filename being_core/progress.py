@@ -71,6 +71,37 @@ class Reporter:
     def on_close(self, task_id: int) -> None:
         pass
 
+    def on_forget(self, task_id: int) -> None:
+        """A closed task need not be shown any more (a display may drop it)."""
+
+
+class PrefixReporter(Reporter):
+    """Shows its tasks on another reporter, each description prefixed (``being batch``: one subject's steps);
+    with ``transient`` a finished task leaves the display."""
+
+    def __init__(self, target: Reporter, prefix: str, transient: bool = False):
+        super().__init__()
+        self._target, self._prefix, self._transient = target, prefix, transient
+        self._tasks: dict[int, Task] = {}
+
+    def on_start(self, task_id, description, total, unit):
+        self._tasks[task_id] = self._target.task(f"{self._prefix}{description}", total, unit)
+
+    def on_advance(self, task_id, n):
+        if task_id in self._tasks:
+            self._tasks[task_id].advance(n)
+
+    def on_note(self, task_id, text):
+        if task_id in self._tasks:
+            self._tasks[task_id].note(text)
+
+    def on_close(self, task_id):
+        if task_id in self._tasks:
+            task = self._tasks.pop(task_id)
+            task.close()
+            if self._transient:
+                self._target.on_forget(task.id)
+
 
 class JsonLinesReporter(Reporter):
     """Writes events as JSON lines (``{"event": "progress", ...}``), throttled, for a parent process to replay."""

@@ -154,6 +154,17 @@ class Action:
     outputs: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one run of a stage occupies, for runners that schedule (Ray): CPUs, GPUs and memory."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    #: False: the stage also runs (slower) where no GPU is free, so a scheduler may give it none.
+    gpu_required: bool = False
+    memory_gb: float | None = None
+
+
 @dataclass
 class StageReport:
     """What ``run()`` returns: ``metrics`` for people, ``info`` for later stages (stored in ``being.json``)."""
@@ -276,6 +287,12 @@ class Stage(Generic[ConfigT]):
         if act is None:
             return cls.inputs, cls.outputs, cls.optional_outputs
         return act.inputs, act.outputs, ()
+
+    @classmethod
+    def resources(cls, config: ConfigT) -> Resources:
+        """What a run with ``config`` occupies; by default one CPU, and a GPU when ``needs_gpu``. Override when the
+        config decides (a trainer told to use the CPU needs no GPU)."""
+        return Resources(gpus=1.0 if cls.needs_gpu else 0.0)
 
     @classmethod
     def check_definition(cls) -> list[str]:

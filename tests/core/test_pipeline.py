@@ -423,3 +423,48 @@ def test_render_names_a_bad_audio_file_as_audio(toy_video, tmp_path, registry, r
     with pytest.raises(InputError) as err:
         Pipeline(root, config(registry), registry).render(noise, tmp_path / "says.mp4")
     assert str(err.value) == f"{noise} is not audio ffmpeg can read (ffmpeg: invalid data)"
+
+
+def test_a_pipeline_says_what_it_ran_and_runs_in_threads_keep_their_own_logs(toy_video, tmp_path, registry,
+                                                                             caplog):
+    """What `being batch` relies on: `ran` is empty when everything was cached, and two runs driven from two
+    threads of one process each log only their own lines into their run log."""
+    import threading
+
+    caplog.set_level("INFO", logger="being")
+    roots = [tmp_path / "a", tmp_path / "b"]
+    pipelines = [Pipeline(root, config(registry), registry) for root in roots]
+    threads = [threading.Thread(target=p.prepare, args=(toy_video,)) for p in pipelines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert pipelines[0].ran == ["face_tracker:locate", "ingest", "face_tracker", "audio_encoder", "teeth_segmenter"]
+    for root in roots:
+        assert (root / ".being" / "log.txt").read_text().count("teeth_segmenter 'toy': running") == 1
+    again = Pipeline(roots[0], config(registry), registry)
+    again.prepare(toy_video)
+    assert again.ran == []
+
+
+def test_a_prefix_reporter_shows_tasks_under_a_name_and_drops_finished_ones():
+    from being_core.progress import PrefixReporter, Reporter
+
+    class Recorder(Reporter):
+        def __init__(self):
+            super().__init__()
+            self.events = []
+
+        def on_start(self, task_id, description, total, unit):
+            self.events.append(("start", task_id, description))
+
+        def on_close(self, task_id):
+            self.events.append(("close", task_id))
+
+        def on_forget(self, task_id):
+            self.events.append(("forget", task_id))
+
+    target = Recorder()
+    with PrefixReporter(target, "clip: ", transient=True).task("face: landmarks", 3) as task:
+        task.advance()
+    assert target.events == [("start", 1, "clip: face: landmarks"), ("close", 1), ("forget", 1)]

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from being_core import StageConfig, StageContext, StageReport, Trainer, hookimpl
+from being_core import Resources, StageConfig, StageContext, StageReport, Trainer, hookimpl
 
 
 class AvatarConfig(StageConfig):
@@ -81,9 +81,16 @@ class GaussianAvatar(Trainer[AvatarConfig]):
     outputs = ("avatar/model.pt", "avatar/metrics.json", "avatar/val.mp4")
     optional_outputs = ("avatar/tb/*",)
     requires = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
-    actions = {"render": Trainer.render_action(inputs=("avatar/model.pt", "track_params.pt", "torso_imgs/*.png",
-                                                       "bc.jpg", "ori_imgs/*.lms", "face/landmarks.npy"))}
+    #: render reads what training read (the poses, the backgrounds, the training features' statistics) and the model
+    actions = {"render": Trainer.render_action(inputs=(*inputs, "avatar/model.pt"))}
     headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd")
+
+    @classmethod
+    def resources(cls, config: AvatarConfig) -> Resources:
+        """A GPU unless told to use the CPU ('auto' also trains, slower, without one); two CPUs for loading."""
+        if config.device == "cpu":
+            return Resources(cpus=2.0)
+        return Resources(cpus=2.0, gpus=1.0, gpu_required=config.device == "cuda")
     test_config = {"resolution": 64, "coarse_iterations": 12, "fine_iterations": 6, "batch_size": 2,
                    "densify_from": 5, "densify_interval": 5, "densify_until": 11, "log_every": 3,
                    "num_workers": 0, "tensorboard": False, "plane_resolution": 16}
