@@ -1,5 +1,8 @@
 """``being batch CLIP... -o DIR``: prepare and train every clip, one run folder per clip.
 
+An argument that is a prepared run folder (it holds ``being.json``) is trained where it is: ``being batch
+runs/* -o DIR`` trains every prepared subject.
+
 Without ``--ray`` the subjects run one after another on this machine, each stage with the runner its config
 names. With ``--ray`` every stage runs as a Ray task (``runner: ray``; a stage the config puts in Docker runs
 in its image on the node) and all subjects are in flight at once: Ray runs as many tasks as the cluster has
@@ -24,6 +27,7 @@ from typing import Any
 from being_core import Command, CommandContext
 from being_core.config import ResolvedConfig, crop_problems, load, resolve
 from being_core.errors import EXIT_OK, EXIT_STAGE_FAILED, BeingError, ConfigError, UsageError
+from being_core.manifest import Manifest
 from being_core.pipeline import Pipeline
 from being_core.progress import PrefixReporter, Reporter
 from being_core.protocol import write_text_atomic
@@ -38,7 +42,7 @@ _subject = threading.local()
 @dataclass
 class Subject:
     name: str
-    clip: Path
+    clip: Path | None  # None: ``root`` is a prepared run folder given as such
     root: Path
     status: str = "waiting"  # done, up to date, failed
     seconds: float = 0.0
@@ -49,14 +53,16 @@ class Subject:
 
 
 def plan(clips: list[Path], out: Path) -> list[Subject]:
-    """One subject per clip, named after the clip's file name (``-2``, ``-3`` for repeated names)."""
+    """One subject per clip, named after the clip's file name (``-2``, ``-3`` for repeated names); a prepared run
+    folder is its own subject."""
     subjects: list[Subject] = []
     seen: dict[str, int] = {}
     for clip in clips:
-        base = re.sub(r"[^A-Za-z0-9_-]+", "_", clip.stem).strip("_")[:60] or "clip"
+        prepared = clip.is_dir() and (clip / "being.json").is_file()
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", clip.name if prepared else clip.stem).strip("_")[:60] or "clip"
         seen[base] = seen.get(base, 0) + 1
         name = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        subjects.append(Subject(name, clip, out / name))
+        subjects.append(Subject(name, None, clip) if prepared else Subject(name, clip, out / name))
     return subjects
 
 
@@ -160,7 +166,10 @@ def _run_subject(subject: Subject, config: ResolvedConfig, registry: Registry, p
     started = time.monotonic()
     pipeline = Pipeline(subject.root, config, registry, PrefixReporter(progress, f"{subject.name}: ", transient=True))
     try:
-        manifest = pipeline.prepare(subject.clip, train=train)
+        if subject.clip is not None:
+            manifest = pipeline.prepare(subject.clip, train=train)
+        else:  # a prepared run folder: train it, or (--prepare-only) nothing to do
+            manifest = pipeline.train() if train else Manifest.load(subject.root)
         trainer = (manifest.stages.get(str(StageKind.TRAINER)) or {}) if train else {}
         subject.metrics = dict(trainer.get("metrics") or {})
         subject.status = "done" if pipeline.ran else "up to date"
@@ -190,7 +199,7 @@ def _write_summary(out: Path, subjects: list[Subject], config: ResolvedConfig, s
     if not out.is_dir():
         return
     doc = {"config": config.source, "seconds": round(seconds, 1),
-           "subjects": [{**asdict(s), "clip": str(s.clip), "root": str(s.root)} for s in subjects]}
+           "subjects": [{**asdict(s), "clip": s.clip and str(s.clip), "root": str(s.root)} for s in subjects]}
     write_text_atomic(out / SUMMARY, json.dumps(doc, indent=1))
 
 
