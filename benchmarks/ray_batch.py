@@ -273,8 +273,8 @@ def main() -> None:
     r.add_argument("--kill", action="store_true")
     r.add_argument("--extra", type=Path, action="append", default=[], help="more carried subjects/ folders")
     r.add_argument("--smoke", action="store_true", help="a tiny CPU run here, to check the script")
-    r.add_argument("--schedule", help="COARSE,FINE trainer steps (default: %s,%s)" % (
-        TRAIN["coarse_iterations"], TRAIN["fine_iterations"]))
+    r.add_argument("--schedule", help=f"COARSE,FINE trainer steps (default: {TRAIN['coarse_iterations']},"
+                                      f"{TRAIN['fine_iterations']})")
     args = ap.parse_args()
     if args.command == "carry":
         carry(args.runs, args.dest)
