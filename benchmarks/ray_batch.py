@@ -17,6 +17,11 @@ trainer once it has written a checkpoint: the batch must still finish, that trai
 ``OUT/ray_batch.json``: wall time and throughput per mode, per-subject held-out metrics (identical across modes
 is the claim), utilisation per card over time.
 
+On a machine without a GPU, the whole job (prepare and train) of a few clips on a two-node Ray cluster of this
+machine (one CPU per node), against the same batch without Ray:
+
+    python -m benchmarks.ray_batch local CLIP... --out OUT [-c cpu-small]
+
 ``carry`` writes DEST (ignored by git): wheels of being-core and the plugins (being-ray included) for CPython
 3.12, gsplat and the pure-Python needs, imageio-ffmpeg with its binary xz-compressed, Ray's wheel repacked as
 ``ray.tar.xz`` without what a batch never imports (Java jars, RLlib, Data, Serve, Tune, Train; 25 MB instead of
@@ -260,6 +265,38 @@ def _title(pid: int) -> bytes:
         return b""
 
 
+def local(clips: list[Path], out: Path, config: str) -> None:
+    """Two ``ray start`` nodes of one CPU each on this machine; ``being batch`` with and without ``--ray``."""
+    import socket
+
+    ray = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"machine": f"{os.cpu_count()} CPU cores, no GPU", "config": config, "clips": [c.name for c in clips]}
+    runs = out / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    code, seconds = being(env, "batch", *map(str, clips), "-o", str(runs / "sequential"), "-c", config,
+                          log=out / "sequential.log")
+    report["sequential"] = {"exit": code, "seconds": seconds,
+                            "subjects": json.loads((runs / "sequential" / "batch.json").read_text())["subjects"]}
+    try:
+        subprocess.run([str(ray), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"],
+                       env=env, check=True, capture_output=True)
+        subprocess.run([str(ray), "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"], env=env, check=True,
+                       capture_output=True)
+        code, seconds = being(env, "batch", *map(str, clips), "-o", str(runs / "ray"), "-c", config, "--ray",
+                              f"127.0.0.1:{port}", log=out / "ray.log")
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True)
+    report["ray_two_nodes"] = {"exit": code, "seconds": seconds,
+                               "subjects": json.loads((runs / "ray" / "batch.json").read_text())["subjects"]}
+    (out / "ray_batch_local.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v["seconds"] for k, v in report.items() if isinstance(v, dict)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -275,8 +312,14 @@ def main() -> None:
     r.add_argument("--smoke", action="store_true", help="a tiny CPU run here, to check the script")
     r.add_argument("--schedule", help=f"COARSE,FINE trainer steps (default: {TRAIN['coarse_iterations']},"
                                       f"{TRAIN['fine_iterations']})")
+    lo = sub.add_parser("local")
+    lo.add_argument("clips", nargs="+", type=Path)
+    lo.add_argument("--out", type=Path, required=True)
+    lo.add_argument("-c", "--config", default="cpu-small")
     args = ap.parse_args()
-    if args.command == "carry":
+    if args.command == "local":
+        local(args.clips, args.out, args.config)
+    elif args.command == "carry":
         carry(args.runs, args.dest)
     else:
         schedule = tuple(int(v) for v in args.schedule.split(",")) if args.schedule else None

@@ -247,3 +247,26 @@ def test_a_batch_survives_a_lost_node_and_a_bad_clip(cluster, face5, tmp_path):
     assert again.returncode == 0, output
     subject = json.loads((out / "batch.json").read_text())["subjects"][0]
     assert (subject["status"], subject["ran"]) == ("up to date", [])
+
+
+def test_a_stage_in_its_image_inside_a_ray_task(cluster, prepared_face5, tmp_path, caplog):
+    """runner_options.inner: docker, on the node that cannot see the run folder: the container runs on the
+    shipped copy, and the result is the in-process one."""
+    from being_docker import images
+
+    if not any(images.client().images.list(name="being/teeth-landmarks")):
+        pytest.fail("the teeth-landmarks image is not built; run `being images build --preprocess` (scripts/test.sh does)")
+    here, there = tmp_path / "here", tmp_path / "there"
+    for root in (here, there):
+        shutil.copytree(prepared_face5, root)
+    teeth = ["stages.teeth_segmenter.impl=landmarks", "stages.teeth_segmenter.config={}"]
+    Pipeline(here, _config(*teeth), load_registry()).run_one(StageKind.TEETH_SEGMENTER)
+    boxed = _config(*teeth, runner={"resources": {"far": 1}, "inner": "docker", "inner_options": {"cpus": 1}})
+    with caplog.at_level("INFO", logger="being"):
+        entry = Pipeline(there, boxed, load_registry()).run_one(StageKind.TEETH_SEGMENTER)
+    assert "teeth_segmenter 'landmarks': ran as a Ray task on node" in caplog.text and "shipped (" in caplog.text
+    ours, theirs = Manifest.load(here).stages["teeth_segmenter"], entry
+    assert theirs["outputs"] == ours["outputs"] and len(ours["outputs"]) > 100
+    # the container's log came back with the shipped work folder; in-process there is none
+    log = ".being/stages/teeth_segmenter/work/stage.log"
+    assert (there / log).is_file() and not (here / log).exists()
