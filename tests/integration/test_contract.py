@@ -7,7 +7,7 @@ import pytest
 from being_core.manifest import matches_any
 from being_core.plugins import load_registry
 from being_core.protocol import StageResult
-from being_core.stage import CAPABILITIES, PREPARE_STAGES, StageConfig
+from being_core.stage import CAPABILITIES, PREPARE_STAGES, Resources, StageConfig
 from being_core.testing import unbounded_settings
 
 IMPLEMENTATIONS = load_registry().all()
@@ -27,6 +27,8 @@ def test_declaration(impl, tmp_path):
     assert set(cls.requires) | set(cls.provides) <= set(CAPABILITIES), "capabilities are documented"
     assert cls.image() == f"being/{cls.slug()}:{cls.version}"
     assert unbounded_settings(cls.Config) == [], "every numeric setting has a sane range"
+    needs = cls.resources(cls.Config.model_validate(cls.contract_config(tmp_path)))
+    assert isinstance(needs, Resources) and needs.cpus > 0 and needs.gpus >= 0, "what a scheduler must reserve"
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLEMENTATIONS if i.cls.kind in PREPARE_STAGES],
