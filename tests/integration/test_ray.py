@@ -247,6 +247,12 @@ def test_a_batch_survives_a_lost_node_and_a_bad_clip(cluster, face5, tmp_path):
     assert again.returncode == 0, output
     subject = json.loads((out / "batch.json").read_text())["subjects"][0]
     assert (subject["status"], subject["ran"]) == ("up to date", [])
+    # a prepared (here: trained) run folder given as such is its own subject, trained where it is, without Ray
+    trained = _batch(f"{out / face5.stem}/", "-o", str(tmp_path / "again"), "-c", str(config))
+    output, _ = trained.communicate(timeout=600)
+    assert trained.returncode == 0, output
+    subject = json.loads((tmp_path / "again" / "batch.json").read_text())["subjects"][0]
+    assert (subject["name"], subject["root"], subject["status"]) == (face5.stem, str(out / face5.stem), "up to date")
 
 
 def test_a_stage_in_its_image_inside_a_ray_task(cluster, prepared_face5, tmp_path, caplog):

@@ -1,7 +1,7 @@
 """``being batch CLIP... -o DIR``: prepare and train every clip, one run folder per clip.
 
 An argument that is a prepared run folder (it holds ``being.json``) is trained where it is: ``being batch
-runs/* -o DIR`` trains every prepared subject.
+runs/*/ -o DIR`` trains every prepared subject.
 
 Without ``--ray`` the subjects run one after another on this machine, each stage with the runner its config
 names. With ``--ray`` every stage runs as a Ray task (``runner: ray``; a stage the config puts in Docker runs
