@@ -132,7 +132,13 @@ class RayRunner(Runner[RayOptions]):
         try:
             while True:
                 done, _ = ray.wait([ref], timeout=0.3)
-                for line in ray.get(hub.take.remote(job["launch_id"])):
+                try:
+                    lines = ray.get(hub.take.remote(job["launch_id"]))
+                except ray.exceptions.RayError:  # the hub went with a lost node: progress lines only are lost
+                    with _connect_lock:
+                        _hub_handle.clear()
+                    hub, lines = _hub(), []
+                for line in lines:
                     replay(line, progress, tasks)
                 if done:
                     break
@@ -198,7 +204,9 @@ def _hub() -> Any:
     with _connect_lock:
         if session not in _hub_handle:
             _hub_handle.clear()
-            _hub_handle[session] = ray.remote(ProgressHub).options(num_cpus=0).remote()
+            here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)  # on the driver's node, not a worker's
+            _hub_handle[session] = ray.remote(ProgressHub).options(num_cpus=0, scheduling_strategy=here).remote()
         return _hub_handle[session]
 
 
