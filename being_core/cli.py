@@ -197,9 +197,16 @@ def _cmd_train(args, ctx, registry) -> int:
 
 
 def _cmd_render(args, ctx, registry) -> int:
-    out = _pipeline(args, ctx.progress, args.run, registry).render(args.audio, args.output)
+    pipeline = _pipeline(args, ctx.progress, args.run, registry)
+    out = pipeline.render(args.audio, args.output)
     if not ctx.quiet:
         ctx.console.out(f"wrote {out}", highlight=False)
+        metrics = (pipeline.manifest.stages.get("trainer:render") or {}).get("metrics", {})
+        trainer = pipeline.config.stages.get("trainer")
+        names = trainer.impl.cls.render_headline_metrics if trainer else ()
+        shown = [f"{k} {metrics[k]}" for k in names if metrics.get(k) is not None]
+        if shown:
+            ctx.console.out(f"render metrics: {', '.join(shown)}", highlight=False)
     return EXIT_OK
 
 

@@ -409,6 +409,8 @@ class Trainer(Stage[ConfigT]):
     kind = StageKind.TRAINER
     reads_info: ClassVar[tuple[StageKind, ...]] = (StageKind.AUDIO_ENCODER,)
     actions: ClassVar[dict[str, Action]] = {"render": Action("render", RenderParams, outputs=("renders/*/*.mp4",))}
+    #: The render's metrics worth a line after ``being render`` (e.g. how the mouth follows the new speech).
+    render_headline_metrics: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def render_action(cls, inputs: tuple[str, ...]) -> Action:

@@ -10,7 +10,7 @@ echo "test: ruff"
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: core tests"
-.venv/bin/python -m pytest -q tests/core
+.venv/bin/python -m pytest -q -n auto tests/core
 bash scripts/docker.sh
 .venv/bin/being images build -q --preprocess
 echo "test: integration tests"

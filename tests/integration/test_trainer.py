@@ -143,6 +143,9 @@ def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_sta
     assert info.audio_codec == "aac" and abs(info.duration_s - 5.02) < 0.15
     sub = Manifest.load(next((prepared_copy / "renders").iterdir()))
     assert sub.stages["audio_encoder"]["impl"] == "wav2vec2", "render encodes with the run's own encoder"
+    rendered = Manifest.load(prepared_copy).stages["trainer:render"]["metrics"]
+    assert rendered["frames"] == frames and isinstance(rendered["envelope_corr"], float)
+    assert rendered["silent_frames"] >= 0 and "silent_closed" in rendered
 
 
 def test_checkpoints_resume_the_same_run(prepared_copy, being_run_stage, monkeypatch):
@@ -224,6 +227,10 @@ def test_held_out_protocols_score_a_perfect_head_exactly(data, tmp_path):
     assert m["psnr_full_frame"] == m["psnr_full_frame_ceiling"] < 60
     assert m["psnr_gt_imgs"] > m["psnr_full_frame"]
     assert m["ssim_full_frame"] < 1.0
+    # the mouth is the real mouth (only the background differs, which moves FaceMesh's points by a fraction of a
+    # pixel): in sync, unbiased, following the speech as the real one does
+    assert m["mouth_corr"] > 0.98 and abs(m["mouth_bias_pct"]) < 3 and m["lmd"] < 0.5 and m["av_offset"] == 0, m
+    assert abs(m["envelope_corr"] - m["envelope_corr_real"]) < 0.05, m
     assert (tmp_path / "avatar" / "val.mp4").stat().st_size > 0
 
 

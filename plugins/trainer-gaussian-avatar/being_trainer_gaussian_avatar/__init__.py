@@ -77,13 +77,15 @@ class GaussianAvatar(Trainer[AvatarConfig]):
     needs_gpu = True
     inputs = ("ori_imgs/*.jpg", "ori_imgs/*.lms", "parsing/*.png", "torso_imgs/*.png", "bc.jpg",
               "track_params.pt", "face/landmarks.npy", "aud_*.npy")
-    optional_inputs = ("au.csv",)
+    optional_inputs = ("au.csv", "aud.wav")
     outputs = ("avatar/model.pt", "avatar/metrics.json", "avatar/val.mp4")
     optional_outputs = ("avatar/tb/*",)
     requires = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
     #: render reads what training read (the poses, the backgrounds, the training features' statistics) and the model
     actions = {"render": Trainer.render_action(inputs=(*inputs, "avatar/model.pt"))}
-    headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd")
+    headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd", "mouth_corr", "mouth_bias_pct", "av_offset",
+                        "silent_closed")
+    render_headline_metrics = ("frames", "silent_frames", "silent_closed", "envelope_corr")
 
     @classmethod
     def resources(cls, config: AvatarConfig) -> Resources:

@@ -74,7 +74,7 @@ class RunData:
     """Everything per frame that is small enough to keep in memory; pixels are read on demand."""
 
     def __init__(self, root: Path, facts: DatasetFacts, features: AudioFeatures, resolution: int | None):
-        self.root, self.n = root, facts.n_frames
+        self.root, self.n, self.fps = root, facts.n_frames, facts.fps
         self.src_w, self.src_h = facts.width, facts.height
         self.width = resolution or self.src_w
         self.height = round(self.src_h * self.width / self.src_w)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import torch
 
+from being_core.audio import SAMPLE_RATE, read_wav
+
+from . import lipsync
 from .data import RunData, load_tensors
 from .train import Avatar
 from .video import write_video
@@ -41,16 +45,32 @@ def render(ctx, cfg) -> dict:
     if len(audio) < n_out:  # at most one frame short: repeat the last window
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
     started = time.monotonic()
+    mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 
-    def frames():
+    def frames(meter):
         with ctx.progress.task("render: frames", total=n_out, unit="frame") as task:
             for lo in range(0, n_out, cfg.render_batch):
                 ids = seq[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
                 rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[lo:lo + len(ids)],
                                       eye=data.eye[torch.as_tensor(ids)])
-                yield from (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+                for frame in (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8):
+                    if meter:
+                        mouths.append(meter.points(frame))
+                    yield frame
                 task.advance(len(ids))
 
-    write_video(ctx.output(params.output), frames(), audio=ctx.input(params.audio))
-    return {"frames": n_out, "seconds": round(time.monotonic() - started, 2), "device": str(device)}
+    with contextlib.ExitStack() as stack:
+        try:
+            meter = stack.enter_context(lipsync.MouthMeter())
+        except ImportError:  # no mediapipe here: the video without its mouth metrics
+            meter = None
+        write_video(ctx.output(params.output), frames(meter), audio=ctx.input(params.audio))
+    seconds = round(time.monotonic() - started, 2)
+    metrics: dict = {"frames": n_out, "seconds": seconds, "device": str(device)}
+    if meter:  # how the mouth follows the new speech: closed in its pauses, open with its loudness
+        samples = read_wav(ctx.input(params.audio))
+        metrics.update(lipsync.against_speech(np.array(mouths), samples, SAMPLE_RATE, data.fps))
+    else:
+        metrics.update(silent_frames=None, silent_closed=None, envelope_corr=None)
+    return metrics

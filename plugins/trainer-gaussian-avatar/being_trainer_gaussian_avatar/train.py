@@ -4,7 +4,6 @@ checkpoints that resume, evaluation on the held-out frames."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -361,7 +360,9 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
       background that changes during the clip (an animated studio wall) or hair the parsing calls
       background; ``psnr_full_frame_ceiling`` is what a perfect head scores here, i.e. how much of that
       error the background alone accounts for;
-    * ``lpips`` (with ``lpips_weights``; otherwise null): LPIPS (AlexNet) against the ground truth of ``psnr``."""
+    * ``lpips`` (with ``lpips_weights``; otherwise null): LPIPS (AlexNet) against the ground truth of ``psnr``;
+    * the mouth (:func:`lip_sync`, where mediapipe is installed): opening correlation and bias, mouth LMD,
+      audio-video offset, closed in silence, correlation with the speech envelope."""
     from .video import write_video
 
     sums = dict.fromkeys(("psnr", "psnr_gt_imgs", "psnr_full_frame", "psnr_full_frame_ceiling"), 0.0)  # squared errors
@@ -395,34 +396,31 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
     out.update({k: round(db(se / values), 3) for k, se in sums.items()})
     out.update({k: round(v / len(data.val_ids), 4) for k, v in ssims.items()})
     out["lpips"] = round(lpips_sum / len(data.val_ids), 4) if perceptual is not None else None
-    out["lmd"] = mouth_landmark_distance(pred, gt)
+    out.update(lip_sync(data.root, data.val_ids, data.fps, pred, gt))
     write_video(ctx.output("avatar/val.mp4"), np.concatenate([pred, gt], 2))
     return out
 
 
-MOUTH = [61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91, 78, 81, 13, 311, 308, 402, 14, 178]
+def lip_sync(root: Path, ids: list[int], fps: float, pred: np.ndarray, gt: np.ndarray) -> dict:
+    """The mouth of the held-out renders against the real frames and against the speech under them
+    (:mod:`.lipsync`; ``*_real`` is the real frames' own score, for reference). All None when mediapipe is
+    not installed here."""
+    from being_core.audio import SAMPLE_RATE, read_wav
 
+    from . import lipsync
 
-def mouth_landmark_distance(pred: np.ndarray, gt: np.ndarray):
-    """Mean distance (pixels) between FaceMesh mouth landmarks of rendered and real uint8 RGB frames; None when
-    mediapipe is not installed here."""
+    keys = ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "silent_frames", "silent_closed",
+            "silent_closed_real", "envelope_corr", "envelope_corr_real")
     try:
-        import mediapipe as mp
+        rendered, real = lipsync.mouth_points(pred), lipsync.mouth_points(gt)
     except ImportError:
-        return None
-    from being_core.native import native_stderr_to
-
-    dists = []
-    with native_stderr_to(logging.getLogger("being.stage")), \
-            mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as fm:
-        for p, g in zip(pred, gt):
-            pts = []
-            for img in (p, g):
-                res = fm.process(img)
-                if not res.multi_face_landmarks:
-                    break
-                lm = res.multi_face_landmarks[0].landmark
-                pts.append(np.array([(lm[k].x * img.shape[1], lm[k].y * img.shape[0]) for k in MOUTH]))
-            if len(pts) == 2:
-                dists.append(np.linalg.norm(pts[0] - pts[1], axis=1).mean())
-    return round(float(np.mean(dists)), 3) if dists else None
+        return dict.fromkeys(keys)
+    out = lipsync.against_real(rendered, real)
+    wav = root / "aud.wav"
+    if wav.is_file():
+        lo = round(ids[0] / fps * SAMPLE_RATE)
+        samples = read_wav(wav)[lo:lo + round(len(ids) / fps * SAMPLE_RATE)]
+        out.update(lipsync.against_speech(rendered, samples, SAMPLE_RATE, fps))
+        own = lipsync.against_speech(real, samples, SAMPLE_RATE, fps)
+        out.update(silent_closed_real=own["silent_closed"], envelope_corr_real=own["envelope_corr"])
+    return {k: out.get(k) for k in keys}

@@ -1,0 +1,158 @@
+"""Lip sync, measured: how far a mouth opens in each frame, compared with the real frames or with the speech.
+
+The opening of a frame is FaceMesh's inner-lip gap (points 13 and 14) divided by the mouth's width (corners 61
+and 291), so it does not depend on the frame size or the distance to the camera. A mouth is *closed* below
+:data:`CLOSED`. Against real frames: the correlation of the openings, the mean bias (in % of the real mean),
+the mouth landmark distance and the lag that best aligns the two (the audio-video offset; 0 when in sync).
+Against speech: the share of silent frames (an energy voice-activity detector, no model) with a closed mouth,
+and the correlation of the opening with the speech envelope.
+
+numpy does the arithmetic; mediapipe (FaceMesh) finds the landmarks, imported only when frames are measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+#: FaceMesh points of the lips (outer and inner contours)
+MOUTH = [61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91, 78, 81, 13, 311, 308, 402, 14, 178]
+UPPER, LOWER, LEFT, RIGHT = (MOUTH.index(k) for k in (13, 14, 61, 291))
+#: an opening (inner-lip gap / mouth width) below this is a closed mouth; speaking mouths sit around 0.07-0.12
+CLOSED = 0.05
+#: the audio-video offset is searched within this many frames either way
+MAX_LAG = 5
+#: speech quieter than the clip's loud level (95th percentile of frame RMS) by this many dB is silence
+SILENCE_DB = 25.0
+#: a pause is silence that lasts this many seconds at least; its first and last frames are left out
+MIN_PAUSE_S, PAUSE_EDGE = 0.3, 2
+
+
+class MouthMeter:
+    """FaceMesh over frames one by one (each on its own, no tracking between frames), as a context manager:
+    ``meter.points(frame)`` gives the ``[20, 2]`` pixel positions of the :data:`MOUTH` points in a uint8 RGB
+    frame, NaN when no face is found. ImportError on entry when mediapipe is not installed."""
+
+    def __enter__(self) -> MouthMeter:
+        import mediapipe as mp
+
+        from being_core.native import native_stderr_to
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(native_stderr_to(logging.getLogger("being.stage")))
+            self._mesh = stack.enter_context(mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=False))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+    def points(self, frame: np.ndarray) -> np.ndarray:
+        res = self._mesh.process(np.ascontiguousarray(frame))
+        if not res.multi_face_landmarks:
+            return np.full((len(MOUTH), 2), np.nan)
+        lm = res.multi_face_landmarks[0].landmark
+        return np.array([(lm[k].x * frame.shape[1], lm[k].y * frame.shape[0]) for k in MOUTH])
+
+
+def mouth_points(frames: Iterable[np.ndarray]) -> np.ndarray:
+    """``[T, 20, 2]``: :meth:`MouthMeter.points` of every frame."""
+    with MouthMeter() as meter:
+        return np.array([meter.points(f) for f in frames]).reshape(-1, len(MOUTH), 2)
+
+
+def opening(points: np.ndarray) -> np.ndarray:
+    """``[T]`` inner-lip gap over mouth width of :func:`mouth_points` (NaN where there was no face)."""
+    gap = np.linalg.norm(points[:, UPPER] - points[:, LOWER], axis=-1)
+    width = np.linalg.norm(points[:, LEFT] - points[:, RIGHT], axis=-1)
+    return gap / np.where(width > 0, width, np.nan)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's r over the frames where both are known; 0 when either does not vary (a mouth that never moves
+    follows nothing), None with fewer than 3 such frames."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return None
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-12 else 0.0
+
+
+def best_lag(moved: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -> int | None:
+    """The lag ``k`` (frames, within ``±max_lag``) that best aligns ``moved[t + k]`` with ``reference[t]``: how
+    many frames later ``moved`` does what ``reference`` does. Ties go to the smallest ``|k|``; None when
+    nothing correlates."""
+    n = min(len(moved), len(reference))
+    scores = {}
+    for k in range(-max_lag, max_lag + 1):
+        lo, hi = max(0, -k), min(n, n - k)
+        if hi - lo >= 3:
+            r = correlation(moved[lo + k:hi + k], reference[lo:hi])
+            if r is not None:
+                scores[k] = r
+    if not scores or max(scores.values()) <= 0:
+        return None
+    top = max(scores.values())
+    return min((k for k, r in scores.items() if r >= top - 1e-9), key=abs)
+
+
+def against_real(rendered: np.ndarray, real: np.ndarray) -> dict[str, float | int | None]:
+    """Mouth metrics of rendered frames against the real ones, from :func:`mouth_points` of both:
+    ``mouth_corr`` (openings' r), ``mouth_bias_pct`` (mean opening, rendered minus real, in % of the real
+    mean), ``lmd`` (mean mouth landmark distance in pixels) and ``av_offset`` (:func:`best_lag`)."""
+    o_r, o_t = opening(rendered), opening(real)
+    ok = np.isfinite(o_r) & np.isfinite(o_t)
+    r = correlation(o_r, o_t)
+    mean_real = float(o_t[ok].mean()) if ok.any() else 0.0
+    dist = np.linalg.norm(rendered - real, axis=-1).mean(-1)
+    return {"mouth_corr": None if r is None else round(r, 3),
+            "mouth_bias_pct": round(100 * (float(o_r[ok].mean()) - mean_real) / mean_real, 1) if mean_real > 0 else None,
+            "lmd": round(float(dist[ok].mean()), 3) if ok.any() else None,
+            "av_offset": best_lag(o_r, o_t)}
+
+
+def loudness(samples: np.ndarray, rate: int, n_frames: int, fps: float) -> np.ndarray:
+    """``[n_frames]`` RMS level in dB of the audio under each video frame (frame ``i`` spans ``i / fps`` to
+    ``(i + 1) / fps`` seconds; frames past the end of the audio are silent)."""
+    edges = np.round(np.arange(n_frames + 1) * rate / fps).astype(np.int64)
+    level = np.full(n_frames, -120.0)
+    for i in range(n_frames):
+        piece = samples[edges[i]:edges[i + 1]]
+        if len(piece):
+            level[i] = 10 * np.log10(float(np.mean(piece.astype(np.float64) ** 2)) + 1e-12)
+    return level
+
+
+def pauses(level: np.ndarray, fps: float) -> np.ndarray:
+    """``[T]`` bool: frames inside pauses of the speech whose :func:`loudness` is ``level``: at least
+    :data:`SILENCE_DB` below the loud level for :data:`MIN_PAUSE_S` or more, less :data:`PAUSE_EDGE` frames at
+    each end (where the mouth is still closing or already opening)."""
+    quiet = level < np.percentile(level, 95) - SILENCE_DB
+    out = np.zeros_like(quiet)
+    start = None
+    for i, q in enumerate([*quiet, False]):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            if i - start >= MIN_PAUSE_S * fps:
+                out[start + PAUSE_EDGE:i - PAUSE_EDGE] = True
+            start = None
+    return out
+
+
+def against_speech(points: np.ndarray, samples: np.ndarray, rate: int, fps: float) -> dict[str, float | int | None]:
+    """Mouth metrics of frames against the speech they say: ``silent_frames`` (frames in pauses, see
+    :func:`pauses`), ``silent_closed`` (the share of those with a closed mouth; None without pauses) and
+    ``envelope_corr`` (r of the opening and the loudness, frame by frame)."""
+    o = opening(points)
+    level = loudness(samples, rate, len(o), fps)
+    silent = pauses(level, fps) & np.isfinite(o)
+    r = correlation(o, level)
+    return {"silent_frames": int(silent.sum()),
+            "silent_closed": round(float((o[silent] < CLOSED).mean()), 3) if silent.any() else None,
+            "envelope_corr": None if r is None else round(r, 3)}

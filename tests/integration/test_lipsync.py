@@ -1,0 +1,118 @@
+"""The mouth metrics (being_trainer_gaussian_avatar.lipsync) on constructed cases and on a real clip."""
+
+from __future__ import annotations
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from being_trainer_gaussian_avatar import lipsync
+
+from being_core.audio import SAMPLE_RATE
+
+
+def mouths(openings, width=40.0) -> np.ndarray:
+    """``[T, 20, 2]`` mouth points whose inner-lip gap is ``opening x width`` (corners ``width`` apart)."""
+    o = np.asarray(openings, dtype=float)
+    pts = np.zeros((len(o), len(lipsync.MOUTH), 2)) + [100.0, 200.0]
+    pts[:, lipsync.LEFT, 0] -= width / 2
+    pts[:, lipsync.RIGHT, 0] += width / 2
+    pts[:, lipsync.UPPER, 1] -= o * width / 2
+    pts[:, lipsync.LOWER, 1] += o * width / 2
+    return pts
+
+
+def speech(rng, n_frames, fps=25.0):
+    """Opening of a talking mouth: smooth, between shut and wide."""
+    t = np.arange(n_frames) / fps
+    return np.clip(0.08 + 0.06 * np.sin(2 * np.pi * 3.1 * t) + 0.02 * rng.standard_normal(n_frames), 0, None)
+
+
+def test_the_opening_is_the_inner_lip_gap_over_the_mouth_width():
+    np.testing.assert_allclose(lipsync.opening(mouths([0.0, 0.1, 0.25], width=30)), [0.0, 0.1, 0.25])
+    nan = mouths([0.1])
+    nan[0] = np.nan
+    assert np.isnan(lipsync.opening(nan)).all()
+
+
+def test_a_mouth_that_never_moves_follows_nothing():
+    real = speech(np.random.default_rng(0), 100)
+    still = np.full(100, 0.08)
+    m = lipsync.against_real(mouths(still), mouths(real))
+    assert m["mouth_corr"] == 0.0
+    assert m["av_offset"] is None
+    assert m["mouth_bias_pct"] == pytest.approx(100 * (0.08 - real.mean()) / real.mean(), abs=0.1)
+
+
+def test_a_shifted_video_scores_its_shift():
+    real = speech(np.random.default_rng(1), 150)
+    for shift in (-3, 0, 2, 5):
+        late = np.roll(real, shift)  # the rendered mouth does now what the real one did `shift` frames ago
+        m = lipsync.against_real(mouths(late), mouths(real))
+        assert m["av_offset"] == shift
+        assert (m["mouth_corr"] == 1.0) == (shift == 0)
+    exact = lipsync.against_real(mouths(real), mouths(real))
+    assert exact == {"mouth_corr": 1.0, "mouth_bias_pct": 0.0, "lmd": 0.0, "av_offset": 0}
+
+
+def test_a_mouth_twice_as_open_is_biased_by_100_percent():
+    real = speech(np.random.default_rng(2), 80)
+    m = lipsync.against_real(mouths(2 * real), mouths(real))
+    assert m["mouth_bias_pct"] == 100.0 and m["mouth_corr"] == 1.0
+
+
+def test_frames_without_a_face_are_left_out():
+    real = speech(np.random.default_rng(3), 60)
+    rendered = mouths(real)
+    rendered[10:20] = np.nan
+    m = lipsync.against_real(rendered, mouths(real))
+    assert m["mouth_corr"] == 1.0 and m["lmd"] == 0.0
+    assert lipsync.against_real(mouths(real[:2]), mouths(real[:2]))["mouth_corr"] is None
+
+
+def talk_and_pause(fps=25.0):
+    """4 s of audio: noise with a syllable-rate envelope, with a pause of frames 38 to 61 (1.52 s to 2.48 s).
+    Returns the samples and the frames of the pause."""
+    rng = np.random.default_rng(4)
+    n = 4 * SAMPLE_RATE
+    samples = (0.2 * rng.standard_normal(n) * (1.5 + np.sin(np.arange(n) / 800))).astype(np.float32)
+    pause = np.arange(38, 62)
+    samples[round(38 / fps * SAMPLE_RATE):round(62 / fps * SAMPLE_RATE)] *= 1e-3  # 60 dB down
+    return samples, pause
+
+
+def test_pauses_are_found_and_their_edges_left_out():
+    samples, pause = talk_and_pause()
+    silent = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, 100, 25.0), 25.0)
+    assert np.flatnonzero(silent).tolist() == list(range(pause[0] + 2, pause[-1] + 1 - 2))
+
+
+def test_a_mouth_that_closes_in_the_pause_scores_all_closed():
+    samples, pause = talk_and_pause()
+    talking = speech(np.random.default_rng(5), 100)
+    shut = talking.copy()
+    shut[pause] = 0.01
+    m = lipsync.against_speech(mouths(shut), samples, SAMPLE_RATE, 25.0)
+    assert m["silent_frames"] == len(pause) - 4 and m["silent_closed"] == 1.0
+    assert lipsync.against_speech(mouths(talking), samples, SAMPLE_RATE, 25.0)["silent_closed"] < 0.5
+    assert m["envelope_corr"] > lipsync.against_speech(mouths(talking), samples, SAMPLE_RATE, 25.0)["envelope_corr"]
+
+
+def test_speech_without_pauses_has_no_silent_score():
+    samples, _ = talk_and_pause()
+    samples = np.abs(samples) + 0.2  # never quiet
+    m = lipsync.against_speech(mouths(np.full(100, 0.1)), samples, SAMPLE_RATE, 25.0)
+    assert m["silent_frames"] == 0 and m["silent_closed"] is None
+
+
+@pytest.mark.slow
+def test_on_a_real_clip_a_video_two_frames_late_scores_two(face5):
+    reader = imageio_ffmpeg.read_frames(str(face5))
+    meta = next(reader)
+    w, h = meta["size"]
+    frames = [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]
+    real = lipsync.mouth_points(frames)
+    assert np.isfinite(real).all() and real.shape == (122, 20, 2)
+    assert np.nanstd(lipsync.opening(real)) > 0.02, "the clip's mouth moves"
+    late = lipsync.mouth_points([frames[0], frames[0], *frames[:-2]])
+    assert lipsync.against_real(late, real)["av_offset"] == 2
+    assert lipsync.against_real(real, real)["mouth_corr"] == 1.0
