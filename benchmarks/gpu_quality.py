@@ -1,7 +1,7 @@
 """Held-out quality of trainer settings, several trainings side by side on one or more GPUs (run by hand;
 results in docs/benchmarks.md).
 
-    python -m benchmarks.gpu_quality RUN OUT NAME:key=value,key=value [NAME:...]
+    python -m benchmarks.gpu_quality RUN OUT NAME:key=value,key=value [NAME:...] [--speech FOLDER]
 
 RUN is a prepared run folder (on a GPU box without mediapipe: unpacked by ``tools/gpu/pack.py``). Builds
 gsplat once, then trains every variant in its own process at the same time with the trainer's own ``train``
@@ -10,6 +10,10 @@ gsplat once, then trains every variant in its own process at the same time with 
 PSNR/SSIM under each protocol) and the wall time. Name repeats of one setting with different seeds
 ``<setting>-s<seed>`` (e.g. ``base-s0:seed=0 base-s1:seed=1``): the summary printed at the end gives each
 setting's mean and spread, since one run cannot tell a 0.5 dB gain from run-to-run noise.
+
+``--speech FOLDER`` (relative to RUN, holding ``aud.wav`` and the run's encoder's features of it, e.g. put there
+by ``tools/gpu/carry.py --speech``): each trained avatar also says that speech with the trainer's own render,
+into ``OUT/<NAME>-stage/says.mp4``, for ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def parse(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int, gpu: int | None = None) -> None:
+def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int, gpu: int | None = None,
+                  speech: str | None = None) -> None:
     import os
 
     if gpu is not None:  # before torch initialises CUDA in this process
@@ -50,26 +55,57 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
     metrics.pop("history", None)
     result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
               "device": torch.cuda.get_device_name(0), **metrics}
+    if speech:
+        result["render"] = say(run, speech, ctx)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
+
+
+def say(run: Path, speech: str, trained) -> dict:
+    """Render the avatar that ``trained`` (a trainer context) wrote, saying ``run/speech/aud.wav``, into
+    ``says.mp4`` beside it, with the trainer's own render on a view of the run whose ``avatar/`` is that one."""
+    import dataclasses
+    import tempfile
+
+    import numpy as np
+    from being_trainer_gaussian_avatar.render import render
+
+    from being_core import RenderParams
+
+    features = trained.stage_info("audio_encoder")["file"]
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp)
+        for entry in run.iterdir():
+            if entry.name != "avatar":
+                (view / entry.name).symlink_to(entry)
+        (view / "avatar").symlink_to(trained.out / "avatar")
+        n = len(np.load(run / speech / features, mmap_mode="r"))
+        params = RenderParams(audio=f"{speech}/aud.wav", features=f"{speech}/{features}", n_frames=n, output="says.mp4")
+        return render(dataclasses.replace(trained, root=view, action="render", params=params), trained.config)
 
 
 def main() -> None:
     from benchmarks.gpu_trainer import compare_rasterisers
 
-    run, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+    args = sys.argv[1:]
+    speech = None
+    if "--speech" in args:
+        at = args.index("--speech")
+        speech = args[at + 1]
+        del args[at:at + 2]
+    run, out = Path(args[0]).resolve(), Path(args[1])
     out.mkdir(parents=True, exist_ok=True)
-    variants = [parse(s) for s in sys.argv[3:]]
+    variants = [parse(s) for s in args[2:]]
     compare_rasterisers()  # builds gsplat's extension once, before the trainings start
     if len(variants) == 1:
-        train_variant(run, *variants[0], out, 12)
+        train_variant(run, *variants[0], out, 12, speech=speech)
     else:
         import torch
 
         gpus = max(1, torch.cuda.device_count())
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=train_variant,
-                             args=(run, name, ov, out, max(2, 14 * gpus // len(variants)), k % gpus))
+                             args=(run, name, ov, out, max(2, 14 * gpus // len(variants)), k % gpus, speech))
                  for k, (name, ov) in enumerate(variants)]
         for p in procs:
             p.start()

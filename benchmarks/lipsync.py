@@ -3,13 +3,16 @@ results in docs/benchmarks.md).
 
     python -m benchmarks.lipsync run RUN [RUN ...] [--json OUT.json]
     python -m benchmarks.lipsync video VIDEO [VIDEO ...] [--audio WAV] [--reference REAL.mp4] [--json OUT.json]
+    python -m benchmarks.lipsync returned RUN SPEECH.wav DIR [DIR ...] [--json OUT.json]
 
 ``run`` scores trained run folders from what training wrote: ``avatar/val.mp4`` (the held-out renders beside
 the real frames) and the speech under those frames (``aud.wav``), with the trainer's own ``lip_sync``; and every
 render in ``renders/*/`` against its speech. ``video`` scores any talking-head video (another system's output,
 or a real recording as a reference point): its mouth against its own audio track (or ``--audio``), and, with
 ``--reference``, against a real video of the same speech (correlation, bias, mouth LMD scaled to the
-reference's size, offset). Needs mediapipe (FaceMesh finds the mouth).
+reference's size, offset). ``returned`` scores what ``benchmarks.gpu_quality --speech`` brought back from a
+GPU box (which has no mediapipe): each DIR's ``avatar/val.mp4`` against RUN's held-out speech, and its
+``says.mp4`` against SPEECH.wav. Needs mediapipe (FaceMesh finds the mouth).
 """
 
 from __future__ import annotations
@@ -44,26 +47,43 @@ def speech_of(media: Path) -> np.ndarray:
     return np.frombuffer(proc.stdout, "<i2").astype(np.float32) / 32768.0
 
 
-def score_run(run: Path) -> list[dict]:
-    """The held-out mouth metrics of a trained run (from its val.mp4), then one row per render."""
-    from being_trainer_gaussian_avatar import lipsync
+def held_out(run: Path, val: Path, name: str) -> dict:
+    """The held-out mouth metrics of a ``val.mp4`` (renders beside the real frames) of an avatar of ``run``."""
     from being_trainer_gaussian_avatar.train import lip_sync
 
-    manifest = json.loads((run / "being.json").read_text())
-    facts = manifest["dataset"]
-    frames, _ = frames_of(run / "avatar" / "val.mp4")
+    facts = json.loads((run / "being.json").read_text())["dataset"]
+    frames, _ = frames_of(val)
     half = frames[0].shape[1] // 2
     ids = list(range(facts["val_start"], facts["n_frames"]))
     if len(ids) != len(frames):
-        raise ValueError(f"{run}/avatar/val.mp4 has {len(frames)} frames, the val split {len(ids)}")
+        raise ValueError(f"{val} has {len(frames)} frames, the val split of {run} {len(ids)}")
     pred = np.stack([f[:, :half] for f in frames])
     gt = np.stack([f[:, half:] for f in frames])
-    rows = [{"what": f"{run.name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt)}]
+    return {"what": f"{name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt)}
+
+
+def says(video: Path, speech: Path, name: str) -> dict:
+    """How the mouth in a rendered ``video`` follows the ``speech`` it says."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    frames, fps = frames_of(video)
+    return {"what": f"{name} says {speech.stem}",
+            **lipsync.against_speech(lipsync.mouth_points(frames), speech_of(speech), SAMPLE_RATE, fps)}
+
+
+def score_run(run: Path) -> list[dict]:
+    """The held-out mouth metrics of a trained run (from its val.mp4), then one row per render."""
+    rows = [held_out(run, run / "avatar" / "val.mp4", run.name)]
     for render in sorted((run / "renders").glob("*/render.mp4")):
-        video, fps = frames_of(render)
-        rows.append({"what": f"{run.name} says {render.parent.name}",
-                     **lipsync.against_speech(lipsync.mouth_points(video), speech_of(render.parent / "aud.wav"),
-                                              SAMPLE_RATE, fps)})
+        rows.append(says(render, render.parent / "aud.wav", f"{run.name}/{render.parent.name}"))
+    return rows
+
+
+def score_returned(run: Path, speech: Path, folder: Path) -> list[dict]:
+    """A folder that ``benchmarks.gpu_quality --speech`` wrote: its held-out renders and its ``says.mp4``."""
+    rows = [held_out(run, folder / "avatar" / "val.mp4", folder.name)]
+    if (folder / "says.mp4").is_file():
+        rows.append(says(folder / "says.mp4", speech, folder.name))
     return rows
 
 
@@ -93,11 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     videos.add_argument("videos", nargs="+", type=Path)
     videos.add_argument("--audio", type=Path, help="the speech (default: each video's own audio track)")
     videos.add_argument("--reference", type=Path, help="a real video of the same speech to compare the mouth with")
-    for p in (runs, videos):
+    returned = sub.add_parser("returned", help="score what benchmarks.gpu_quality --speech brought back")
+    returned.add_argument("run", type=Path)
+    returned.add_argument("speech", type=Path)
+    returned.add_argument("folders", nargs="+", type=Path)
+    for p in (runs, videos, returned):
         p.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.what == "run":
         rows = [row for run in args.runs for row in score_run(run)]
+    elif args.what == "returned":
+        rows = [row for folder in args.folders for row in score_returned(args.run, args.speech, folder)]
     else:
         rows = [score_video(v, args.audio, args.reference) for v in args.videos]
     keys = [k for k in ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "silent_frames", "silent_closed",

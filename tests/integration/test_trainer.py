@@ -393,3 +393,30 @@ def test_a_crafted_model_or_checkpoint_is_refused_and_runs_nothing(prepared_copy
     assert str(err.value).startswith("trainer 'gaussian-avatar' failed: ValueError: avatar/model.pt holds more than "
                                      "tensors and plain values; refusing to load it")
     assert not marker.exists() and not (tmp_path / "says.mp4").exists()
+
+
+def test_audio_smoothing_averages_neighbouring_windows_only():
+    from being_trainer_gaussian_avatar.data import smooth_audio
+
+    windows = torch.zeros(9, 2, 3)
+    windows[4] = 1.0
+    assert torch.equal(smooth_audio(windows, 0), windows)
+    out = smooth_audio(windows, 2)
+    assert torch.allclose(out.sum(0), windows.sum(0))  # nothing lost away from the ends
+    assert out[4, 0, 0] > out[3, 0, 0] == out[5, 0, 0] > out[2, 0, 0] == out[6, 0, 0] > 0
+    assert out[1].abs().sum() == 0 and out[7].abs().sum() == 0  # beyond k frames: untouched
+    flat = torch.ones(5, 2, 3)
+    assert torch.allclose(smooth_audio(flat, 3), flat)
+
+
+def test_without_the_camera_token_the_deformer_never_sees_the_pose(data):
+    av = Avatar(data, AvatarConfig(**{**TINY, "camera_token": False}), torch.device("cpu"))
+    seen = {}
+
+    def spy(means, audio, eye, camera):
+        seen["camera"] = camera
+        return torch.zeros(len(audio), len(means), 14)
+
+    av.deformer.forward = spy
+    av.render(torch.tensor([0, 5]), None, deform=True)
+    assert seen["camera"].abs().sum() == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,8 @@ def main() -> None:
     mode.add_argument("--cli", action="store_true", help="carry the run folder and run the real CLI there")
     mode.add_argument("--trainer-benchmark", action="store_true", help="print benchmarks.gpu_trainer's command")
     ap.add_argument("--audio", type=Path, help="with --cli: the audio that `being render` gets there")
+    ap.add_argument("--speech", type=Path, nargs="+", help="without --cli: speech files joined with pauses of "
+                    f"{PAUSE_S} s into the packed run's speech/ (wav + mel features) for gpu_quality --speech")
     args = ap.parse_args()
     if args.cli and not (args.audio and args.audio.is_file()):
         sys.exit(f"--cli needs --audio with an existing audio file (got {args.audio})")
@@ -64,8 +67,11 @@ def main() -> None:
     if args.cli:
         carry_run(args.run, args.dest)
         shutil.copyfile(args.audio, args.dest / "audio.wav")
-    elif not (args.dest / "pack" / "being.json").is_file():
-        packing.pack(args.run, args.dest / "pack")
+    else:
+        if not (args.dest / "pack" / "being.json").is_file():
+            packing.pack(args.run, args.dest / "pack")
+        if args.speech:
+            speech(args.speech, args.run, args.dest / "pack" / "speech")
     total = size(args.dest)
     print(f"{args.dest}: {total / 2 ** 20:.1f} MiB (wheels {size(wheels) / 2 ** 20:.1f})")
     if total > LIMIT:
@@ -87,8 +93,47 @@ def main() -> None:
     # installed wheel (the shipped configs are package data of the wheel, not a folder of the source package)
     unpack = f"python3 -P -m tools.gpu.pack unpack {rel}/pack /tmp/run"
     bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
-             "python3 -P -m benchmarks.gpu_quality /tmp/run $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2")
+             "python3 -P -m benchmarks.gpu_quality /tmp/run $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2" +
+             (" --speech speech" if args.speech else ""))
     print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")
+
+
+PAUSE_S = 1.2
+
+
+def speech(files: list[Path], run: Path, dest: Path) -> None:
+    """``files`` as one 16 kHz mono ``dest/aud.wav``, each followed by a pause of :data:`PAUSE_S` seconds (the
+    avatar should close its mouth there), and its mel features as the run's mel encoder would write them."""
+    import wave
+
+    import numpy as np
+    from being_audio_mel import MelConfig, log_mel
+
+    from being_core.audio import SAMPLE_RATE, frame_windows
+    from being_core.ingest import ffmpeg_exe
+
+    manifest = json.loads((run / "being.json").read_text())
+    encoder = manifest["stages"]["audio_encoder"]
+    if encoder["impl"] != "mel":
+        sys.exit(f"--speech computes mel features; {run} was prepared with the '{encoder['impl']}' encoder")
+    pause = np.zeros(round(PAUSE_S * SAMPLE_RATE), np.int16)
+    pieces = []
+    for f in files:
+        pcm = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(f), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
+                              "-f", "s16le", "-"], capture_output=True, check=True).stdout
+        pieces += [np.frombuffer(pcm, "<i2"), pause]
+    samples = np.concatenate(pieces)
+    dest.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(dest / "aud.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(samples.tobytes())
+    cfg = MelConfig(**encoder["config"])
+    fps = manifest["dataset"]["fps"]
+    n_frames = max(1, round(len(samples) / SAMPLE_RATE * fps))
+    windows, _ = frame_windows(log_mel(samples.astype(np.float32) / 32768.0, cfg), n_frames, fps, cfg.window)
+    np.save(dest / encoder["info"]["file"], windows.astype(np.float32))
 
 
 def download(pins: list[str], wheels: Path) -> None:

@@ -81,6 +81,8 @@ def unpack(src: Path, run: Path) -> None:
     torch.save({k: torch.from_numpy(fit[k]) for k in ("id", "exp", "euler", "trans", "focal")} | {"vertices": vertices},
                run / "track_params.pt")
     np.save(run / "aud_mel.npy", np.load(src / "audio.npz")["aud_mel"])
+    if (src / "speech").is_dir():  # new speech for the avatars to say (tools/gpu/carry.py --speech)
+        shutil.copytree(src / "speech", run / "speech", dirs_exist_ok=True)
     for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json"):
         shutil.copy(src / name, run / name)
 

@@ -35,6 +35,11 @@ class AvatarConfig(StageConfig):
                             "fraction of their start.")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="Fine-stage exponential moving average of the "
                              "weights, used as the final model; 0 turns it off.")
+    audio_smooth: int = Field(0, ge=0, le=16, description="Average each frame's audio window with its neighbours' "
+                              "up to this many frames either way (Gaussian weights, sigma half of it); 0: off.")
+    camera_token: bool = Field(True, description="Give the deformation transformer the frame's head pose; off, "
+                               "it cannot tell training frames apart by their pose and must read the mouth from "
+                               "the audio.")
     width: int = Field(64, ge=8, le=1024, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")

@@ -160,6 +160,18 @@ def lip_boxes(lms: np.ndarray, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(box)
 
 
+def smooth_audio(windows: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, W, D]`` audio windows, each averaged with its neighbours up to ``k`` frames away (Gaussian weights,
+    sigma ``k / 2``; the first and last windows repeat beyond the ends). ``k = 0`` returns them unchanged."""
+    if k <= 0 or len(windows) < 2:
+        return windows
+    offsets = torch.arange(-k, k + 1)
+    weights = torch.exp(-0.5 * (offsets / (k / 2)) ** 2)
+    weights = weights / weights.sum()
+    index = (torch.arange(len(windows))[:, None] + offsets[None]).clamp(0, len(windows) - 1)  # [N, 2k+1]
+    return torch.einsum("nkwd,k->nwd", windows[index], weights.to(windows.dtype))
+
+
 class Frames(torch.utils.data.Dataset):
     """Frames by id, for a DataLoader: ``(id, image [H, W, 3], mask [H, W], background [H, W, 3])``, uint8."""
 

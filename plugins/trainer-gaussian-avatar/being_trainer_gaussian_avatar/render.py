@@ -11,9 +11,12 @@ import torch
 from being_core.audio import SAMPLE_RATE, read_wav
 
 from . import lipsync
-from .data import RunData, load_tensors
+from .data import RunData, load_tensors, smooth_audio
 from .train import Avatar
 from .video import write_video
+
+#: settings that say how to render, not what was trained: taken from the render's config, not the model's
+RENDER_SETTINGS = ("device", "backend", "render_batch", "frame_cache", "num_workers")
 
 
 def pingpong(n_source: int, n_out: int) -> np.ndarray:
@@ -34,6 +37,9 @@ def render(ctx, cfg) -> dict:
     if features.shape[1:] != (want["window"], want["dim"]):
         raise ValueError(f"{params.features} has windows {list(features.shape[1:])}, but the avatar was trained "
                          f"on [{want['window']}, {want['dim']}] from '{want['encoder']}'")
+    # the avatar as it was trained (its shape, its inputs); where and how fast to render: from this config
+    here = {k: getattr(cfg, k) for k in RENDER_SETTINGS}
+    cfg = type(cfg)(**{**model["config"], **here})
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     data = RunData.from_context(ctx, model["width"])
@@ -44,6 +50,7 @@ def render(ctx, cfg) -> dict:
     audio = torch.from_numpy(features[:n_out])
     if len(audio) < n_out:  # at most one frame short: repeat the last window
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
+    audio = smooth_audio(audio, cfg.audio_smooth)
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import FrameCache, Frames, RunData, load_tensors
+from .data import FrameCache, Frames, RunData, load_tensors, smooth_audio
 from .model import Deformer, Gaussians, deformed
 from .perceptual import load_lpips
 from .raster import pick_backend
@@ -67,7 +67,10 @@ class Avatar:
         if deform:
             audio = (d.audio[ids_cpu] if audio is None else audio).to(self.device)
             eye = (d.eye[ids_cpu] if eye is None else eye).to(self.device)
-            offsets = self.deformer(self.gauss.means, audio, eye, d.camera[ids_cpu].to(self.device))
+            camera = d.camera[ids_cpu].to(self.device)
+            if not self.cfg.camera_token:
+                camera = torch.zeros_like(camera)
+            offsets = self.deformer(self.gauss.means, audio, eye, camera)
         means, quats, scales, opac, colours = deformed(self.gauss, offsets, len(ids_cpu))
         rgb, alpha, means2d = self.raster(means, quats, scales, opac, colours, d.viewmats[ids_cpu].to(self.device),
                                           d.Ks[ids_cpu].to(self.device), d.width, d.height)
@@ -144,6 +147,7 @@ def train(ctx, cfg) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     data = RunData.from_context(ctx, cfg.resolution)
+    data.audio = smooth_audio(data.audio, cfg.audio_smooth)
     perceptual = load_lpips(cfg.lpips_weights, device) if cfg.lpips_weights else None
     av = Avatar(data, cfg, device)
     ckpt_path = ctx.state / "checkpoint.pt"
