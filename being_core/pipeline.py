@@ -388,7 +388,9 @@ class Pipeline:
         inputs = self._inputs(required, cls)
         upstream = {str(k): (m.stages.get(str(k)) or {}).get("info", {}) for k in cls.reads_info}
         config_json = rs.config.model_dump(mode="json")
-        key = sha256_json({"impl": cls.name, "version": cls.version, "config": config_json, "action": action,
+        elsewhere = {f for a, fields in cls.action_settings.items() if a != action for f in fields}
+        keyed = {k: v for k, v in config_json.items() if k not in elsewhere}
+        key = sha256_json({"impl": cls.name, "version": cls.version, "config": keyed, "action": action,
                            "params": params or {}, "dataset": facts.model_dump(mode="json"), "upstream": upstream,
                            "inputs": m.digests(inputs)})
         entry = m.stages.get(name)

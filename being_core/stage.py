@@ -239,6 +239,9 @@ class Stage(Generic[ConfigT]):
     reads_info: ClassVar[tuple[StageKind, ...]] = ()
     #: Actions besides ``run`` (a trainer's ``render``).
     actions: ClassVar[dict[str, Action]] = {}
+    #: Config fields that only the named actions read (e.g. a trainer's render-time settings): the cache key of
+    #: every other action leaves them out, so changing one never redoes a training.
+    action_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: The metrics worth a line in the run summary (``being run`` / ``being train``), in this order.
     headline_metrics: ClassVar[tuple[str, ...]] = ()
     #: Config the contract tests use to run this implementation quickly on a short real clip.
@@ -315,6 +318,13 @@ class Stage(Generic[ConfigT]):
                 problems.append(f"path {pattern!r} must be relative to the run folder and outside .being/")
         if not cls.outputs:
             problems.append("declares no outputs")
+        fields = getattr(cls.Config, "model_fields", {})
+        for action, names in cls.action_settings.items():
+            if action not in cls.actions:
+                problems.append(f"action_settings names {action!r}, which is not one of its actions")
+            unknown = [n for n in names if n not in fields]
+            if unknown:
+                problems.append(f"action_settings[{action!r}] names {', '.join(unknown)}, not settings of its Config")
         kind = getattr(cls, "kind", None)
         for upstream in cls.reads_info:
             if not isinstance(upstream, StageKind) or (isinstance(kind, StageKind)

@@ -13,7 +13,8 @@ setting's mean and spread, since one run cannot tell a 0.5 dB gain from run-to-r
 
 ``--speech FOLDER`` (relative to RUN, holding ``aud.wav`` and the run's encoder's features of it, e.g. put there
 by ``tools/gpu/carry.py --speech``): each trained avatar also says that speech with the trainer's own render,
-into ``OUT/<NAME>-stage/says.mp4``, for ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
+into ``OUT/<NAME>-stage/says.mp4`` (``silence: model``) and ``says-close.mp4`` (``silence: close``), for
+``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
 """
 
 from __future__ import annotations
@@ -56,14 +57,15 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
     result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
               "device": torch.cuda.get_device_name(0), **metrics}
     if speech:
-        result["render"] = say(run, speech, ctx)
+        result["render"] = {mode: say(run, speech, ctx, mode) for mode in ("model", "close")}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
 
 
-def say(run: Path, speech: str, trained) -> dict:
-    """Render the avatar that ``trained`` (a trainer context) wrote, saying ``run/speech/aud.wav``, into
-    ``says.mp4`` beside it, with the trainer's own render on a view of the run whose ``avatar/`` is that one."""
+def say(run: Path, speech: str, trained, silence: str) -> dict:
+    """Render the avatar that ``trained`` (a trainer context) wrote, saying ``run/speech/aud.wav`` with the
+    ``silence`` setting, into ``says.mp4`` (``says-close.mp4``) beside it, with the trainer's own render on a view
+    of the run whose ``avatar/`` is that one."""
     import dataclasses
     import tempfile
 
@@ -80,8 +82,10 @@ def say(run: Path, speech: str, trained) -> dict:
                 (view / entry.name).symlink_to(entry)
         (view / "avatar").symlink_to(trained.out / "avatar")
         n = len(np.load(run / speech / features, mmap_mode="r"))
-        params = RenderParams(audio=f"{speech}/aud.wav", features=f"{speech}/{features}", n_frames=n, output="says.mp4")
-        return render(dataclasses.replace(trained, root=view, action="render", params=params), trained.config)
+        output = "says.mp4" if silence == "model" else f"says-{silence}.mp4"
+        params = RenderParams(audio=f"{speech}/aud.wav", features=f"{speech}/{features}", n_frames=n, output=output)
+        cfg = trained.config.model_copy(update={"silence": silence})
+        return render(dataclasses.replace(trained, root=view, action="render", params=params), cfg)
 
 
 def main() -> None:

@@ -82,8 +82,8 @@ def score_run(run: Path) -> list[dict]:
 def score_returned(run: Path, speech: Path, folder: Path) -> list[dict]:
     """A folder that ``benchmarks.gpu_quality --speech`` wrote: its held-out renders and its ``says.mp4``."""
     rows = [held_out(run, folder / "avatar" / "val.mp4", folder.name)]
-    if (folder / "says.mp4").is_file():
-        rows.append(says(folder / "says.mp4", speech, folder.name))
+    for video in sorted(folder.glob("says*.mp4")):
+        rows.append(says(video, speech, f"{folder.name}/{video.stem}"))
     return rows
 
 

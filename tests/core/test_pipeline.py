@@ -187,6 +187,19 @@ def test_render_runs_the_recorded_encoder_then_the_trainers_render_action(toy_vi
     assert entry["metrics"] == {"frames": 60} and list(entry["inputs"]) == ["avatar/model.json"]
 
 
+def test_a_render_setting_changes_the_render_and_never_redoes_the_training(toy_video, tmp_path, registry, runs_log):
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    trained = Manifest.load(root).stages["trainer"]["key"]
+    Pipeline(root, config(registry), registry).render(toy_video, tmp_path / "a.mp4")
+    rendered = Manifest.load(root).stages["trainer:render"]["key"]
+    paused = config(registry, trainer={"impl": "toy", "config": {"pause": 0.01}})
+    Pipeline(root, paused, registry).train()
+    assert Manifest.load(root).stages["trainer"]["key"] == trained and runs(runs_log, "trainer") == 1
+    Pipeline(root, paused, registry).render(toy_video, tmp_path / "b.mp4")
+    assert Manifest.load(root).stages["trainer:render"]["key"] != rendered, "the render's own key has the setting"
+
+
 def test_a_run_prepared_before_the_split_was_recorded_gets_the_configs_split(toy_video, tmp_path, registry,
                                                                              runs_log):
     root = tmp_path / "run"

@@ -50,6 +50,17 @@ def test_bad_stage_class_is_rejected():
                               "must be lower-case letters, digits and dashes; version '1' must look like 1.2.3")
 
 
+def test_action_settings_must_name_actions_and_settings():
+    from being_toy import ToyTrainer
+
+    class Odd(ToyTrainer):
+        name = "odd"
+        action_settings = {"render": ("pause", "speed"), "export": ("value",)}
+
+    assert Odd.check_definition() == ["action_settings['render'] names speed, not settings of its Config",
+                                      "action_settings names 'export', which is not one of its actions"]
+
+
 def test_config_fields_must_be_described():
     with pytest.raises(TypeError, match="fields without a description: threshold"):
         class _Cfg(StageConfig):

@@ -420,3 +420,34 @@ def test_without_the_camera_token_the_deformer_never_sees_the_pose(data):
     av.deformer.forward = spy
     av.render(torch.tensor([0, 5]), None, deform=True)
     assert seen["camera"].abs().sum() == 0
+
+
+def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
+    import logging
+
+    from being_trainer_gaussian_avatar import lipsync
+    from being_trainer_gaussian_avatar.render import FADE, close_in_pauses, shut_reference
+
+    from being_core.audio import SAMPLE_RATE
+
+    ref = shut_reference(data)
+    assert ref in data.train_ids
+    lm = np.load(data.root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
+    assert lipsync.opening(lm)[ref] < lipsync.CLOSED
+    n = 100  # 4 s of loud noise with a pause of frames 40 to 69
+    rng = np.random.default_rng(0)
+    samples = (0.3 * rng.standard_normal(n * SAMPLE_RATE // 25)).astype(np.float32)
+    samples[40 * 640:70 * 640] = 0
+    audio, camera = torch.randn(n, *data.audio.shape[1:]), torch.randn(n, data.camera.shape[1])
+
+    class Ctx:
+        log = logging.getLogger("test")
+
+    new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, samples)
+    inside = slice(40 + FADE, 70 - FADE)
+    assert torch.allclose(new_audio[inside], data.audio[ref].expand_as(new_audio[inside]))
+    assert torch.allclose(new_camera[inside], data.camera[ref].expand_as(new_camera[inside]))
+    outside = [*range(0, 40 - FADE), *range(70 + FADE, n)]
+    assert torch.equal(new_audio[outside], audio[outside]) and torch.equal(new_camera[outside], camera[outside])
+    fading = new_audio[40 - FADE:40 + FADE + 1]  # in between: neither the speech nor the reference
+    assert not torch.allclose(fading, audio[40 - FADE:40 + FADE + 1])

@@ -40,6 +40,10 @@ class AvatarConfig(StageConfig):
     camera_token: bool = Field(True, description="Give the deformation transformer the frame's head pose; off, "
                                "it cannot tell training frames apart by their pose and must read the mouth from "
                                "the audio.")
+    silence: Literal["model", "close"] = Field(
+        "model", description="In the pauses of new speech (render): 'model' lets the deformer read the silence "
+        "like any audio; 'close' gives it, there, the inputs of a training frame whose mouth is shut in silence "
+        "(faded in and out over a few frames), so the mouth closes.")
     width: int = Field(64, ge=8, le=1024, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")
@@ -88,6 +92,8 @@ class GaussianAvatar(Trainer[AvatarConfig]):
     requires = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
     #: render reads what training read (the poses, the backgrounds, the training features' statistics) and the model
     actions = {"render": Trainer.render_action(inputs=(*inputs, "avatar/model.pt"))}
+    #: how to render, not what is trained: changing them never retrains
+    action_settings = {"render": ("silence", "render_batch")}
     headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd", "mouth_corr", "mouth_bias_pct", "av_offset",
                         "silent_closed")
     render_headline_metrics = ("frames", "silent_frames", "silent_closed", "envelope_corr")

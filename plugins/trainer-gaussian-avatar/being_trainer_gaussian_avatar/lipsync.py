@@ -128,10 +128,10 @@ def loudness(samples: np.ndarray, rate: int, n_frames: int, fps: float) -> np.nd
     return level
 
 
-def pauses(level: np.ndarray, fps: float) -> np.ndarray:
+def pauses(level: np.ndarray, fps: float, edge: int = PAUSE_EDGE) -> np.ndarray:
     """``[T]`` bool: frames inside pauses of the speech whose :func:`loudness` is ``level``: at least
-    :data:`SILENCE_DB` below the loud level for :data:`MIN_PAUSE_S` or more, less :data:`PAUSE_EDGE` frames at
-    each end (where the mouth is still closing or already opening)."""
+    :data:`SILENCE_DB` below the loud level for :data:`MIN_PAUSE_S` or more, less ``edge`` frames at each end
+    (where the mouth is still closing or already opening)."""
     quiet = level < np.percentile(level, 95) - SILENCE_DB
     out = np.zeros_like(quiet)
     start = None
@@ -140,7 +140,7 @@ def pauses(level: np.ndarray, fps: float) -> np.ndarray:
             start = i
         elif not q and start is not None:
             if i - start >= MIN_PAUSE_S * fps:
-                out[start + PAUSE_EDGE:i - PAUSE_EDGE] = True
+                out[start + edge:i - edge] = True
             start = None
     return out
 

@@ -16,7 +16,7 @@ from .train import Avatar
 from .video import write_video
 
 #: settings that say how to render, not what was trained: taken from the render's config, not the model's
-RENDER_SETTINGS = ("device", "backend", "render_batch", "frame_cache", "num_workers")
+RENDER_SETTINGS = ("device", "backend", "render_batch", "frame_cache", "num_workers", "silence")
 
 
 def pingpong(n_source: int, n_out: int) -> np.ndarray:
@@ -26,6 +26,42 @@ def pingpong(n_source: int, n_out: int) -> np.ndarray:
         return np.zeros(n_out, dtype=np.int64)
     cycle = np.concatenate([np.arange(n_source), np.arange(n_source - 2, 0, -1)])
     return cycle[np.arange(n_out) % len(cycle)]
+
+
+#: frames over which the silence inputs fade in at the start of a pause and out at its end
+FADE = 3
+
+
+def shut_reference(data: RunData) -> int | None:
+    """A training frame whose tracked mouth is shut while the speech pauses (the one with the most typical pose
+    among them), or the quietest frame with a shut mouth; None when the tracked mouth never shuts."""
+    lm = np.load(data.root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
+    shut = lipsync.opening(lm) < lipsync.CLOSED
+    train = np.zeros(data.n, bool)
+    train[data.train_ids] = True
+    level = lipsync.loudness(read_wav(data.root / "aud.wav"), SAMPLE_RATE, data.n, data.fps)
+    pick = np.flatnonzero(train & shut & lipsync.pauses(level, data.fps))
+    if len(pick):
+        typical = (data.camera[pick] ** 2).sum(1)  # the camera inputs are standardised: 0 is the mean pose
+        return int(pick[int(typical.argmin())])
+    pick = np.flatnonzero(train & shut)
+    return int(pick[int(level[pick].argmin())]) if len(pick) else None
+
+
+def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, samples: np.ndarray):
+    """``audio`` windows and ``camera`` inputs moved, in the pauses of ``samples``, to those of a training frame
+    with a shut mouth in silence (:func:`shut_reference`), faded in and out over :data:`FADE` frames."""
+    ref = shut_reference(data)
+    if ref is None:
+        ctx.log.warning("silence: close: the tracked mouth never shuts in this run; the pauses are left to the model")
+        return audio, camera
+    quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, len(audio), data.fps), data.fps, edge=0)
+    w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
+    ctx.log.info("silence: close: %d of %d frames are in pauses; they take the inputs of training frame %d",
+                 int(quiet.sum()), len(audio), ref)
+    audio = audio * (1 - w[:, None, None]) + data.audio[ref][None] * w[:, None, None]
+    camera = camera * (1 - w[:, None]) + data.camera[ref][None] * w[:, None]
+    return audio, camera
 
 
 @torch.no_grad()
@@ -51,6 +87,9 @@ def render(ctx, cfg) -> dict:
     if len(audio) < n_out:  # at most one frame short: repeat the last window
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
     audio = smooth_audio(audio, cfg.audio_smooth)
+    camera = data.camera[torch.as_tensor(seq)]  # the pose inputs of the frames played back
+    if cfg.silence == "close":
+        audio, camera = close_in_pauses(data, ctx, audio, camera, read_wav(ctx.input(params.audio)))
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 
@@ -60,7 +99,7 @@ def render(ctx, cfg) -> dict:
                 ids = seq[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
                 rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[lo:lo + len(ids)],
-                                      eye=data.eye[torch.as_tensor(ids)])
+                                      eye=data.eye[torch.as_tensor(ids)], camera=camera[lo:lo + len(ids)])
                 for frame in (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8):
                     if meter:
                         mouths.append(meter.points(frame))

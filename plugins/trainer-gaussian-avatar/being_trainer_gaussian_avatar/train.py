@@ -58,16 +58,18 @@ class Avatar:
         self.raster = pick_backend(cfg.backend, device)
         self.extent = float((pts.max(0).values - pts.min(0).values).norm())
 
-    def render(self, ids: torch.Tensor, backgrounds: torch.Tensor | None, deform: bool, audio=None, eye=None):
+    def render(self, ids: torch.Tensor, backgrounds: torch.Tensor | None, deform: bool, audio=None, eye=None,
+               camera=None):
         """Render frames ``ids`` (cameras of those training frames) over per-pixel ``backgrounds [B, H, W, 3]``;
-        ``audio``/``eye`` override the frames' own. Returns ``(rgb, alpha, means2d)``."""
+        ``audio``/``eye``/``camera`` (the deformer's pose input) override the frames' own. Returns ``(rgb, alpha,
+        means2d)``."""
         d = self.data
         ids_cpu = ids.cpu()
         offsets = None
         if deform:
             audio = (d.audio[ids_cpu] if audio is None else audio).to(self.device)
             eye = (d.eye[ids_cpu] if eye is None else eye).to(self.device)
-            camera = d.camera[ids_cpu].to(self.device)
+            camera = (d.camera[ids_cpu] if camera is None else camera).to(self.device)
             if not self.cfg.camera_token:
                 camera = torch.zeros_like(camera)
             offsets = self.deformer(self.gauss.means, audio, eye, camera)

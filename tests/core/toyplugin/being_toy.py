@@ -150,6 +150,7 @@ class ToyTrainer(Trainer[ToyConfig]):
     outputs = ("avatar/model.json", "avatar/val.mp4")
     requires = ("dataset:split",)
     actions = {"render": Trainer.render_action(inputs=("avatar/model.json",))}
+    action_settings = {"render": ("pause",)}
     headline_metrics = ("val_frames", "score")
 
     def run(self, ctx: StageContext[ToyConfig]) -> StageReport:
