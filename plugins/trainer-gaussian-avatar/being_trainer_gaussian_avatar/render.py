@@ -34,18 +34,25 @@ FADE = 3
 
 def shut_reference(data: RunData) -> int | None:
     """A training frame whose tracked mouth is shut while the speech pauses (the one with the most typical pose
-    among them), or the quietest frame with a shut mouth; None when the tracked mouth never shuts."""
+    among them), or else the quietest frame with a shut mouth (the most typical pose when the run has no
+    ``aud.wav`` to tell); None when the tracked mouth never shuts."""
     lm = np.load(data.root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
-    shut = lipsync.opening(lm) < lipsync.CLOSED
     train = np.zeros(data.n, bool)
     train[data.train_ids] = True
-    level = lipsync.loudness(read_wav(data.root / "aud.wav"), SAMPLE_RATE, data.n, data.fps)
-    pick = np.flatnonzero(train & shut & lipsync.pauses(level, data.fps))
+    shut = train & (lipsync.opening(lm) < lipsync.CLOSED)
+    typical = (data.camera ** 2).sum(1).numpy()  # the camera inputs are standardised: 0 is the mean pose
+    if not shut.any():
+        return None
+    wav = data.root / "aud.wav"
+    if not wav.is_file():
+        pick = np.flatnonzero(shut)
+        return int(pick[typical[pick].argmin()])
+    level = lipsync.loudness(read_wav(wav), SAMPLE_RATE, data.n, data.fps)
+    pick = np.flatnonzero(shut & lipsync.pauses(level, data.fps))
     if len(pick):
-        typical = (data.camera[pick] ** 2).sum(1)  # the camera inputs are standardised: 0 is the mean pose
-        return int(pick[int(typical.argmin())])
-    pick = np.flatnonzero(train & shut)
-    return int(pick[int(level[pick].argmin())]) if len(pick) else None
+        return int(pick[typical[pick].argmin()])
+    pick = np.flatnonzero(shut)
+    return int(pick[level[pick].argmin()])
 
 
 def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, samples: np.ndarray):
