@@ -25,7 +25,7 @@ from benchmarks.common import run_data
 
 def main() -> None:
     import cv2
-    from being_trainer_gaussian_avatar.train import db
+    from being_trainer_gaussian_avatar.losses import db
     from rich.console import Console
     from rich.progress import track
 

@@ -25,8 +25,9 @@ from benchmarks.common import trainer_context
 def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
     import torch
     from being_trainer_gaussian_avatar import AvatarConfig
+    from being_trainer_gaussian_avatar.avatar import Avatar
     from being_trainer_gaussian_avatar.data import RunData, load_tensors
-    from being_trainer_gaussian_avatar.train import Avatar, evaluate
+    from being_trainer_gaussian_avatar.evaluate import evaluate
 
     model = load_tensors(model_path, str(model_path))
     cfg = AvatarConfig(**{**model["config"], "device": "cpu", "frame_cache": "off"})

@@ -65,7 +65,8 @@ def compare_rasterisers() -> dict:
 def fine_step_speed(run: Path, cfg, model: Path | None) -> dict:
     """One fine step (deformer + gsplat + losses + Adam) at batch 32 with the frames already on the GPU."""
     import numpy as np
-    from being_trainer_gaussian_avatar.train import Avatar, losses
+    from being_trainer_gaussian_avatar.avatar import Avatar
+    from being_trainer_gaussian_avatar.losses import losses
 
     data = run_data(run, cfg.resolution)
     av = Avatar(data, cfg, torch.device("cuda"))
@@ -94,7 +95,7 @@ def fine_step_speed(run: Path, cfg, model: Path | None) -> dict:
 
 def render_speed(run: Path, cfg, model: Path) -> dict:
     """Frames/s of the trained avatar's deformation + rasterisation, one frame and 32 frames at a time."""
-    from being_trainer_gaussian_avatar.train import Avatar
+    from being_trainer_gaussian_avatar.avatar import Avatar
 
     av = Avatar(run_data(run, None), cfg, torch.device("cuda"))
     av.load(torch.load(model, weights_only=True)["model"])

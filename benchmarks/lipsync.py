@@ -49,7 +49,7 @@ def speech_of(media: Path) -> np.ndarray:
 
 def held_out(run: Path, val: Path, name: str) -> dict:
     """The held-out mouth metrics of a ``val.mp4`` (renders beside the real frames) of an avatar of ``run``."""
-    from being_trainer_gaussian_avatar.train import lip_sync
+    from being_trainer_gaussian_avatar.evaluate import lip_sync
 
     facts = json.loads((run / "being.json").read_text())["dataset"]
     frames, _ = frames_of(val)

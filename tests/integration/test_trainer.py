@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from being_trainer_gaussian_avatar import AvatarConfig, GaussianAvatar
+from being_trainer_gaussian_avatar.avatar import Avatar
 from being_trainer_gaussian_avatar.data import RunData
+from being_trainer_gaussian_avatar.losses import losses
 from being_trainer_gaussian_avatar.raster import EPS2D, rasterize_reference
-from being_trainer_gaussian_avatar.train import Avatar, losses
 
 from being_core import DatasetFacts
 from being_core.audio import AudioFeatures
@@ -211,7 +212,8 @@ class _Output:
 def test_held_out_protocols_score_a_perfect_head_exactly(data, tmp_path):
     """An avatar that renders exactly the real head over the frame's background: perfect by GaussianTalker's
     protocol (psnr capped at 100 dB, SSIM 1), and at the ceiling against the real frames."""
-    from being_trainer_gaussian_avatar.train import composite, evaluate
+    from being_trainer_gaussian_avatar.evaluate import evaluate
+    from being_trainer_gaussian_avatar.losses import composite
 
     class PerfectHead:
         device = torch.device("cpu")
@@ -238,7 +240,7 @@ def test_the_composite_target_replaces_everything_but_the_head(data):
     """target: composite trains against the real head over the frame's background: outside the head mask
     the loss sees the background the avatar is rendered over, so a render of that background costs nothing
     there, whatever the real frame shows."""
-    from being_trainer_gaussian_avatar.train import composite
+    from being_trainer_gaussian_avatar.losses import composite
 
     frames = [data.pixels(i) for i in (0, 50)]
     image, head, bg = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(3))
@@ -451,3 +453,41 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
     assert torch.equal(new_audio[outside], audio[outside]) and torch.equal(new_camera[outside], camera[outside])
     fading = new_audio[40 - FADE:40 + FADE + 1]  # in between: neither the speech nor the reference
     assert not torch.allclose(fading, audio[40 - FADE:40 + FADE + 1])
+
+
+def test_densifying_keeps_the_optimiser_state_of_surviving_gaussians(data):
+    from being_trainer_gaussian_avatar.densify import densify_and_prune
+
+    cfg = AvatarConfig(**TINY)
+    av = Avatar(data, cfg, torch.device("cpu"))
+    opt = av.optimizer(fine=False)
+    g = av.gauss
+    n = len(g)
+    for p in g.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # creates the state
+    marks = torch.arange(1, n + 1, dtype=torch.float32)[:, None]
+    opt.state[g.means]["exp_avg"] = marks.expand(n, 3).clone()  # row i carries i + 1
+    means_before = g.means.detach().clone()
+    with torch.no_grad():
+        g.opacity_logits[:5] = -20  # transparent: pruned
+    grad = torch.zeros(n)
+    grad[10:40] = 1.0  # grows: cloned or split
+    info = densify_and_prune(av, grad, torch.ones(n), cfg, opt)
+    assert info["cloned"] + info["split"] == 30 and info["count"] == len(g) != n
+
+    assert [group["params"][0] for group in opt.param_groups] == [g.means, g.log_scales, g.quats, g.opacity_logits,
+                                                                   g.colour_logits]
+    state = opt.state[g.means]
+    rows = state["exp_avg"][:, 0]
+    kept = rows > 0
+    old = rows[kept].long() - 1
+    assert torch.equal(state["exp_avg"][kept], marks[old].expand(-1, 3)), "each survivor keeps its own moments"
+    assert torch.equal(g.means[kept].detach(), means_before[old]), "... and is the Gaussian it was"
+    assert not (old < 5).any(), "the pruned are gone"
+    assert set(range(5, 10)) <= set(old.tolist()) and (rows[~kept] == 0).all(), "new Gaussians start from zero"
+    assert int(kept.sum()) == n - 5 - info["split"] and len(g) - int(kept.sum()) == info["cloned"] + 2 * info["split"]
+    assert int(state["step"]) == 1 and state["exp_avg_sq"].shape == g.means.shape
+    for p in g.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # the optimiser works on the new tensors

@@ -11,8 +11,8 @@ import torch
 from being_core.audio import SAMPLE_RATE, read_wav
 
 from . import lipsync
+from .avatar import Avatar
 from .data import RunData, load_tensors, smooth_audio
-from .train import Avatar
 from .video import write_video
 
 #: settings that say how to render, not what was trained: taken from the render's config, not the model's
