@@ -68,6 +68,10 @@ def _parser(commands) -> argparse.ArgumentParser:
     sp.add_argument("run", type=Path)
     sp.add_argument("--audio", type=Path, required=True)
     sp.add_argument("-o", "--output", type=Path, required=True, help="video file to write (.mp4)")
+    sp.add_argument("--pose", default="train", metavar="train|still|POSES.npy",
+                    help="head motion: the training frames' (default), one still pose, or a .npy of [T, 6] poses")
+    sp.add_argument("--blink", default="track", choices=("track", "natural", "none"),
+                    help="blinks: from the training frames (default), a natural schedule, or none")
 
     sp = sub.add_parser("run", parents=[common, cfg, run_opts], help="prepare and train in one go")
     sp.add_argument("video", type=Path)
@@ -198,7 +202,7 @@ def _cmd_train(args, ctx, registry) -> int:
 
 def _cmd_render(args, ctx, registry) -> int:
     pipeline = _pipeline(args, ctx.progress, args.run, registry)
-    out = pipeline.render(args.audio, args.output)
+    out = pipeline.render(args.audio, args.output, pose=args.pose, blink=args.blink)
     if not ctx.quiet:
         ctx.console.out(f"wrote {out}", highlight=False)
         metrics = (pipeline.manifest.stages.get("trainer:render") or {}).get("metrics", {})

@@ -41,7 +41,7 @@ from .ingest import (
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
 from .progress import Reporter
-from .protocol import StageRequest, StageResult, write_json_atomic, write_text_atomic
+from .protocol import StageRequest, StageResult, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .registry import Registry
 from .stage import (
     PREPARE_STAGES,
@@ -127,8 +127,9 @@ class Pipeline:
             self._train()
         return self.manifest
 
-    def render(self, audio: Path, output: Path) -> Path:
-        """Make the trained avatar say ``audio``; writes ``output`` (.mp4) and returns its path.
+    def render(self, audio: Path, output: Path, pose: str | Path = "train", blink: str = "track") -> Path:
+        """Make the trained avatar say ``audio``; writes ``output`` (.mp4) and returns its path. ``pose`` and
+        ``blink`` are :class:`RenderParams`' (a pose file is copied into the render's folder first).
 
         The audio is encoded by the encoder recorded in this run (same implementation and config), in a
         sub-run folder ``renders/<audio>-<hash>/`` that keeps its own manifest and cache; then the trainer's
@@ -139,6 +140,11 @@ class Pipeline:
             raise InputError(f"render output {output} must end in .mp4")
         if output.is_dir():
             raise InputError(f"render output {output} is a folder; name the .mp4 file to write")
+        poses = None if str(pose) in ("train", "still") else Path(pose)
+        if poses is not None and (poses.suffix.lower() != ".npy" or not poses.is_file()):
+            raise InputError(f"--pose {poses}: give 'train', 'still' or an existing .npy file of [T, 6] poses")
+        if blink not in ("track", "natural", "none"):
+            raise InputError(f"--blink {blink}: give 'track', 'natural' or 'none'")
         self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER), contracts=False)
         manifest = self._require_prepared()
         trainer = self.config.stages.get(StageKind.TRAINER)
@@ -170,8 +176,13 @@ class Pipeline:
                 sub.manifest.data["source"] = {"audio": str(audio.resolve()), "sha256": sha}
                 entry = sub.run_stage(StageKind.AUDIO_ENCODER)
             assert entry is not None
+            pose_param = str(pose)
+            if poses is not None:  # the stage reads only the run folder: the poses travel into the render's folder
+                pose_param = f"{sub_rel}/poses.npy"
+                write_bytes_atomic(self.root / pose_param, poses.read_bytes())
             params = RenderParams(audio=f"{sub_rel}/{AUDIO_FILE}", features=f"{sub_rel}/{entry['info']['file']}",
-                                  n_frames=n_frames, output=f"{sub_rel}/render.mp4")
+                                  n_frames=n_frames, output=f"{sub_rel}/render.mp4", pose=pose_param,
+                                  blink=blink)
             self.run_stage(StageKind.TRAINER, action="render", params=params.model_dump(mode="json"))
             output.parent.mkdir(parents=True, exist_ok=True)
             tmp = output.with_name(f".{output.name}.tmp")

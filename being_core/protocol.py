@@ -71,12 +71,17 @@ class StageResult(_Doc):
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path`` and rename it into place: ``path`` is either the old
+    """Write ``text`` (UTF-8) atomically (:func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path`` and rename it into place: ``path`` is either the old
     file or the whole new one, and a failed write (a full disk) leaves no partial file behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:  # name the file the user knows, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(path)) from None

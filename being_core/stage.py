@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,6 +124,13 @@ class RenderParams(BaseModel):
     features: RunPath = Field(description="[M, W, D] float32 features of that audio, from the run's own encoder.")
     n_frames: int = Field(ge=1, description="Frames to render (M).")
     output: RunPath = Field(description="The .mp4 to write.")
+    pose: Literal["train", "still"] | RunPath = Field(
+        "train", description="Head motion: 'train' plays the training frames' poses back and forth, 'still' "
+        "holds one typical training pose, or a .npy of [T, 6] poses (Euler angles and translation as in "
+        "track_params.pt), played back and forth.")
+    blink: Literal["track", "natural", "none"] = Field(
+        "track", description="Blinks: 'track' from the training frames played back, 'natural' on a blink "
+        "schedule of about 15 a minute, 'none' keeps the eyes open.")
 
 
 class LocateParams(BaseModel):

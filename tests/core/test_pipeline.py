@@ -187,6 +187,22 @@ def test_render_runs_the_recorded_encoder_then_the_trainers_render_action(toy_vi
     assert entry["metrics"] == {"frames": 60} and list(entry["inputs"]) == ["avatar/model.json"]
 
 
+def test_a_pose_file_travels_into_the_renders_folder_and_a_bad_one_is_refused(toy_video, tmp_path, registry,
+                                                                              runs_log):
+    from being_core.errors import InputError
+
+    root = tmp_path / "run"
+    prepare(toy_video, root, registry, train=True)
+    poses = tmp_path / "poses.npy"
+    np.save(poses, np.zeros((10, 6), np.float32))
+    Pipeline(root, config(registry), registry).render(toy_video, tmp_path / "a.mp4", pose=poses, blink="natural")
+    assert next((root / "renders").glob("toy-*/poses.npy")).read_bytes() == poses.read_bytes()
+    with pytest.raises(InputError) as err:
+        Pipeline(root, config(registry), registry).render(toy_video, tmp_path / "b.mp4", pose=tmp_path / "p.json")
+    assert str(err.value) == f"--pose {tmp_path / 'p.json'}: give 'train', 'still' or an existing .npy file of [T, 6] poses"
+    assert not (tmp_path / "b.mp4").exists()
+
+
 def test_a_render_setting_changes_the_render_and_never_redoes_the_training(toy_video, tmp_path, registry, runs_log):
     root = tmp_path / "run"
     prepare(toy_video, root, registry, train=True)

@@ -491,3 +491,41 @@ def test_densifying_keeps_the_optimiser_state_of_surviving_gaussians(data):
     for p in g.parameters():
         p.grad = torch.ones_like(p)
     opt.step()  # the optimiser works on the new tensors
+
+
+def test_head_motion_from_the_training_frames_a_still_pose_or_a_file(data, tmp_path):
+    from being_trainer_gaussian_avatar.render import head_motion, typical_frame
+
+    class Ctx:
+        @staticmethod
+        def input(rel):
+            return tmp_path / rel
+
+    ids, view, camera = head_motion(data, "train", 300, Ctx)
+    assert view is None and set(ids.tolist()) == set(data.train_ids) and ids[0] == 0 and ids[len(data.train_ids)] != 0
+    ids, view, camera = head_motion(data, "still", 30, Ctx)
+    assert (ids == typical_frame(data)).all() and torch.equal(camera, data.camera[torch.as_tensor(ids)])
+    own = torch.cat([data.euler, data.trans], 1)[20:40].numpy()  # the clip's own poses, as a user's file
+    np.save(tmp_path / "poses.npy", own)
+    ids, view, camera = head_motion(data, "poses.npy", 20, Ctx)
+    assert torch.allclose(view, data.viewmats[20:40], atol=1e-5)
+    assert torch.allclose(camera, data.camera[20:40], atol=1e-4) and ids.tolist() == list(range(20, 40))
+    np.save(tmp_path / "bad.npy", own[:, :5])
+    with pytest.raises(ValueError) as err:
+        head_motion(data, "bad.npy", 20, Ctx)
+    assert str(err.value) == ("the pose file bad.npy holds an array of shape [20, 5] (float32); it must be [T, 6] "
+                              "finite numbers: Euler angles (radians) and translation, as in track_params.pt")
+
+
+def test_blinks_from_the_track_a_natural_schedule_or_none(data):
+    from being_trainer_gaussian_avatar.render import blinks
+
+    ids = np.arange(100) % len(data.train_ids)
+    assert torch.equal(blinks(data, "track", ids, 0), data.eye[torch.as_tensor(ids)])
+    still = blinks(data, "none", np.zeros(1500, int), 0)
+    assert still.unique().numel() == 1
+    natural = blinks(data, "natural", np.zeros(1500, int), 0)  # one minute at 25 fps
+    starts = ((natural[1:] > still[0] + 1e-6) & (natural[:-1] <= still[0] + 1e-6)).sum()
+    assert 10 <= int(starts) <= 30 and natural.max() > still[0]
+    assert torch.equal(natural, blinks(data, "natural", np.zeros(1500, int), 0))
+    assert not torch.equal(natural, blinks(data, "natural", np.zeros(1500, int), 1))

@@ -25,10 +25,10 @@ class Avatar:
         self.extent = float((pts.max(0).values - pts.min(0).values).norm())
 
     def render(self, ids: torch.Tensor, backgrounds: torch.Tensor | None, deform: bool, audio=None, eye=None,
-               camera=None):
+               camera=None, viewmats=None):
         """Render frames ``ids`` (cameras of those training frames) over per-pixel ``backgrounds [B, H, W, 3]``;
-        ``audio``/``eye``/``camera`` (the deformer's pose input) override the frames' own. Returns ``(rgb, alpha,
-        means2d)``."""
+        ``audio``/``eye``/``camera`` (the deformer's pose input)/``viewmats`` (head-to-camera ``[B, 4, 4]``)
+        override the frames' own. Returns ``(rgb, alpha, means2d)``."""
         d = self.data
         ids_cpu = ids.cpu()
         offsets = None
@@ -40,7 +40,8 @@ class Avatar:
                 camera = torch.zeros_like(camera)
             offsets = self.deformer(self.gauss.means, audio, eye, camera)
         means, quats, scales, opac, colours = deformed(self.gauss, offsets, len(ids_cpu))
-        rgb, alpha, means2d = self.raster(means, quats, scales, opac, colours, d.viewmats[ids_cpu].to(self.device),
+        view = d.viewmats[ids_cpu] if viewmats is None else viewmats
+        rgb, alpha, means2d = self.raster(means, quats, scales, opac, colours, view.to(self.device),
                                           d.Ks[ids_cpu].to(self.device), d.width, d.height)
         if backgrounds is not None:
             rgb = rgb + (1 - alpha) * backgrounds

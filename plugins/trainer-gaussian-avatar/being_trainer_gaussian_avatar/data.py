@@ -87,7 +87,8 @@ class RunData:
         k = torch.tensor([[focal * s, 0, self.src_w / 2 * s], [0, focal * s, self.src_h / 2 * s], [0, 0, 1]])
         self.Ks = k.repeat(self.n, 1, 1)
         cam = torch.cat([self.euler, self.trans], 1)
-        self.camera = (cam - cam.mean(0)) / cam.std(0).clamp(min=1e-4)
+        self.camera_mean, self.camera_std = cam.mean(0), cam.std(0).clamp(min=1e-4)
+        self.camera = (cam - self.camera_mean) / self.camera_std
         self.features = features
         audio = np.load(root / self.features.file)
         if audio.shape[0] != self.n or audio.shape[2] != self.features.dim:

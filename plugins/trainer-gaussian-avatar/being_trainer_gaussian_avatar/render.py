@@ -28,6 +28,64 @@ def pingpong(n_source: int, n_out: int) -> np.ndarray:
     return cycle[np.arange(n_out) % len(cycle)]
 
 
+def typical_frame(data: RunData) -> int:
+    """The training frame whose pose is closest to the mean training pose."""
+    ids = torch.as_tensor(data.train_ids)
+    return int(ids[(data.camera[ids] ** 2).sum(1).argmin()])
+
+
+def head_motion(data: RunData, pose: str, n_out: int, ctx):
+    """``(ids, viewmats, camera)`` for ``n_out`` frames: the training frame each one takes its background (and,
+    unless ``viewmats`` is given, its camera) from, the head-to-camera matrices (None: those frames' own) and
+    the deformer's pose inputs. ``pose``: 'train', 'still' or a run-relative .npy of ``[T, 6]`` poses (Euler
+    angles and translation as in track_params.pt), played back and forth."""
+    from .data import viewmats_from_track
+
+    if pose == "train":
+        ids = np.asarray(data.train_ids)[pingpong(len(data.train_ids), n_out)]
+        return ids, None, data.camera[torch.as_tensor(ids)]
+    if pose == "still":
+        ids = np.full(n_out, typical_frame(data))
+        return ids, None, data.camera[torch.as_tensor(ids)]
+    try:
+        poses = np.load(ctx.input(pose), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the pose file {pose} cannot be read as a .npy array: {exc}") from None
+    if poses.ndim != 2 or poses.shape[1] != 6 or len(poses) == 0 or not np.isfinite(poses).all():
+        raise ValueError(f"the pose file {pose} holds an array of shape {list(poses.shape)} ({poses.dtype}); it must "
+                         "be [T, 6] finite numbers: Euler angles (radians) and translation, as in track_params.pt")
+    poses = torch.from_numpy(poses[pingpong(len(poses), n_out)]).float()
+    camera = (poses - data.camera_mean) / data.camera_std
+    train = torch.as_tensor(data.train_ids)
+    nearest = train[torch.cdist(camera, data.camera[train]).argmin(1)]  # background of the closest training pose
+    return nearest.numpy(), viewmats_from_track(poses[:, :3], poses[:, 3:]), camera
+
+
+#: a natural blink: eye closure over 7 frames (40 ms each at 25 fps), as a share of the clip's full closure
+BLINK = np.array([0.35, 0.8, 1.0, 1.0, 0.7, 0.35, 0.1])
+
+
+def blinks(data: RunData, blink: str, ids: np.ndarray, seed: int) -> torch.Tensor:
+    """``[n]`` eye closure for the rendered frames: 'track' the training frames' own, 'none' the clip's usual
+    open eyes, 'natural' blinks every 2 to 6 seconds (about 15 a minute; the same for the same seed)."""
+    if blink == "track":
+        return data.eye[torch.as_tensor(ids)]
+    train = data.eye[torch.as_tensor(data.train_ids)]
+    rest = float(train.median())
+    eye = torch.full((len(ids),), rest)
+    if blink == "none":
+        return eye
+    shut = float(torch.quantile(train, 0.98))
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.5, 3.0) * data.fps
+    while t < len(ids):
+        at = int(t)
+        span = BLINK[:len(ids) - at]
+        eye[at:at + len(span)] = torch.from_numpy(rest + (shut - rest) * span).float()
+        t += rng.uniform(2.0, 6.0) * data.fps
+    return eye
+
+
 #: frames over which the silence inputs fade in at the start of a pause and out at its end
 FADE = 3
 
@@ -89,12 +147,12 @@ def render(ctx, cfg) -> dict:
     av = Avatar(data, cfg, device)
     av.load(model["model"])
     n_out = int(params.n_frames)
-    seq = pingpong(len(data.train_ids), n_out)
+    seq, viewmats, camera = head_motion(data, params.pose, n_out, ctx)
+    eye = blinks(data, params.blink, seq, cfg.seed)
     audio = torch.from_numpy(features[:n_out])
     if len(audio) < n_out:  # at most one frame short: repeat the last window
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
     audio = smooth_audio(audio, cfg.audio_smooth)
-    camera = data.camera[torch.as_tensor(seq)]  # the pose inputs of the frames played back
     if cfg.silence == "close":
         audio, camera = close_in_pauses(data, ctx, audio, camera, read_wav(ctx.input(params.audio)))
     started = time.monotonic()
@@ -105,8 +163,9 @@ def render(ctx, cfg) -> dict:
             for lo in range(0, n_out, cfg.render_batch):
                 ids = seq[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
-                rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[lo:lo + len(ids)],
-                                      eye=data.eye[torch.as_tensor(ids)], camera=camera[lo:lo + len(ids)])
+                part = slice(lo, lo + len(ids))
+                rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[part], eye=eye[part],
+                                      camera=camera[part], viewmats=None if viewmats is None else viewmats[part])
                 for frame in (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8):
                     if meter:
                         mouths.append(meter.points(frame))
