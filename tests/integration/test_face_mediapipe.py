@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from being_face_mediapipe.fit import euler2rot, pose, project
+from being_face_mediapipe.fit import euler2rot, pose, project, to_reference_euler
 from conftest import FAST_FACE, make_video, prepare
 
 from being_core.errors import InputError, StageFailed
@@ -51,7 +51,8 @@ def test_cameras_round_trip_to_the_landmarks(prepared_face5):
     assert params["exp"].shape[0] == 122 and params["focal"].shape == (1,)
     assert params["vertices"].shape[0] == 122 and params["vertices"].shape[1] >= 3000
     shape = torch.as_tensor(model["mean"] + np.einsum("nk,kvc->nvc", params["exp"].numpy(), model["basis"]))
-    uv = project(pose(shape, params["euler"], params["trans"]), params["focal"], 256.0, 256.0)
+    euler = torch.from_numpy(to_reference_euler(params["euler"].numpy()))  # track_params.pt: the reference's angles
+    uv = project(pose(shape, euler, params["trans"]), params["focal"], 256.0, 256.0)
     assert (uv - torch.as_tensor(lm[..., :2])).norm(dim=-1).mean() < 2.0
     # The same points through transforms_*.json the way ER-NeRF-style readers use it (metres, c2w).
     train = json.loads((prepared_face5 / "transforms_train.json").read_text())
@@ -176,3 +177,48 @@ def test_talkinggaussian_parsing_variant(prepared_copy, being_run_stage):
         parsing = cv2.imread(str(prepared_copy / "parsing" / f"{i}.png"))
         colours |= {tuple(c) for c in np.unique(parsing.reshape(-1, 3), axis=0)}
     assert {(100, 100, 100), (0, 0, 0), (255, 0, 0)} <= colours
+
+
+def _reference_rotation(euler: torch.Tensor) -> torch.Tensor:
+    """The reference tracker's (and GaussianTalker's reader's) euler2rot, written as that code builds it: each
+    matrix from three column vectors, then rot_x @ rot_y @ rot_z."""
+    a, b, c = (euler[:, k].reshape(-1, 1) for k in range(3))
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+
+    def columns(*cols):
+        return torch.stack([torch.cat(col, 1) for col in cols], 2)
+
+    rot_x = columns((one, zero, zero), (zero, a.cos(), a.sin()), (zero, -a.sin(), a.cos()))
+    rot_y = columns((b.cos(), zero, -b.sin()), (zero, one, zero), (b.sin(), zero, b.cos()))
+    rot_z = columns((c.cos(), -c.sin(), zero), (c.sin(), c.cos(), zero), (zero, zero, one))
+    return rot_x @ rot_y @ rot_z
+
+
+def test_gaussiantalkers_reader_poses_the_vertices_where_the_json_cameras_do(prepared_face5):
+    """GaussianTalker's reader builds each camera from track_params.pt (R from the Euler angles, flipped and
+    transposed into its world-to-view matrix; T the negated translation with x flipped back); ER-NeRF and
+    TalkingGaussian read transforms_*.json. Both must put the tracked vertices on the same pixels."""
+    params = torch.load(prepared_face5 / "track_params.pt")
+    assert params["euler_convention"] == "reference"
+    train = json.loads((prepared_face5 / "transforms_train.json").read_text())
+    f, cx, cy = train["focal_len"], train["cx"], train["cy"]
+    turned = int(params["euler"][:, 1].abs().argmax())  # the frame turned furthest, and a few more
+    for i in sorted({0, 40, 80, turned}):
+        verts = params["vertices"][i].double().numpy()
+        # GaussianTalker: R = flip @ euler2rot, R = -R^T, T = -trans with T[0] negated; world-to-view
+        # [R^T | T] (getWorld2View2), an OpenCV camera (x right, y down, looking down +z)
+        rot = torch.diag(torch.tensor([-1.0, 1.0, 1.0])) @ _reference_rotation(params["euler"][i:i + 1].float())[0]
+        r_gt = -rot.double().numpy().T
+        t_gt = -params["trans"][i].double().numpy()
+        t_gt[0] = -t_gt[0]
+        cam = verts @ r_gt + t_gt  # rows: (R^T applied) = verts @ R
+        uv_gt = np.stack([f * cam[:, 0] / cam[:, 2] + cx, f * cam[:, 1] / cam[:, 2] + cy], 1)
+        # ER-NeRF: the inverse of the JSON's camera-to-world (OpenGL, metres)
+        frame = next(fr for fr in train["frames"] if fr["img_id"] == i) if i < 110 else None
+        if frame is None:
+            continue
+        w2c = np.linalg.inv(np.array(frame["transform_matrix"]))
+        gl = (w2c[:3, :3] @ (verts.T / 10) + w2c[:3, 3:]).T
+        uv_json = np.stack([cx - f * gl[:, 0] / gl[:, 2], cy + f * gl[:, 1] / gl[:, 2]], 1)
+        assert np.abs(uv_gt - uv_json).max() < 0.05, f"frame {i}: {np.abs(uv_gt - uv_json).max():.2f} px apart"
+    assert float(params["euler"][turned].abs().max()) > 0.02, "the clip turns its head, so a wrong convention shows"

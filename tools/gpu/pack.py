@@ -45,6 +45,7 @@ def pack(run: Path, dest: Path) -> None:
     track = torch.load(run / "track_params.pt")
     head = np.load(run / "face" / "head_model.npz")
     np.savez_compressed(dest / "fit.npz", **{k: track[k].numpy() for k in ("id", "exp", "euler", "trans", "focal")},
+                        euler_convention=np.array(track.get("euler_convention", "")),
                         mean=head["mean"], basis=head["basis"], dense=head["dense_weights"])
     np.savez_compressed(dest / "audio.npz", aud_mel=np.load(run / "aud_mel.npy"))
     for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json"):
@@ -78,7 +79,10 @@ def unpack(src: Path, run: Path) -> None:
     fit = np.load(src / "fit.npz")
     shapes = fit["mean"][None] + np.einsum("nk,kvc->nvc", fit["exp"], fit["basis"])
     vertices = torch.einsum("dv,nvc->ndc", torch.from_numpy(fit["dense"]), torch.from_numpy(shapes).float())
-    torch.save({k: torch.from_numpy(fit[k]) for k in ("id", "exp", "euler", "trans", "focal")} | {"vertices": vertices},
+    convention = {"euler_convention": str(fit["euler_convention"])} if "euler_convention" in fit and \
+        str(fit["euler_convention"]) else {}
+    torch.save({k: torch.from_numpy(fit[k]) for k in ("id", "exp", "euler", "trans", "focal")} | {"vertices": vertices}
+               | convention,
                run / "track_params.pt")
     np.save(run / "aud_mel.npy", np.load(src / "audio.npz")["aud_mel"])
     if (src / "speech").is_dir():  # new speech for the avatars to say (tools/gpu/carry.py --speech)

@@ -38,7 +38,7 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
     """FaceMesh 478 landmarks, 68-point .lms, a head model fitted by reprojection, cameras for the trainers."""
 
     name = "mediapipe"
-    version = "0.1.0"
+    version = "0.2.0"
     outputs = (*FaceTracker.outputs, "face/head_model.npz", "track_params.pt", "transforms_train.json",
                "transforms_val.json", "parsing/*.png", "bc.jpg", "gt_imgs/*.jpg", "torso_imgs/*.png")
     provides = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
@@ -86,7 +86,7 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
         import numpy as np
         import torch
 
-        from .fit import SEARCH_ITERATIONS, c2w_matrices, densify_weights, fit_head
+        from .fit import REFERENCE_EULER, SEARCH_ITERATIONS, c2w_matrices, densify_weights, fit_head, to_reference_euler
         from .lm68 import MESH_TO_68
         from .track import detect, fill_gaps, missing_runs
 
@@ -126,7 +126,8 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
         torch.save({
             "id": torch.from_numpy(fit.mean.reshape(1, -1).copy()),
             "exp": torch.from_numpy(fit.exp.copy()),
-            "euler": torch.from_numpy(fit.euler.copy()),
+            "euler": torch.from_numpy(to_reference_euler(fit.euler)),
+            "euler_convention": REFERENCE_EULER,
             "trans": torch.from_numpy(fit.trans.copy()),
             "focal": torch.tensor([fit.focal], dtype=torch.float32),
             "vertices": torch.from_numpy(vertices),

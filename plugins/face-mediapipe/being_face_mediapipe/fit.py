@@ -8,6 +8,8 @@ Conventions (the ones the public trainers read, see the dataset reference):
   ``R(euler) @ v + trans`` and projected as ``u = cx - f X / Z``, ``v = cy + f Y / Z`` (``Z < 0``).
 * ``R(euler) = rot_x(a) @ rot_y(b) @ rot_z(c)`` with the reference's matrices, which are the standard ones
   transposed: ``rot_x(a) = [[1,0,0],[0,cos a, sin a],[0,-sin a, cos a]]`` and likewise for y and z.
+* ``track_params.pt`` stores the angles in the reference tracker's own convention instead (see
+  :func:`to_reference_euler`), since GaussianTalker's reader poses its vertices with the reference's code.
 * ``transforms_*.json`` hold the camera-to-world matrix ``[R^T | -R^T (trans / 10)]`` (metres), as the
   reference writes it; ``track_params.pt`` keeps ``trans`` in decimetres.
 """
@@ -43,6 +45,18 @@ def rot2euler(rot: np.ndarray) -> np.ndarray:
     a = np.arctan2(-rot[:, 1, 2], rot[:, 2, 2])
     c = np.arctan2(-rot[:, 0, 1], rot[:, 0, 0])
     return -np.stack([a, b, c], 1)
+
+
+#: the value of ``track_params.pt``'s ``euler_convention``: angles as the reference tracker writes them
+REFERENCE_EULER = "reference"
+
+
+def to_reference_euler(euler: np.ndarray) -> np.ndarray:
+    """Angles for :func:`euler2rot` as the reference tracker's own ``euler2rot`` reads them (the rotation matrix
+    is the same). That code assembles each matrix from column vectors, so its ``rot_x`` and ``rot_y`` are the
+    standard rotations, the transposes of ours, while its ``rot_z`` equals ours: ``(a, b, c) -> (-a, -b, c)``,
+    an involution (it also converts back)."""
+    return euler * np.array([-1.0, -1.0, 1.0], dtype=euler.dtype)
 
 
 def project(posed: torch.Tensor, focal: torch.Tensor, cx: float, cy: float) -> torch.Tensor:

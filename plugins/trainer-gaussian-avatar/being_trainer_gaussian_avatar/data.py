@@ -36,13 +36,23 @@ def load_tensors(path: Path, name: str) -> dict:
 
 
 def euler2rot(euler: torch.Tensor) -> torch.Tensor:
-    """The reference's ``rot_x @ rot_y @ rot_z`` (its matrices are the standard ones transposed)."""
+    """The reference tracker's ``rot_x @ rot_y @ rot_z`` (the angles of ``track_params.pt``): standard rotations
+    about x and y, and the transposed one about z (its code builds the matrices from column vectors)."""
     a, b, c = euler[:, 0], euler[:, 1], euler[:, 2]
     one, zero = torch.ones_like(a), torch.zeros_like(a)
-    rx = torch.stack([one, zero, zero, zero, a.cos(), a.sin(), zero, -a.sin(), a.cos()], 1).view(-1, 3, 3)
-    ry = torch.stack([b.cos(), zero, -b.sin(), zero, one, zero, b.sin(), zero, b.cos()], 1).view(-1, 3, 3)
+    rx = torch.stack([one, zero, zero, zero, a.cos(), -a.sin(), zero, a.sin(), a.cos()], 1).view(-1, 3, 3)
+    ry = torch.stack([b.cos(), zero, b.sin(), zero, one, zero, -b.sin(), zero, b.cos()], 1).view(-1, 3, 3)
     rz = torch.stack([c.cos(), c.sin(), zero, -c.sin(), c.cos(), zero, zero, zero, one], 1).view(-1, 3, 3)
     return rx @ ry @ rz
+
+
+def track_euler(track: dict) -> torch.Tensor:
+    """``track_params.pt``'s angles in the reference's convention. Files written before face-mediapipe 0.2.0
+    (no ``euler_convention``) hold them with x and y negated; they are converted."""
+    euler = track["euler"].float()
+    if track.get("euler_convention") != "reference":
+        euler = euler * torch.tensor([-1.0, -1.0, 1.0])
+    return euler
 
 
 def viewmats_from_track(euler: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
@@ -80,7 +90,7 @@ class RunData:
         self.height = round(self.src_h * self.width / self.src_w)
         s = self.width / self.src_w
         track = load_tensors(root / "track_params.pt", "track_params.pt")
-        self.euler, self.trans = track["euler"].float(), track["trans"].float()
+        self.euler, self.trans = track_euler(track), track["trans"].float()
         focal = float(track["focal"].reshape(-1)[0])
         self.points = track["vertices"].float().mean(0)
         self.viewmats = viewmats_from_track(self.euler, self.trans)
