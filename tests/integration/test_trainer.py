@@ -272,11 +272,13 @@ def test_the_alpha_band_frees_only_pixels_just_outside_the_head():
 
 
 def test_training_compares_with_the_target_the_config_names(prepared_copy, being_run_stage, monkeypatch):
+    from being_trainer_gaussian_avatar import evaluate as evaluate_module
     from being_trainer_gaussian_avatar import train as train_module
 
     calls = []
     real = train_module.composite
-    monkeypatch.setattr(train_module, "composite", lambda *a: calls.append(len(a[0])) or real(*a))
+    for module in (train_module, evaluate_module):  # the training loop's and the evaluation's
+        monkeypatch.setattr(module, "composite", lambda *a: calls.append(len(a[0])) or real(*a))
     config = {**TINY, "fine_iterations": 2, "coarse_iterations": 6, "frame_cache": "off"}
     being_run_stage(prepared_copy, "trainer", "gaussian-avatar", config)
     assert calls == [12], "target 'frame': only the held-out evaluation builds the composite (12 val frames)"
