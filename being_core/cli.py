@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PLUGIN, EXIT_STAGE_FAILED, BeingError
+from .errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PLUGIN, EXIT_STAGE_FAILED, BeingError, os_error_text
 
 log = logging.getLogger("being")
 
@@ -272,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the file system said no: a full disk, a read-only or vanished folder
         if args.traceback:
             err_console.print_exception()
-        where = f"{exc.filename}: " if exc.filename else ""
-        err_console.print(f"ERROR: {where}{exc.strerror or exc}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"ERROR: {os_error_text(exc)}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_INPUT
     except KeyboardInterrupt:
         again = ("run the same command again: the new audio's features are kept, the frames are rendered anew"

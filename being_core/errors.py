@@ -71,3 +71,10 @@ class StageFailed(BeingError):
     """A stage ran and failed, or left no result."""
 
     exit_code = EXIT_STAGE_FAILED
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for a refusal of the file system (a full disk, a read-only or vanished folder), naming the file;
+    such an error exits with :data:`EXIT_INPUT`."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"

@@ -26,7 +26,7 @@ from typing import Any
 
 from being_core import Command, CommandContext
 from being_core.config import ResolvedConfig, crop_problems, load, resolve
-from being_core.errors import EXIT_OK, EXIT_STAGE_FAILED, BeingError, ConfigError, UsageError
+from being_core.errors import EXIT_INPUT, EXIT_OK, EXIT_STAGE_FAILED, BeingError, ConfigError, UsageError, os_error_text
 from being_core.manifest import Manifest
 from being_core.pipeline import Pipeline
 from being_core.progress import PrefixReporter, Reporter
@@ -176,8 +176,7 @@ def _run_subject(subject: Subject, config: ResolvedConfig, registry: Registry, p
     except BeingError as exc:
         subject.status, subject.error, subject.exit_code = "failed", str(exc), exc.exit_code
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        subject.status, subject.error, subject.exit_code = "failed", f"{where}{exc.strerror or exc}", 3
+        subject.status, subject.error, subject.exit_code = "failed", os_error_text(exc), EXIT_INPUT
     except Exception as exc:  # noqa: BLE001 - one subject's crash must not stop the others
         log.error("%s", traceback.format_exc())
         subject.status, subject.error = "failed", f"internal error: {type(exc).__name__}: {exc}"

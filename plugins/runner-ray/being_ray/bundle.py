@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from being_core.errors import StageFailed
+from being_core.paths import is_inside
 from being_core.protocol import StageRequest
 
 
@@ -71,6 +72,9 @@ def inputs_of(request: StageRequest, root: Path, request_rel: str) -> list[str]:
 
 
 def _inside(root: Path, rel: str) -> bool:
+    """A run path (:func:`being_core.paths.is_inside`) that, links followed, still lies under ``root``."""
+    if not is_inside(rel):
+        return False
     try:
         (root / rel).resolve().relative_to(root.resolve())
     except ValueError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -110,7 +111,7 @@ class RayRunner(Runner[RayOptions]):
             return
         work = root / req.work_dir
         for sub in ("out", "state"):
-            _clear(work / sub)
+            shutil.rmtree(work / sub, ignore_errors=True)
         unpack(out["bundle"], root, under=req.work_dir)
         log.info("%s '%s': ran as a Ray task on node %s, run folder shipped (%.1f MB in, %.1f MB back)", what,
                  cls.name, out["node"], len(bundle) / 1e6, len(out["bundle"]) / 1e6)
@@ -251,8 +252,3 @@ def _resources(cls: Any, config: Any, options: RayOptions) -> dict[str, Any]:
     return resources
 
 
-def _clear(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
