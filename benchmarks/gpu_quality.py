@@ -1,7 +1,7 @@
 """Held-out quality of trainer settings, several trainings side by side on one or more GPUs (run by hand;
 results in docs/benchmarks.md).
 
-    python -m benchmarks.gpu_quality RUN OUT NAME:key=value,key=value [NAME:...] [--speech FOLDER]
+    python -m benchmarks.gpu_quality RUN[,RUN...] OUT NAME:key=value,key=value [NAME:...] [--speech FOLDER]
 
 RUN is a prepared run folder (on a GPU box without mediapipe: unpacked by ``tools/gpu/pack.py``). Builds
 gsplat once, then trains every variant in its own process at the same time with the trainer's own ``train``
@@ -10,6 +10,9 @@ gsplat once, then trains every variant in its own process at the same time with 
 PSNR/SSIM under each protocol) and the wall time. Name repeats of one setting with different seeds
 ``<setting>-s<seed>`` (e.g. ``base-s0:seed=0 base-s1:seed=1``): the summary printed at the end gives each
 setting's mean and spread, since one run cannot tell a 0.5 dB gain from run-to-run noise.
+
+With several runs (comma-separated), every variant trains on every run, named ``<run folder>-<NAME>``, all at
+once over the GPUs.
 
 ``--speech FOLDER`` (relative to RUN, holding ``aud.wav`` and the run's encoder's features of it, e.g. put there
 by ``tools/gpu/carry.py --speech``): each trained avatar also says that speech with the trainer's own render,
@@ -97,25 +100,33 @@ def main() -> None:
         at = args.index("--speech")
         speech = args[at + 1]
         del args[at:at + 2]
-    run, out = Path(args[0]).resolve(), Path(args[1])
+    out = Path(args[1])
     out.mkdir(parents=True, exist_ok=True)
-    variants = [parse(s) for s in args[2:]]
+    jobs = trainings([Path(r).resolve() for r in args[0].split(",")], [parse(s) for s in args[2:]])
     compare_rasterisers()  # builds gsplat's extension once, before the trainings start
-    if len(variants) == 1:
-        train_variant(run, *variants[0], out, 12, speech=speech)
+    if len(jobs) == 1:
+        train_variant(*jobs[0], out, 12, speech=speech)
     else:
         import torch
 
         gpus = max(1, torch.cuda.device_count())
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=train_variant,
-                             args=(run, name, ov, out, max(2, 14 * gpus // len(variants)), k % gpus, speech))
-                 for k, (name, ov) in enumerate(variants)]
+                             args=(run, name, ov, out, max(2, 14 * gpus // len(jobs)), k % gpus, speech))
+                 for k, (run, name, ov) in enumerate(jobs)]
         for p in procs:
             p.start()
         for p in procs:
             p.join()
-    summarise(out, [name for name, _ in variants])
+    summarise(out, [name for _, name, _ in jobs])
+
+
+def trainings(runs: list[Path], variants: list[tuple[str, dict]]) -> list[tuple[Path, str, dict]]:
+    """``(run, name, overrides)`` for every variant on every run; with several runs the name starts with the
+    run folder's name."""
+    if len(runs) == 1:
+        return [(runs[0], name, ov) for name, ov in variants]
+    return [(run, f"{run.name}-{name}", ov) for run in runs for name, ov in variants]
 
 
 def summarise(out: Path, names: list[str]) -> None:

@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--audio", type=Path, help="with --cli: the audio that `being render` gets there")
     ap.add_argument("--speech", type=Path, nargs="+", help="without --cli: speech files joined with pauses of "
                     f"{PAUSE_S} s into the packed run's speech/ (wav + mel features) for gpu_quality --speech")
+    ap.add_argument("--more", type=Path, nargs="+", default=[], help="without --cli: more prepared runs, packed "
+                    "beside the first (pack-<name>/) for one gpu_quality over all of them")
     args = ap.parse_args()
     if args.cli and not (args.audio and args.audio.is_file()):
         sys.exit(f"--cli needs --audio with an existing audio file (got {args.audio})")
@@ -72,6 +74,11 @@ def main() -> None:
             packing.pack(args.run, args.dest / "pack")
         if args.speech:
             speech(args.speech, args.run, args.dest / "pack" / "speech")
+        for more in args.more:
+            if not (args.dest / f"pack-{more.name}" / "being.json").is_file():
+                packing.pack(more, args.dest / f"pack-{more.name}")
+            if args.speech:
+                speech(args.speech, more, args.dest / f"pack-{more.name}" / "speech")
     total = size(args.dest)
     print(f"{args.dest}: {total / 2 ** 20:.1f} MiB (wheels {size(wheels) / 2 ** 20:.1f})")
     if total > LIMIT:
@@ -91,9 +98,11 @@ def main() -> None:
         return
     # -P: the checkout is on PYTHONPATH for benchmarks/ and tools/ only; its being_core must not shadow the
     # installed wheel (the shipped configs are package data of the wheel, not a folder of the source package)
-    unpack = f"python3 -P -m tools.gpu.pack unpack {rel}/pack /tmp/run"
+    unpack = "; ".join([f"python3 -P -m tools.gpu.pack unpack {rel}/pack /tmp/run"] +
+                       [f"python3 -P -m tools.gpu.pack unpack {rel}/pack-{m.name} /tmp/{m.name}" for m in args.more])
+    runs = ",".join(["/tmp/run", *(f"/tmp/{m.name}" for m in args.more)])
     bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
-             "python3 -P -m benchmarks.gpu_quality /tmp/run $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2" +
+             f"python3 -P -m benchmarks.gpu_quality {runs} $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2" +
              (" --speech speech" if args.speech else ""))
     print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")
 
