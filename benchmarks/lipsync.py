@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from being_core.audio import SAMPLE_RATE
-from being_core.ingest import ffmpeg_exe
+from being_core.audio import SAMPLE_RATE, read_wav
+from being_core.ingest import AUDIO_FILE, extract_audio
+from being_core.progress import Reporter
 
 
 def frames_of(video: Path) -> tuple[list[np.ndarray], float]:
@@ -39,12 +40,10 @@ def frames_of(video: Path) -> tuple[list[np.ndarray], float]:
 
 
 def speech_of(media: Path) -> np.ndarray:
-    """The audio of ``media`` as 16 kHz mono float32 (ValueError when it has none)."""
-    proc = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(media), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
-                           "-f", "s16le", "-"], capture_output=True)
-    if proc.returncode != 0 or not proc.stdout:
-        raise ValueError(f"{media} has no audio that ffmpeg can read: {proc.stderr.decode(errors='replace')[-300:]}")
-    return np.frombuffer(proc.stdout, "<i2").astype(np.float32) / 32768.0
+    """The first audio stream of ``media`` as 16 kHz mono float32, extracted as ingest extracts a clip's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extract_audio(media, Path(tmp), Reporter())
+        return read_wav(Path(tmp) / AUDIO_FILE)
 
 
 def held_out(run: Path, val: Path, name: str) -> dict:

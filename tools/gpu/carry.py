@@ -119,7 +119,7 @@ def speech(files: list[Path], run: Path, dest: Path) -> None:
     from being_audio_mel import MelConfig, log_mel
 
     from being_core.audio import SAMPLE_RATE, frame_windows
-    from being_core.ingest import ffmpeg_exe
+    from benchmarks.lipsync import speech_of
 
     manifest = json.loads((run / "being.json").read_text())
     encoder = manifest["stages"]["audio_encoder"]
@@ -127,10 +127,8 @@ def speech(files: list[Path], run: Path, dest: Path) -> None:
         sys.exit(f"--speech computes mel features; {run} was prepared with the '{encoder['impl']}' encoder")
     pause = np.zeros(round(PAUSE_S * SAMPLE_RATE), np.int16)
     pieces = []
-    for f in files:
-        pcm = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(f), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE),
-                              "-f", "s16le", "-"], capture_output=True, check=True).stdout
-        pieces += [np.frombuffer(pcm, "<i2"), pause]
+    for f in files:  # read_wav's floats are the 16-bit samples over 32768: exact back to int16
+        pieces += [(speech_of(f) * 32768).astype(np.int16), pause]
     samples = np.concatenate(pieces)
     dest.mkdir(parents=True, exist_ok=True)
     with wave.open(str(dest / "aud.wav"), "wb") as w:

@@ -10,13 +10,14 @@ import torch
 
 from being_core.audio import SAMPLE_RATE, read_wav
 
-from . import lipsync
+from . import GaussianAvatar, lipsync
 from .avatar import Avatar
 from .data import RunData, load_tensors, smooth_audio
 from .video import write_video
 
-#: settings that say how to render, not what was trained: taken from the render's config, not the model's
-RENDER_SETTINGS = ("device", "backend", "render_batch", "frame_cache", "num_workers", "silence")
+#: settings that say where and how to render, not what was trained: taken from the render's config, not the
+#: model's (the render-only settings, which never retrain, and where the work runs)
+RENDER_SETTINGS = (*GaussianAvatar.action_settings["render"], "device", "backend", "frame_cache", "num_workers")
 
 
 def pingpong(n_source: int, n_out: int) -> np.ndarray:
@@ -28,10 +29,16 @@ def pingpong(n_source: int, n_out: int) -> np.ndarray:
     return cycle[np.arange(n_out) % len(cycle)]
 
 
+def most_typical(data: RunData, ids) -> int:
+    """Of frames ``ids``, the one whose pose is closest to the mean pose (the camera inputs are standardised:
+    0 is the mean)."""
+    ids = torch.as_tensor(np.asarray(ids))
+    return int(ids[(data.camera[ids] ** 2).sum(1).argmin()])
+
+
 def typical_frame(data: RunData) -> int:
     """The training frame whose pose is closest to the mean training pose."""
-    ids = torch.as_tensor(data.train_ids)
-    return int(ids[(data.camera[ids] ** 2).sum(1).argmin()])
+    return most_typical(data, data.train_ids)
 
 
 def head_motion(data: RunData, pose: str, n_out: int, ctx):
@@ -95,22 +102,16 @@ def shut_reference(data: RunData) -> int | None:
     among them), or else the quietest frame with a shut mouth (the most typical pose when the run has no
     ``aud.wav`` to tell); None when the tracked mouth never shuts."""
     lm = np.load(data.root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
-    train = np.zeros(data.n, bool)
-    train[data.train_ids] = True
-    shut = train & (lipsync.opening(lm) < lipsync.CLOSED)
-    typical = (data.camera ** 2).sum(1).numpy()  # the camera inputs are standardised: 0 is the mean pose
-    if not shut.any():
+    shut = np.asarray(data.train_ids)
+    shut = shut[lipsync.opening(lm)[shut] < lipsync.CLOSED]
+    if not len(shut):
         return None
     wav = data.root / "aud.wav"
     if not wav.is_file():
-        pick = np.flatnonzero(shut)
-        return int(pick[typical[pick].argmin()])
+        return most_typical(data, shut)
     level = lipsync.loudness(read_wav(wav), SAMPLE_RATE, data.n, data.fps)
-    pick = np.flatnonzero(shut & lipsync.pauses(level, data.fps))
-    if len(pick):
-        return int(pick[typical[pick].argmin()])
-    pick = np.flatnonzero(shut)
-    return int(pick[level[pick].argmin()])
+    silent = shut[lipsync.pauses(level, data.fps)[shut]]
+    return most_typical(data, silent) if len(silent) else int(shut[level[shut].argmin()])
 
 
 def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, samples: np.ndarray):
@@ -153,8 +154,9 @@ def render(ctx, cfg) -> dict:
     if len(audio) < n_out:  # at most one frame short: repeat the last window
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
     audio = smooth_audio(audio, cfg.audio_smooth)
+    samples = read_wav(ctx.input(params.audio))
     if cfg.silence == "close":
-        audio, camera = close_in_pauses(data, ctx, audio, camera, read_wav(ctx.input(params.audio)))
+        audio, camera = close_in_pauses(data, ctx, audio, camera, samples)
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 
@@ -181,7 +183,6 @@ def render(ctx, cfg) -> dict:
     seconds = round(time.monotonic() - started, 2)
     metrics: dict = {"frames": n_out, "seconds": seconds, "device": str(device)}
     if meter:  # how the mouth follows the new speech: closed in its pauses, open with its loudness
-        samples = read_wav(ctx.input(params.audio))
         metrics.update(lipsync.against_speech(np.array(mouths), samples, SAMPLE_RATE, data.fps))
     else:
         metrics.update(silent_frames=None, silent_closed=None, envelope_corr=None)
