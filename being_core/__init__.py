@@ -12,9 +12,12 @@ from .stage import (  # noqa: E402
     AUExtractor,
     DatasetFacts,
     FaceTracker,
+    FrameFilter,
+    RefineParams,
     Refiner,
     RenderParams,
     Resources,
+    ScoreParams,
     Stage,
     StageConfig,
     StageContext,
@@ -26,6 +29,7 @@ from .stage import (  # noqa: E402
 
 __all__ = [
     "AUExtractor", "Action", "AudioEncoder", "Command", "CommandContext", "Commands", "DatasetFacts", "FaceTracker",
-    "Implementation", "Refiner", "Registry", "RenderParams", "Resources", "Runner", "RunnerOptions", "Stage", "StageConfig",
-    "StageContext", "StageKind", "StageReport", "TeethSegmenter", "Trainer", "__version__", "hookimpl",
+    "FrameFilter", "Implementation", "RefineParams", "Refiner", "Registry", "RenderParams", "Resources", "Runner",
+    "RunnerOptions", "ScoreParams", "Stage", "StageConfig", "StageContext", "StageKind", "StageReport",
+    "TeethSegmenter", "Trainer", "__version__", "hookimpl",
 ]

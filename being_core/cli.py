@@ -178,10 +178,24 @@ def _summary(console, pipeline, trained: bool) -> None:
     shown = [f"{k} {metrics[k]}" for k in names if metrics.get(k) is not None]
     if shown:
         console.out(f"held-out metrics ({entry['impl']}): {', '.join(shown)}", highlight=False)
+    refiner = pipeline.config.stages.get("refiner")
+    scored = pipeline.manifest.stages.get("trainer:score") if refiner else None
+    if refiner and scored:  # the same frames, the same protocols: with the refiner beside without
+        refined = scored.get("metrics", {})
+        side = [f"{k} {refined[k]}{_delta(refined[k], metrics.get(k))}" for k in names if refined.get(k) is not None]
+        console.out(f"held-out metrics with refiner '{refiner.impl.cls.name}': {', '.join(side)}", highlight=False)
     for rel in entry.get("outputs", {}):
         if rel.endswith(".mp4"):
             console.out(f"video: {root / rel}", highlight=False)
     console.out(f"next: being render {root} --audio new.wav -o says.mp4", highlight=False)
+
+
+def _delta(value, before) -> str:
+    """`` (+0.52)`` after a refined metric: the change from the unrefined one, when both are numbers."""
+    if isinstance(value, int | float) and isinstance(before, int | float) and not isinstance(value, bool):
+        diff = value - before
+        return f" ({diff:+.{3 if abs(diff) < 0.1 else 2}f})" if diff else " (=)"
+    return ""
 
 
 def _cmd_prepare(args, ctx, registry) -> int:

@@ -55,7 +55,7 @@ def providers(registry: Registry, before: StageKind, files: list[str], capabilit
         if STAGE_ORDER.index(cls.kind) >= STAGE_ORDER.index(before):
             continue
         own = Provided([], set())
-        own.add(cls.outputs, cls.provides)
+        own.add(writes(cls), cls.provides)
         if own.missing(files, capabilities) == ([], []):
             found.append(_name(cls))
     return found
@@ -89,8 +89,14 @@ def check_chain(chain: list[type[Stage[Any]]], registry: Registry, provided: Pro
         problem = unmet(cls, provided, registry)
         if problem:
             problems.append(problem)
-        provided.add(cls.outputs, cls.provides)
+        provided.add(writes(cls), cls.provides)
     return problems
+
+
+def writes(cls: type[Stage[Any]]) -> list[str]:
+    """What a stage may write for the stages after it: the outputs of its run and of its actions (a trainer's
+    replay, which the core runs before a refiner)."""
+    return [*cls.outputs, *(p for act in cls.actions.values() for p in act.outputs)]
 
 
 def provided_by_run(stages: dict[str, Any], registry: Registry) -> Provided:
@@ -106,5 +112,5 @@ def provided_by_run(stages: dict[str, Any], registry: Registry) -> Provided:
         except UnknownImplementationError:  # no longer installed: what it wrote is all we know
             provided.add(entry.get("outputs", {}))
             continue
-        provided.add([*cls.outputs, *entry.get("outputs", {})], cls.provides)
+        provided.add([*writes(cls), *entry.get("outputs", {})], cls.provides)
     return provided

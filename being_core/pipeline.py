@@ -45,12 +45,17 @@ from .protocol import StageRequest, StageResult, write_bytes_atomic, write_json_
 from .registry import Registry
 from .stage import (
     PREPARE_STAGES,
+    REFINED_METRICS,
+    REFINED_VAL,
     STAGE_ORDER,
     DatasetFacts,
     FaceBoxes,
+    RefineParams,
     RenderParams,
+    ScoreParams,
     Stage,
     StageKind,
+    alpha_path,
     split_point,
 )
 
@@ -133,7 +138,9 @@ class Pipeline:
 
         The audio is encoded by the encoder recorded in this run (same implementation and config), in a
         sub-run folder ``renders/<audio>-<hash>/`` that keeps its own manifest and cache; then the trainer's
-        ``render`` action turns the features into the video.
+        ``render`` action turns the features into the video. With a refiner selected, the trainer also writes its
+        frames losslessly and the refiner's ``refine`` action makes the video from them (``refined.mp4``); a
+        refiner not fitted yet for this avatar is fitted first (:meth:`fit_refiner`, cached).
         """
         audio, output = Path(audio), Path(output)
         if output.suffix.lower() != ".mp4":
@@ -145,7 +152,7 @@ class Pipeline:
             raise InputError(f"--pose {poses}: give 'train', 'still' or an existing .npy file of [T, 6] poses")
         if blink not in ("track", "natural", "none"):
             raise InputError(f"--blink {blink}: give 'track', 'natural' or 'none'")
-        self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER), contracts=False)
+        self.preflight((StageKind.AUDIO_ENCODER, StageKind.TRAINER, StageKind.REFINER), contracts=False)
         manifest = self._require_prepared()
         trainer = self.config.stages.get(StageKind.TRAINER)
         if trainer is None:
@@ -155,9 +162,13 @@ class Pipeline:
         enc = manifest.stages.get(str(StageKind.AUDIO_ENCODER)) or {}
         if enc.get("status") != "done":
             raise InputError(f"{self.root} has no audio features, so its encoder is unknown; prepare it with audio")
-        problem = unmet(trainer.impl.cls, provided_by_run(manifest.stages, self.registry), self.registry, "render")
+        provided = provided_by_run(manifest.stages, self.registry)
+        problem = unmet(trainer.impl.cls, provided, self.registry, "render")
         if problem:
             raise ConfigError(self.config.source, [problem])
+        refiner = self.config.stages.get(StageKind.REFINER)
+        if refiner is not None:  # the refiner's promises hold after this trainer (trainer:frames)
+            self.preflight((StageKind.TRAINER, StageKind.REFINER), provided=provided)
         info = probe(audio, "audio")
         if info.audio_codec is None:
             raise InputError(f"{audio} has no audio stream")
@@ -180,14 +191,22 @@ class Pipeline:
             if poses is not None:  # the stage reads only the run folder: the poses travel into the render's folder
                 pose_param = f"{sub_rel}/poses.npy"
                 write_bytes_atomic(self.root / pose_param, poses.read_bytes())
+            if refiner is not None:
+                self.fit_refiner()
             params = RenderParams(audio=f"{sub_rel}/{AUDIO_FILE}", features=f"{sub_rel}/{entry['info']['file']}",
                                   n_frames=n_frames, output=f"{sub_rel}/render.mp4", pose=pose_param,
-                                  blink=blink)
+                                  blink=blink, frames=f"{sub_rel}/frames.mkv" if refiner is not None else None)
             self.run_stage(StageKind.TRAINER, action="render", params=params.model_dump(mode="json"))
+            made = params.output
+            if refiner is not None and params.frames is not None:
+                made = f"{sub_rel}/refined.mp4"
+                refine = RefineParams(frames=params.frames, alpha=alpha_path(params.frames), audio=params.audio,
+                                      output=made)
+                self.run_stage(StageKind.REFINER, action="refine", params=refine.model_dump(mode="json"))
             output.parent.mkdir(parents=True, exist_ok=True)
             tmp = output.with_name(f".{output.name}.tmp")
             try:  # like write_text_atomic: the old video or the whole new one, never a partial file
-                shutil.copyfile(self.root / params.output, tmp)
+                shutil.copyfile(self.root / made, tmp)
                 os.replace(tmp, output)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -301,7 +320,16 @@ class Pipeline:
 
     def _train(self) -> None:
         self.run_stage(StageKind.TRAINER)
+        if StageKind.REFINER in self.config.stages:
+            self.fit_refiner()
+
+    def fit_refiner(self) -> None:
+        """After the trainer: its replay of the run's own frames, the refiner's fit on them (which refines the
+        held-out frames), and the trainer's score of those, beside its own held-out metrics. Each step cached."""
+        self.run_stage(StageKind.TRAINER, action="replay")
         self.run_stage(StageKind.REFINER)
+        score = ScoreParams(frames=REFINED_VAL, output=REFINED_METRICS)
+        self.run_stage(StageKind.TRAINER, action="score", params=score.model_dump(mode="json"))
 
     def _encoder_run(self, sub_root: Path, enc: dict[str, Any]) -> Pipeline:
         """A pipeline for a render's sub-run: the encoder recorded in this run, whatever the config says now."""

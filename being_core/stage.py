@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,7 +61,20 @@ CAPABILITIES: dict[str, str] = {
                                 "dataset reference that the public trainers read.",
     "dataset:split": "files that depend on the train/val split (transforms_train.json, transforms_val.json) "
                      "follow the split in the dataset facts, the one every stage reads.",
+    "trainer:frames": "the trainer hands its frames to a refiner: its 'replay' action renders the run's own frames "
+                      "(refiner/replay/), its 'render' writes the frames losslessly beside the video when asked "
+                      "(RenderParams.frames), and its 'score' action reports its held-out metrics for any frames "
+                      "(ScoreParams), so a refined render is measured like the trainer's own.",
 }
+
+#: Where a trainer's ``replay`` action writes the run's own frames, rendered: ``train.mkv`` and ``val.mkv`` (the
+#: splits in order, lossless RGB) with ``train_alpha.mkv`` and ``val_alpha.mkv`` (the head's coverage).
+REPLAY_DIR = "refiner/replay"
+#: The refined held-out frames every refiner's ``run`` writes (lossless, val split in order), which the trainer's
+#: ``score`` action measures.
+REFINED_VAL = "refiner/val.mkv"
+#: The trainer's held-out metrics of the refined frames, side by side with its own (``avatar/metrics.json``).
+REFINED_METRICS = "refiner/metrics.json"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -131,6 +145,35 @@ class RenderParams(BaseModel):
     blink: Literal["track", "natural", "none"] = Field(
         "track", description="Blinks: 'track' from the training frames played back, 'natural' on a blink "
         "schedule of about 15 a minute, 'none' keeps the eyes open.")
+    frames: RunPath | None = Field(
+        None, description="For a refiner (trainers that provide 'trainer:frames'): also write the frames "
+        "losslessly to this .mkv, and the render's alpha beside it (<name>_alpha.mkv).")
+
+
+class ScoreParams(BaseModel):
+    """Parameters of a trainer's ``score`` action: frames made from its held-out renders (by a refiner)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: RunPath = Field(description="Lossless .mkv of the held-out frames, in order (the val split).")
+    output: RunPath = Field(description="The .json to write the metrics to.")
+
+
+class RefineParams(BaseModel):
+    """Parameters of a refiner's ``refine`` action: a trainer's lossless frames in, the refined video out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: RunPath = Field(description="Lossless .mkv of the rendered frames (RenderParams.frames).")
+    alpha: RunPath = Field(description="Lossless .mkv of the render's alpha, the head's coverage, frame by frame.")
+    audio: RunPath | None = Field(None, description="Speech to mux into the output (.mp4 only).")
+    output: RunPath = Field(description="The .mp4 to write (or .mkv: lossless, no audio).")
+
+
+def alpha_path(frames: str) -> str:
+    """The alpha video beside a frames video: ``renders/x/frames.mkv`` -> ``renders/x/frames_alpha.mkv``."""
+    stem, dot, suffix = frames.rpartition(".")
+    return f"{stem}_alpha.{suffix}" if dot else f"{frames}_alpha"
 
 
 class LocateParams(BaseModel):
@@ -159,6 +202,8 @@ class Action:
     params: type[BaseModel]
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    #: Files the action writes in some cases only (a render's lossless frames, for a refiner).
+    optional_outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,7 +341,7 @@ class Stage(Generic[ConfigT]):
         act = cls.action(action)
         if act is None:
             return cls.inputs, cls.outputs, cls.optional_outputs
-        return act.inputs, act.outputs, ()
+        return act.inputs, act.outputs, act.optional_outputs
 
     @classmethod
     def resources(cls, config: ConfigT) -> Resources:
@@ -318,7 +363,7 @@ class Stage(Generic[ConfigT]):
             problems.append("Config must subclass being_core.StageConfig")
         patterns = [*cls.inputs, *cls.optional_inputs, *cls.outputs, *cls.optional_outputs]
         for act in cls.actions.values():
-            patterns += [*act.inputs, *act.outputs]
+            patterns += [*act.inputs, *act.outputs, *act.optional_outputs]
         for pattern in patterns:
             if not isinstance(pattern, str) or pattern.startswith("/") or ".." in Path(pattern).parts \
                     or pattern.startswith(".being"):
@@ -332,6 +377,10 @@ class Stage(Generic[ConfigT]):
             unknown = [n for n in names if n not in fields]
             if unknown:
                 problems.append(f"action_settings[{action!r}] names {', '.join(unknown)}, not settings of its Config")
+        if "trainer:frames" in cls.provides:
+            missing = [a for a in ("render", "replay", "score") if a not in cls.actions]
+            if missing:
+                problems.append(f"provides trainer:frames but has no {', '.join(missing)} action")
         kind = getattr(cls, "kind", None)
         for upstream in cls.reads_info:
             if not isinstance(upstream, StageKind) or (isinstance(kind, StageKind)
@@ -425,7 +474,8 @@ class Trainer(Stage[ConfigT]):
 
     kind = StageKind.TRAINER
     reads_info: ClassVar[tuple[StageKind, ...]] = (StageKind.AUDIO_ENCODER,)
-    actions: ClassVar[dict[str, Action]] = {"render": Action("render", RenderParams, outputs=("renders/*/*.mp4",))}
+    actions: ClassVar[dict[str, Action]] = {"render": Action("render", RenderParams, outputs=("renders/*/*.mp4",),
+                                                             optional_outputs=("renders/*/*.mkv",))}
     #: The render's metrics worth a line after ``being render`` (e.g. how the mouth follows the new speech).
     render_headline_metrics: ClassVar[tuple[str, ...]] = ()
 
@@ -433,16 +483,98 @@ class Trainer(Stage[ConfigT]):
     def render_action(cls, inputs: tuple[str, ...]) -> Action:
         """The kind's ``render`` action with this implementation's inputs."""
         base = Trainer.actions["render"]
-        return Action(base.method, base.params, inputs, base.outputs)
+        return Action(base.method, base.params, inputs, base.outputs, base.optional_outputs)
+
+    @classmethod
+    def replay_action(cls, inputs: tuple[str, ...]) -> Action:
+        """The ``replay`` action (with ``trainer:frames``): render every frame of the run with its own audio,
+        pose and eyes, and write the splits to :data:`REPLAY_DIR` (``train.mkv``, ``train_alpha.mkv``,
+        ``val.mkv``, ``val_alpha.mkv``): what a refiner learns from and is measured on."""
+        return Action("replay", NoParams, inputs, (f"{REPLAY_DIR}/*.mkv",))
+
+    @classmethod
+    def score_action(cls, inputs: tuple[str, ...]) -> Action:
+        """The ``score`` action (with ``trainer:frames``): the held-out metrics of :class:`ScoreParams`' frames,
+        the same ones and the same way as the trainer's own evaluation, written to the params' ``output``."""
+        return Action("score", ScoreParams, (*inputs, REFINED_VAL), (REFINED_METRICS,))
 
     def render(self, ctx: StageContext[ConfigT]) -> StageReport:
         raise NotImplementedError
 
 
+class FrameFilter(Protocol):
+    """A refiner loaded in-process (:meth:`Refiner.open`): batches of frames in, refined frames out.
+
+    Called with tensors on its ``device`` (the real-time server's path: frames never leave the GPU): ``rgb``
+    float ``[B, H, W, 3]`` in 0..1 and ``alpha`` ``[B, H, W]`` in 0..1 (the head's coverage in the render); it
+    returns the refined ``[B, H, W, 3]``. ``refine_frames`` does the same for uint8 arrays on the host
+    (``[B, H, W, 3]`` and ``[B, H, W]``), the path of files. A refiner that keeps state across frames (fixed
+    noise) keeps it per object: one object per stream.
+    """
+
+    device: str
+
+    def __call__(self, rgb: Any, alpha: Any) -> Any: ...
+
+    def refine_frames(self, rgb: Any, alpha: Any) -> Any: ...
+
+
 class Refiner(Stage[ConfigT]):
-    """Post-processes rendered frames (e.g. a 2D refinement network)."""
+    """Refines a trainer's rendered frames in 2D (a network learned per subject, a diffusion pass).
+
+    ``run`` is the fit: it reads the trainer's replay of the run's own frames (:data:`REPLAY_DIR`: the training
+    and held-out splits, lossless, with the head's alpha) and the real frames, learns from them when the
+    implementation learns (``learns``), and writes the refined held-out frames to :data:`REFINED_VAL`, which
+    the trainer's ``score`` action measures beside its own. ``refine`` (:class:`RefineParams`) streams a render
+    through it in batches. :meth:`open` loads it in-process for frames on a GPU (the real-time server); the
+    kind's ``refine`` and :meth:`refine_file` are built on it, so an implementation writes ``run`` and ``open``.
+    Frames cross the boundary as files (:mod:`being_core.frames`), the same for every runner.
+    """
 
     kind = StageKind.REFINER
+    inputs: ClassVar[tuple[str, ...]] = ("ori_imgs/*.jpg", f"{REPLAY_DIR}/*.mkv")
+    outputs: ClassVar[tuple[str, ...]] = (REFINED_VAL,)
+    requires: ClassVar[tuple[str, ...]] = ("trainer:frames",)
+    actions: ClassVar[dict[str, Action]] = {"refine": Action("refine", RefineParams, ("renders/*/*.mkv",),
+                                                             ("renders/*/*.mp4",))}
+    #: Whether ``run`` learns from the avatar (its fit); False: it only refines the held-out frames.
+    learns: ClassVar[bool] = False
+    #: Frames per batch when streaming a file through :meth:`open`.
+    batch: ClassVar[int] = 8
+
+    @classmethod
+    def refine_action(cls, inputs: tuple[str, ...]) -> Action:
+        """The kind's ``refine`` action, also reading this implementation's ``inputs`` (e.g. its weights)."""
+        base = Refiner.actions["refine"]
+        return Action(base.method, base.params, (*base.inputs, *inputs), base.outputs)
+
+    def open(self, folder: Path, config: ConfigT, device: str | None = None) -> FrameFilter:
+        """Load the refiner for frames on ``device`` ('cpu', 'cuda', 'cuda:1'; None: where its config says);
+        ``folder`` holds what ``run`` wrote (the run folder, or during ``run`` its output folder)."""
+        raise NotImplementedError
+
+    def refine_file(self, ctx: StageContext[ConfigT], refine: FrameFilter, frames: str, output: Path,
+                    audio: Path | None = None) -> int:
+        """Stream ``frames`` (run-relative, its alpha beside it) through ``refine`` into ``output``; the count."""
+        return self.refine_pair(ctx, refine, frames, alpha_path(frames), output, audio)
+
+    def refine_pair(self, ctx: StageContext[ConfigT], refine: FrameFilter, frames: str, alpha: str, output: Path,
+                    audio: Path | None = None) -> int:
+        """Stream ``frames`` with ``alpha`` (run-relative) through ``refine`` into ``output``, muxing ``audio``
+        (an .mp4 output); returns the frame count."""
+        from .frames import VideoWriter, refine_stream
+
+        with ctx.progress.task(f"{self.kind} '{self.name}': {Path(frames).name}", unit="frame") as task, \
+                VideoWriter(output, ctx.dataset.fps, audio=audio) as writer:
+            return refine_stream(refine, ctx.input(frames), ctx.input(alpha), writer, self.batch, task)
+
+    def refine(self, ctx: StageContext[ConfigT]) -> StageReport:
+        params = ctx.params
+        started = time.monotonic()
+        n = self.refine_pair(ctx, self.open(ctx.root, ctx.config), params.frames,
+                             params.alpha, ctx.output(params.output),
+                             ctx.input(params.audio) if params.audio else None)
+        return StageReport(metrics={"frames": n, "seconds": round(time.monotonic() - started, 2)})
 
 
 KIND_CLASSES: dict[StageKind, type[Stage[Any]]] = {

@@ -68,3 +68,27 @@ def test_reads_info_must_name_an_earlier_kind():
 
     assert Peeking.check_definition() == [
         "reads_info names <StageKind.TRAINER: 'trainer'>, which is not an earlier stage kind"]
+
+
+def test_a_refiner_needs_a_trainer_that_hands_over_its_frames(toy_video, tmp_path, registry):
+    """The toy trainer renders no frames for a refiner: a selected refiner is refused before anything runs."""
+    resolved = config(registry, refiner={"impl": "unet"})
+    chain = [rs.impl.cls for rs in resolved.stages.values()]
+    assert check_chain(chain, registry) == [
+        "stages.refiner: refiner 'unet' needs refiner/replay/*.mkv, capability trainer:frames, which no stage "
+        "before refiner provides; trainer 'gaussian-avatar' would"]
+    with pytest.raises(ConfigError):
+        Pipeline(tmp_path / "run", resolved, registry).prepare(toy_video, train=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_handing_frames_over_takes_the_replay_and_score_actions():
+    from being_core import Trainer
+
+    class Half(Trainer):
+        name = "half"
+        version = "1.0.0"
+        outputs = ("avatar/model.bin",)
+        provides = ("trainer:frames",)
+
+    assert Half.check_definition() == ["provides trainer:frames but has no replay, score action"]

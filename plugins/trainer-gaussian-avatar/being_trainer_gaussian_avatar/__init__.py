@@ -92,12 +92,17 @@ class GaussianAvatar(Trainer[AvatarConfig]):
     outputs = ("avatar/model.pt", "avatar/metrics.json", "avatar/val.mp4")
     optional_outputs = ("avatar/tb/*",)
     requires = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
-    #: render reads what training read (the poses, the backgrounds, the training features' statistics) and the model
-    actions = {"render": Trainer.render_action(inputs=(*inputs, "avatar/model.pt"))}
+    #: hands its frames to a refiner: replay, lossless frames beside a render, score
+    provides = ("trainer:frames",)
+    #: render reads what training read (the poses, the backgrounds, the training features' statistics) and the
+    #: model; so do replay (the run's own frames, for a refiner) and score (a refiner's held-out frames)
+    actions = {"render": Trainer.render_action(inputs=(*inputs, "avatar/model.pt")),
+               "replay": Trainer.replay_action(inputs=(*inputs, "avatar/model.pt")),
+               "score": Trainer.score_action(inputs=(*inputs, "avatar/model.pt"))}
     #: how to render, not what is trained: changing them never retrains
-    action_settings = {"render": ("silence", "render_batch")}
+    action_settings = {"render": ("silence", "render_batch"), "replay": ("render_batch",)}
     headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd", "mouth_corr", "mouth_bias_pct", "av_offset",
-                        "silent_closed")
+                        "silent_closed", "flicker")
     render_headline_metrics = ("frames", "silent_frames", "silent_closed", "envelope_corr")
 
     @classmethod
@@ -121,6 +126,16 @@ class GaussianAvatar(Trainer[AvatarConfig]):
         from .render import render
 
         return StageReport(metrics=render(ctx, ctx.config))
+
+    def replay(self, ctx: StageContext[AvatarConfig]) -> StageReport:
+        from .render import replay
+
+        return StageReport(metrics=replay(ctx, ctx.config))
+
+    def score(self, ctx: StageContext[AvatarConfig]) -> StageReport:
+        from .evaluate import score
+
+        return StageReport(metrics=score(ctx, ctx.config))
 
 
 @hookimpl

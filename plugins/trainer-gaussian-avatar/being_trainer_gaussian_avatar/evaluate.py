@@ -2,14 +2,79 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from being_core.frames import VideoWriter, read_video
+
 from .avatar import Avatar
 from .data import FrameCache, RunData
 from .losses import composite, db, ssim
+
+
+class HeldOut:
+    """The held-out metrics, accumulated batch by batch over the val frames in order: the same numbers for the
+    trainer's own renders (:func:`evaluate`) and for frames made from them elsewhere (:func:`score`, a
+    refiner's). Keeps the frames as uint8 for the mouth metrics and the side-by-side video (the val split)."""
+
+    def __init__(self, data: RunData, perceptual=None):
+        self.data, self.perceptual = data, perceptual
+        self.sums = dict.fromkeys(("psnr", "psnr_gt_imgs", "psnr_full_frame", "psnr_full_frame_ceiling"), 0.0)
+        self.ssims = dict.fromkeys(("ssim", "ssim_full_frame"), 0.0)  # SSIM x frames
+        self.lpips_sum, self.values, self.frames = 0.0, 0, 0
+        self.preds: list[torch.Tensor] = []
+        self.gts: list[torch.Tensor] = []
+
+    def add(self, ids: np.ndarray, rgb: torch.Tensor, image: torch.Tensor, head: torch.Tensor, bg: torch.Tensor):
+        """One batch: renders ``rgb`` of frames ``ids`` with their real ``image``, ``head`` mask and ``bg``, all
+        ``[B, H, W, C]`` floats in [0, 1] on one device."""
+        label = torch.from_numpy(np.stack([self.data.background_label(i) for i in ids]))[..., None].to(rgb.device)
+        target = composite(image, head, bg)
+        self.sums["psnr"] += float(((rgb - target) ** 2).sum())
+        self.sums["psnr_gt_imgs"] += float(((rgb - torch.where(label, bg, image)) ** 2).sum())
+        self.sums["psnr_full_frame"] += float(((rgb - image) ** 2).sum())
+        self.sums["psnr_full_frame_ceiling"] += float(((target - image) ** 2).sum())
+        self.ssims["ssim"] += float(ssim(rgb, target)) * len(ids)
+        self.ssims["ssim_full_frame"] += float(ssim(rgb, image)) * len(ids)
+        if self.perceptual is not None:
+            self.lpips_sum += float(self.perceptual(rgb, target).sum())
+        self.values += image.numel()
+        self.frames += len(ids)
+        self.preds.append((rgb * 255).round().byte().cpu())
+        self.gts.append((image * 255).round().byte().cpu())
+
+    def result(self) -> tuple[dict, np.ndarray, np.ndarray]:
+        """``(metrics, rendered, real)``: the metrics and the frames as ``[T, H, W, 3]`` uint8."""
+        n = self.frames
+        pred, gt = torch.cat(self.preds).numpy(), torch.cat(self.gts).numpy()
+        out: dict[str, float | int | None] = {"val_frames": n}
+        out.update({k: round(db(se / self.values), 3) for k, se in self.sums.items()})
+        out.update({k: round(v / n, 4) for k, v in self.ssims.items()})
+        out["lpips"] = round(self.lpips_sum / n, 4) if self.perceptual is not None else None
+        out.update(flicker(pred), flicker_real=flicker(gt)["flicker"])
+        out.update(lip_sync(self.data.root, self.data.val_ids[:n], self.data.fps, pred, gt))
+        return out, pred, gt
+
+
+def flicker(frames: np.ndarray) -> dict:
+    """``flicker``: the mean absolute difference of consecutive frames (0-255 scale), None for one frame. Next to
+    the real frames' own (``flicker_real``), it tells whether frames change more than the real ones do."""
+    if len(frames) < 2:
+        return {"flicker": None}
+    diffs = [np.abs(frames[i].astype(np.int16) - frames[i - 1]).mean() for i in range(1, len(frames))]
+    return {"flicker": round(float(np.mean(diffs)), 3)}
+
+
+def targets(data: RunData, ids: np.ndarray, device: torch.device, cache: FrameCache | None = None):
+    """``(image, head, bg)`` of frames ``ids`` as floats in [0, 1] on ``device`` (from the cache when given)."""
+    if cache:
+        image, head, bg = (t.float() for t in cache.batch(torch.as_tensor(ids)))
+        return image / 255, head, bg / 255
+    frames = [data.pixels(i) for i in ids]
+    return tuple(torch.from_numpy(np.stack([f[k] for f in frames])).to(device) for k in range(3))
 
 
 @torch.no_grad()
@@ -29,43 +94,46 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
       background; ``psnr_full_frame_ceiling`` is what a perfect head scores here, i.e. how much of that
       error the background alone accounts for;
     * ``lpips`` (with ``lpips_weights``; otherwise null): LPIPS (AlexNet) against the ground truth of ``psnr``;
+    * ``flicker``/``flicker_real``: the mean change between consecutive frames, rendered and real;
     * the mouth (:func:`lip_sync`, where mediapipe is installed): opening correlation and bias, mouth LMD,
       audio-video offset, closed in silence, correlation with the speech envelope."""
-    from .video import write_video
-
-    sums = dict.fromkeys(("psnr", "psnr_gt_imgs", "psnr_full_frame", "psnr_full_frame_ceiling"), 0.0)  # squared errors
-    ssims = dict.fromkeys(("ssim", "ssim_full_frame"), 0.0)  # SSIM x frames
-    lpips_sum = 0.0
-    preds, gts, values = [], [], 0
+    held = HeldOut(data, perceptual)
     for chunk in np.array_split(np.array(data.val_ids), max(1, len(data.val_ids) // 8)):
-        ids = torch.as_tensor(chunk)
-        if cache:
-            image, head, bg = (t.float() for t in cache.batch(ids))
-            image, bg = image / 255, bg / 255
-        else:
-            frames = [data.pixels(i) for i in chunk]
-            image, head, bg = (torch.from_numpy(np.stack([f[k] for f in frames])).to(av.device) for k in range(3))
-        rgb = av.render(ids, bg, deform=True)[0].clamp(0, 1)
-        label = torch.from_numpy(np.stack([data.background_label(i) for i in chunk]))[..., None].to(av.device)
-        target = composite(image, head, bg)
-        sums["psnr"] += float(((rgb - target) ** 2).sum())
-        sums["psnr_gt_imgs"] += float(((rgb - torch.where(label, bg, image)) ** 2).sum())
-        sums["psnr_full_frame"] += float(((rgb - image) ** 2).sum())
-        sums["psnr_full_frame_ceiling"] += float(((target - image) ** 2).sum())
-        ssims["ssim"] += float(ssim(rgb, target)) * len(chunk)
-        ssims["ssim_full_frame"] += float(ssim(rgb, image)) * len(chunk)
-        if perceptual is not None:
-            lpips_sum += float(perceptual(rgb, target).sum())
-        values += image.numel()
-        preds.append((rgb * 255).round().byte().cpu())
-        gts.append((image * 255).round().byte().cpu())
-    pred, gt = torch.cat(preds).numpy(), torch.cat(gts).numpy()
-    out: dict[str, float | int | None] = {"val_frames": len(data.val_ids)}
-    out.update({k: round(db(se / values), 3) for k, se in sums.items()})
-    out.update({k: round(v / len(data.val_ids), 4) for k, v in ssims.items()})
-    out["lpips"] = round(lpips_sum / len(data.val_ids), 4) if perceptual is not None else None
-    out.update(lip_sync(data.root, data.val_ids, data.fps, pred, gt))
-    write_video(ctx.output("avatar/val.mp4"), np.concatenate([pred, gt], 2))
+        image, head, bg = targets(data, chunk, av.device, cache)
+        rgb = av.render(torch.as_tensor(chunk), bg, deform=True)[0].clamp(0, 1)
+        held.add(chunk, rgb, image, head, bg)
+    out, pred, gt = held.result()
+    with VideoWriter(ctx.output("avatar/val.mp4"), data.fps) as video:
+        video.write(np.concatenate([pred, gt], 2))
+    return out
+
+
+@torch.no_grad()
+def score(ctx, cfg) -> dict:
+    """The ``score`` action: :func:`evaluate`'s metrics for frames made from the held-out renders (a refiner's,
+    :class:`being_core.ScoreParams`), against the same ground truths; written to the params' ``output``."""
+    from .perceptual import load_lpips
+    from .render import load_avatar_config
+
+    params = ctx.params
+    model, cfg, device = load_avatar_config(ctx, cfg)
+    data = RunData.from_context(ctx, model["width"])
+    held = HeldOut(data, load_lpips(cfg.lpips_weights, device) if cfg.lpips_weights else None)
+    val = np.asarray(data.val_ids)
+    seen = 0
+    for batch in read_video(ctx.input(params.frames), 8):
+        if batch.shape[1:3] != (data.height, data.width):
+            raise ValueError(f"{params.frames} has frames of {batch.shape[2]}x{batch.shape[1]}, but the avatar renders "
+                             f"{data.width}x{data.height}")
+        ids = val[seen:seen + len(batch)]
+        seen += len(batch)
+        if len(ids) == len(batch):  # past the held-out frames: only counted, to say how many there are
+            image, head, bg = targets(data, ids, device)
+            held.add(ids, torch.from_numpy(batch).to(device).float() / 255, image, head, bg)
+    if seen != len(val):
+        raise ValueError(f"{params.frames} must hold the {len(val)} held-out frames, in order; it holds {seen}")
+    out = held.result()[0]
+    ctx.output(params.output).write_text(json.dumps(out, indent=2))
     return out
 
 

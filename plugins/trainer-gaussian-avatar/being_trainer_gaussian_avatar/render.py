@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from being_core.audio import SAMPLE_RATE, read_wav
+from being_core.frames import VideoWriter
+from being_core.stage import REPLAY_DIR, alpha_path
 
 from . import GaussianAvatar, lipsync
 from .avatar import Avatar
 from .data import RunData, load_tensors, smooth_audio
-from .video import write_video
 
 #: settings that say where and how to render, not what was trained: taken from the render's config, not the
 #: model's (the render-only settings, which never retrain, and where the work runs)
@@ -130,20 +131,63 @@ def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tenso
     return audio, camera
 
 
+def load_avatar_config(ctx, cfg):
+    """``(model, cfg, device)``: the saved model, the avatar's config as it was trained (its shape, its inputs)
+    with where and how to render taken from ``cfg`` (:data:`RENDER_SETTINGS`), and the device."""
+    model = load_tensors(ctx.input("avatar/model.pt"), "avatar/model.pt")
+    here = {k: getattr(cfg, k) for k in RENDER_SETTINGS}
+    cfg = type(cfg)(**{**model["config"], **here})
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    return model, cfg, device
+
+
+def load_avatar(ctx, cfg):
+    """``(avatar, data, model, cfg)``: the trained avatar, ready to render, on the run it was trained on."""
+    model, cfg, device = load_avatar_config(ctx, cfg)
+    data = RunData.from_context(ctx, model["width"])
+    av = Avatar(data, cfg, device)
+    av.load(model["model"])
+    return av, data, model, cfg
+
+
+def u8(t: torch.Tensor) -> np.ndarray:
+    """``[B, H, W, C]`` floats in [0, 1] on any device as uint8 (C = 1 dropped)."""
+    out = (t.clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return out[..., 0] if out.shape[-1] == 1 else out
+
+
+@torch.no_grad()
+def replay(ctx, cfg) -> dict:
+    """The ``replay`` action: every frame of the run rendered with its own audio, pose and eyes, over its own
+    background, the splits written losslessly to :data:`REPLAY_DIR` with the head's alpha (for a refiner)."""
+    av, data, _, cfg = load_avatar(ctx, cfg)
+    started = time.monotonic()
+    for split, ids in (("train", data.train_ids), ("val", data.val_ids)):
+        rgb_path = f"{REPLAY_DIR}/{split}.mkv"
+        with ctx.progress.task(f"replay: {split} frames", total=len(ids), unit="frame") as task, \
+                VideoWriter(ctx.output(rgb_path), data.fps) as frames, \
+                VideoWriter(ctx.output(alpha_path(rgb_path)), data.fps, gray=True) as alphas:
+            for lo in range(0, len(ids), cfg.render_batch):
+                part = ids[lo:lo + cfg.render_batch]
+                bg = torch.from_numpy(np.stack([data.pixels(i)[2] for i in part])).to(av.device)
+                rgb, alpha, _ = av.render(torch.as_tensor(part), bg, deform=True)
+                frames.write(u8(rgb))
+                alphas.write(u8(alpha))
+                task.advance(len(part))
+    return {"train_frames": len(data.train_ids), "val_frames": len(data.val_ids),
+            "seconds": round(time.monotonic() - started, 2)}
+
+
 @torch.no_grad()
 def render(ctx, cfg) -> dict:
     params = ctx.params
-    model = load_tensors(ctx.input("avatar/model.pt"), "avatar/model.pt")
+    model, cfg, device = load_avatar_config(ctx, cfg)
     features = np.load(ctx.input(params.features)).astype(np.float32)
     want = model["audio"]
     if features.shape[1:] != (want["window"], want["dim"]):
         raise ValueError(f"{params.features} has windows {list(features.shape[1:])}, but the avatar was trained "
                          f"on [{want['window']}, {want['dim']}] from '{want['encoder']}'")
-    # the avatar as it was trained (its shape, its inputs); where and how fast to render: from this config
-    here = {k: getattr(cfg, k) for k in RENDER_SETTINGS}
-    cfg = type(cfg)(**{**model["config"], **here})
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
     data = RunData.from_context(ctx, model["width"])
     av = Avatar(data, cfg, device)
     av.load(model["model"])
@@ -160,18 +204,21 @@ def render(ctx, cfg) -> dict:
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 
-    def frames(meter):
+    def frames(meter, lossless):
         with ctx.progress.task("render: frames", total=n_out, unit="frame") as task:
             for lo in range(0, n_out, cfg.render_batch):
                 ids = seq[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
                 part = slice(lo, lo + len(ids))
-                rgb, _, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[part], eye=eye[part],
-                                      camera=camera[part], viewmats=None if viewmats is None else viewmats[part])
-                for frame in (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8):
-                    if meter:
-                        mouths.append(meter.points(frame))
-                    yield frame
+                rgb, alpha, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[part], eye=eye[part],
+                                          camera=camera[part], viewmats=None if viewmats is None else viewmats[part])
+                batch = u8(rgb)
+                if lossless:  # for a refiner: the frames as they are, and the head's coverage
+                    lossless[0].write(batch)
+                    lossless[1].write(u8(alpha))
+                if meter:
+                    mouths.extend(meter.points(frame) for frame in batch)
+                yield batch
                 task.advance(len(ids))
 
     with contextlib.ExitStack() as stack:
@@ -179,7 +226,13 @@ def render(ctx, cfg) -> dict:
             meter = stack.enter_context(lipsync.MouthMeter())
         except ImportError:  # no mediapipe here: the video without its mouth metrics
             meter = None
-        write_video(ctx.output(params.output), frames(meter), audio=ctx.input(params.audio))
+        lossless = None
+        if params.frames:
+            lossless = (stack.enter_context(VideoWriter(ctx.output(params.frames), data.fps)),
+                        stack.enter_context(VideoWriter(ctx.output(alpha_path(params.frames)), data.fps, gray=True)))
+        video = stack.enter_context(VideoWriter(ctx.output(params.output), data.fps, audio=ctx.input(params.audio)))
+        for batch in frames(meter, lossless):
+            video.write(batch)
     seconds = round(time.monotonic() - started, 2)
     metrics: dict = {"frames": n_out, "seconds": seconds, "device": str(device)}
     if meter:  # how the mouth follows the new speech: closed in its pauses, open with its loudness
