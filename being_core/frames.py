@@ -2,7 +2,7 @@
 any length of audio).
 
 A trainer hands its rendered frames to a refiner as two lossless videos: the RGB frames (``.mkv``, H.264 RGB
-at quantiser 0, bit-exact) and the render's alpha, the head's coverage (``.mkv``, H.264 gray at quantiser 0).
+at quantiser 0, bit-exact) and the render's alpha, the head's coverage (``.mkv``, FFV1 gray).
 The same files work in-process, in a subprocess and in a container. ``.mp4`` is the deliverable: H.264
 (yuv420p) with the speech muxed in as AAC.
 """
@@ -48,9 +48,11 @@ class VideoWriter:
 
         lossless = self.path.suffix.lower() == LOSSLESS_SUFFIX
         if lossless:
-            codec, fmt_in, fmt_out = ("libx264", "gray", "gray") if self.gray else ("libx264rgb", "rgb24", "rgb24")
-            kwargs: dict[str, Any] = dict(codec=codec, pix_fmt_in=fmt_in, pix_fmt_out=fmt_out, quality=None,
-                                          output_params=["-qp", "0", "-preset", "ultrafast"])
+            if self.gray:  # FFV1 is lossless by design, in every ffmpeg build (x264's gray is not, in older ones)
+                kwargs: dict[str, Any] = dict(codec="ffv1", pix_fmt_in="gray", pix_fmt_out="gray", quality=None)
+            else:
+                kwargs = dict(codec="libx264rgb", pix_fmt_in="rgb24", pix_fmt_out="rgb24", quality=None,
+                              output_params=["-qp", "0", "-preset", "ultrafast"])
         else:
             kwargs = dict(codec="libx264", quality=8, pix_fmt_out="yuv420p",
                           audio_path=str(self.audio) if self.audio else None,

@@ -28,8 +28,9 @@ from tools.gpu import pack as packing
 
 CHECKOUT = Path.cwd()
 LIMIT = 64 * 2 ** 20
-# gsplat, plus the core's imports that the GPU image lacks (it has torch, numpy, rich, pluggy, pyyaml, jaxtyping)
-PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
+# gsplat, plus the core's imports that the GPU image lacks (it has torch, numpy, rich, pluggy, pyyaml, jaxtyping), and
+# safetensors (refiner weights)
+PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "safetensors")
 # --cli: what `being render` (mel features with librosa) needs beyond the GPU image (which has scipy,
 # scikit-learn, numba, joblib, lazy_loader, msgpack); versions as installed here
 CLI_PACKAGES = ("librosa", "soundfile", "soxr", "audioread", "pooch", "decorator", "cffi", "pycparser",

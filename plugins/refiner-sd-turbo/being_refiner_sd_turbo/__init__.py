@@ -74,7 +74,8 @@ class SDTurboRefiner(Refiner[SDTurboConfig]):
     def contract_config(cls, workdir: Path) -> dict:
         from .testing import save_tiny_pipeline
 
-        return {"model": str(save_tiny_pipeline(workdir / "tiny-sd")), "size": 64, "device": "cpu"}
+        return {"model": str(save_tiny_pipeline(workdir / "tiny-sd")), "size": 64, "device": "cpu", "dilate": 2,
+                "feather": 1}
 
     @classmethod
     def resources(cls, config: SDTurboConfig) -> Resources:

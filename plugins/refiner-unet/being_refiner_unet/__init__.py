@@ -80,7 +80,7 @@ class UNetRefiner(Refiner[UNetConfig]):
     learns = True
     outputs = (REFINED_VAL, "refiner/unet.safetensors")
     actions = {"refine": Refiner.refine_action(inputs=("refiner/unet.safetensors",))}
-    test_config = {"steps": 6, "batch_size": 2, "crop": 32, "width": 4, "levels": 2, "log_every": 2}
+    test_config = {"steps": 6, "batch_size": 2, "crop": 32, "width": 4, "levels": 2, "log_every": 2, "dilate": 2}
 
     @classmethod
     def resources(cls, config: UNetConfig) -> Resources:

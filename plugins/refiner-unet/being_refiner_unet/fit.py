@@ -103,7 +103,7 @@ def fit(ctx, cfg, device: torch.device) -> dict:
         for step in range(1, cfg.steps + 1):
             idx = torch.randint(len(rgb), (cfg.batch_size,), generator=gen)
             x, a, y = crops(rgb, alpha, real, centres, idx, size, gen)
-            out = refine(net, x, a, cfg.dilate)
+            out = refine(net, x, a, cfg.dilate, clamp=False)
             w = region(a, cfg.dilate).permute(0, 2, 3, 1)
             l1 = (w * (out - y).abs()).sum() / (3 * w.sum()).clamp(min=1)
             loss = l1 + cfg.lambda_ssim * (1 - ssim(out.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)))
@@ -111,6 +111,7 @@ def fit(ctx, cfg, device: torch.device) -> dict:
                 loss = loss + cfg.lambda_lpips * perceptual(out, y).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             for group in opt.param_groups:  # cosine decay to zero
                 group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
@@ -118,7 +119,7 @@ def fit(ctx, cfg, device: torch.device) -> dict:
             first = value if first is None else first
             last = value
             if step % cfg.log_every == 0 or step == cfg.steps:
-                history.append({"step": step, "loss": round(value, 5), "l1": round(float(l1), 5)})
+                history.append({"step": step, "loss": round(value, 5), "l1": round(float(l1.detach()), 5)})
                 task.note(f"loss {value:.4f}")
             task.advance()
     path = Path(ctx.output(WEIGHTS))

@@ -43,24 +43,31 @@ class UNet(nn.Module):
         return self.out(h)
 
 
+#: alpha below this is not the head: a splat's faint tail covers much of the frame with alpha of a few 1/255
+HEAD_ALPHA = 0.1
+
+
 def region(alpha: torch.Tensor, dilate: int) -> torch.Tensor:
-    """``[B, H, W]`` alpha to the blend weight ``[B, 1, H, W]``: the alpha grown by ``dilate`` pixels (a max
-    filter), so the correction reaches the head's edge and its fringe; exactly 0 farther out."""
-    a = alpha[:, None]
+    """``[B, H, W]`` alpha to the blend weight ``[B, 1, H, W]``: the alpha where it reaches :data:`HEAD_ALPHA`,
+    grown by ``dilate`` pixels (a max filter), so the correction reaches the head's edge and its fringe; exactly
+    0 farther out."""
+    a = torch.where(alpha >= HEAD_ALPHA, alpha, torch.zeros_like(alpha))[:, None]
     if dilate > 0:
         a = F.max_pool2d(a, 2 * dilate + 1, stride=1, padding=dilate)
     return a.clamp(0, 1)
 
 
-def refine(net: UNet, rgb: torch.Tensor, alpha: torch.Tensor, dilate: int) -> torch.Tensor:
+def refine(net: UNet, rgb: torch.Tensor, alpha: torch.Tensor, dilate: int, clamp: bool = True) -> torch.Tensor:
     """``rgb`` ``[B, H, W, 3]`` and ``alpha`` ``[B, H, W]`` in [0, 1] to refined ``[B, H, W, 3]``: ``rgb`` plus the
-    network's correction weighted by :func:`region` (pixels where it is 0 come back bit for bit)."""
+    network's correction weighted by :func:`region` (pixels where it is 0 come back bit for bit). Training
+    leaves the result unclamped (a clamped pixel would pass no gradient back)."""
     x = rgb.permute(0, 3, 1, 2)
     w = region(alpha, dilate)
     pad_h, pad_w = (-x.shape[2]) % 2 ** (net.levels - 1), (-x.shape[3]) % 2 ** (net.levels - 1)
     inp = F.pad(torch.cat([x, alpha[:, None]], 1), (0, pad_w, 0, pad_h), mode="replicate")
     delta = net(inp)[:, :, :x.shape[2], :x.shape[3]]
-    return torch.where(w > 0, (x + w * delta).clamp(0, 1), x).permute(0, 2, 3, 1)
+    y = x + w * delta
+    return torch.where(w > 0, y.clamp(0, 1) if clamp else y, x).permute(0, 2, 3, 1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
