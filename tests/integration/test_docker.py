@@ -349,3 +349,48 @@ def test_a_killed_runs_container_is_removed_by_the_next_attempt(probe_image, tmp
     assert entry["status"] == "done" and mine() == []
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(left.id)
+
+
+REFINER_SLUGS = ["refiner-unet", "refiner-sd-turbo"]
+
+
+@pytest.fixture(scope="session")
+def refiner_images(docker_client):
+    proc = subprocess.run([sys.executable, "-m", "being_core", "images", "build", "-q", *REFINER_SLUGS],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return REFINER_SLUGS
+
+
+@pytest.mark.parametrize("slug", REFINER_SLUGS)
+def test_a_refiner_in_its_container_equals_in_process(slug, refiner_images, prepared_copy, tmp_path, being_testdata):
+    """The trainer in-process, then the refiner's fit and a refined render in its own image: the same frames as
+    in-process (frames cross the boundary as files, whatever the runner)."""
+    import shutil
+
+    from being_trainer_gaussian_avatar import GaussianAvatar
+
+    from being_core.frames import read_video
+    from being_core.stage import REFINED_VAL
+
+    registry = load_registry()
+    cls = registry.get(StageKind.REFINER, slug.removeprefix("refiner-"))
+    config = cls.contract_config(tmp_path / "assets")
+    stages = {"audio_encoder": {"impl": "mel"}, "trainer": {"impl": "gaussian-avatar",
+                                                            "config": GaussianAvatar.test_config}}
+    Pipeline(prepared_copy, resolve({"stages": stages}, registry, "t"), registry).train()
+    frames = {}
+    for runner in ("docker", "inprocess"):
+        root = tmp_path / runner
+        shutil.copytree(prepared_copy, root)
+        stages["refiner"] = {"impl": cls.name, "config": config, "runner": runner}
+        pipeline = Pipeline(root, resolve({"stages": stages}, registry, "t"), registry)
+        pipeline.train()
+        pipeline.render(being_testdata / "audio" / "videoretalking_audio1.wav", tmp_path / f"{runner}.mp4")
+        manifest = Manifest.load(root)
+        assert manifest.stages["refiner"]["runner"] == runner == manifest.stages["refiner:refine"]["runner"]
+        sub = next(p for p in (root / "renders").iterdir() if p.is_dir())
+        frames[runner] = [np.concatenate(list(read_video(path))) for path in (root / REFINED_VAL, sub / "refined.mp4")]
+        assert manifest.stages["refiner:refine"]["metrics"]["frames"] == len(frames[runner][1])
+    for a, b in zip(frames["docker"], frames["inprocess"]):
+        assert np.array_equal(a, b)
