@@ -384,6 +384,8 @@ def test_a_refiner_in_its_container_equals_in_process(slug, refiner_images, prep
         root = tmp_path / runner
         shutil.copytree(prepared_copy, root)
         stages["refiner"] = {"impl": cls.name, "config": config, "runner": runner}
+        if runner == "docker":  # no NVIDIA toolkit here: the CPU image on the CPU
+            stages["refiner"]["runner_options"] = {"gpu": False}
         pipeline = Pipeline(root, resolve({"stages": stages}, registry, "t"), registry)
         pipeline.train()
         pipeline.render(being_testdata / "audio" / "videoretalking_audio1.wav", tmp_path / f"{runner}.mp4")
