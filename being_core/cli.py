@@ -182,7 +182,8 @@ def _summary(console, pipeline, trained: bool) -> None:
     scored = pipeline.manifest.stages.get("trainer:score") if refiner else None
     if refiner and scored:  # the same frames, the same protocols: with the refiner beside without
         refined = scored.get("metrics", {})
-        side = [f"{k} {refined[k]}{_delta(refined[k], metrics.get(k))}" for k in names if refined.get(k) is not None]
+        side = [f"{k} {refined[k]}{_delta(refined[k], metrics.get(k))}" for k in names
+                if refined.get(k) is not None and k != "val_frames"]
         console.out(f"held-out metrics with refiner '{refiner.impl.cls.name}': {', '.join(side)}", highlight=False)
     for rel in entry.get("outputs", {}):
         if rel.endswith(".mp4"):

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+import yaml
 from being_refiner_sd_turbo import SDTurboConfig
 from being_refiner_sd_turbo.diffuse import check_model
 from being_refiner_sd_turbo.testing import save_tiny_pipeline
@@ -108,10 +111,16 @@ def test_every_refiner_fits_is_scored_refines_a_render_and_keeps_the_rest(impl, 
     again = np.concatenate([refiner.refine_frames(*pair) for pair in frame_pairs(sub / "frames.mkv",
                                                                                   sub / "frames_alpha.mkv")])
     assert len(plain) == n and not np.array_equal(again, plain)
-    # the same refiner, unchanged: nothing is fitted again
-    pipeline = Pipeline(run, _config({"impl": cls.name, "config": config}), REGISTRY)
-    pipeline.train()
-    assert pipeline.ran == []
+    # the same refiner, unchanged: nothing is fitted again, and `being train` shows both lines
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {"stages": {"audio_encoder": {"impl": "mel"}, "trainer": {"impl": "gaussian-avatar", "config": TINY},
+                    "refiner": {"impl": cls.name, "config": config}}}))
+    proc = subprocess.run([sys.executable, "-m", "being_core", "train", str(run), "-c", str(tmp_path / "config.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "refiner '" + cls.name + "': unchanged, skipped" in proc.stderr + proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("held-out metrics with refiner"))
+    assert line.startswith(f"held-out metrics with refiner '{cls.name}': psnr {scored['psnr']} (")
 
 
 def test_without_a_refiner_nothing_is_replayed_and_a_render_is_the_trainer_s(run, tmp_path, being_testdata):
