@@ -96,7 +96,7 @@ class DockerRunner(Runner[DockerOptions]):
             # /tmp is noexec: code compiled at run time (torch extensions such as gsplat's) lives in /cache
             env.update(NUMBA_CACHE_DIR="/cache/numba", XDG_CACHE_HOME="/cache",
                        TORCH_EXTENSIONS_DIR="/cache/torch_extensions")
-        kwargs = limits(stage, options)
+        kwargs = limits(stage, options, stage.Config.model_validate(read_request(request).config))
         log_path = work / "stage.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -169,9 +169,10 @@ def container_env(host: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def limits(stage: type[Stage[Any]], options: DockerOptions) -> dict[str, Any]:
+def limits(stage: type[Stage[Any]], options: DockerOptions, config: Any = None) -> dict[str, Any]:
     """Container resources: CPU and memory limits from the config; a GPU only for a stage that needs one
-    (``needs_gpu``), unless ``runner_options.gpu`` says otherwise."""
+    (what it declares for its ``config``: ``resources(config).gpus``, e.g. none for a trainer told to use the
+    CPU; ``needs_gpu`` without a config), unless ``runner_options.gpu`` says otherwise."""
     from docker.types import DeviceRequest
 
     kwargs: dict = {}
@@ -179,7 +180,8 @@ def limits(stage: type[Stage[Any]], options: DockerOptions) -> dict[str, Any]:
         kwargs["nano_cpus"] = int(options.cpus * 1e9)
     if options.memory:
         kwargs["mem_limit"] = options.memory
-    if stage.needs_gpu if options.gpu is None else options.gpu:
+    wants = stage.needs_gpu if config is None else stage.resources(config).gpus > 0
+    if wants if options.gpu is None else options.gpu:
         kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     return kwargs
 

@@ -276,6 +276,8 @@ def test_gpu_only_for_stages_that_need_it():
     assert request["Capabilities"] == [["gpu"]] and request["Count"] == -1
     assert limits(mel, DockerOptions(cpus=1.5, memory="2g")) == {"nano_cpus": 1_500_000_000, "mem_limit": "2g"}
     assert "device_requests" not in limits(trainer, DockerOptions(gpu=False))
+    assert "device_requests" not in limits(trainer, DockerOptions(), trainer.Config(device="cpu")), "told: the CPU"
+    assert "device_requests" in limits(trainer, DockerOptions(), trainer.Config())
     assert "device_requests" in limits(mel, DockerOptions(gpu=True))
 
 
