@@ -24,6 +24,7 @@ from being_trainer_gaussian_avatar import GaussianAvatar
 from pydantic import ValidationError
 
 from being_core.config import resolve
+from being_core.errors import StageFailed
 from being_core.frames import frame_pairs, read_video
 from being_core.ingest import probe
 from being_core.manifest import Manifest, matches_any
@@ -147,6 +148,19 @@ def test_the_unet_starts_as_the_identity_and_its_fit_learns(run, tmp_path):
     assert metrics["loss_last"] < 0.9 * metrics["loss_first"], metrics
     net, dilate = load(run, torch.device("cpu"))
     assert dilate == config["dilate"] and net.levels == 2
+
+
+def test_lpips_joins_the_unet_fit_from_a_local_file_only(run, tmp_path):
+    from test_trainer import _lpips_file
+
+    config = {**UNetConfig(steps=4, batch_size=2, crop=32, width=4, levels=2).model_dump(), "log_every": 2}
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(StageFailed, match=rf"stages\.refiner\.config\.lpips_weights: {missing} does not exist; LPIPS "
+                                          r"weights are never downloaded"):
+        Pipeline(run, _config({"impl": "unet", "config": {**config, "lpips_weights": str(missing)}}), REGISTRY).train()
+    weights = _lpips_file(tmp_path / "lpips.pth")
+    Pipeline(run, _config({"impl": "unet", "config": {**config, "lpips_weights": str(weights)}}), REGISTRY).train()
+    assert Manifest.load(run).stages["refiner"]["metrics"]["lpips_in_loss"] is True
 
 
 def test_unet_weights_that_are_missing_or_foreign_are_named(tmp_path):

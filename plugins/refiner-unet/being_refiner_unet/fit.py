@@ -94,7 +94,7 @@ def fit(ctx, cfg, device: torch.device) -> dict:
         except ImportError:
             raise ValueError("lpips_weights needs the LPIPS network of being-trainer-gaussian-avatar: "
                              "pip install 'being-refiner-unet[lpips]'") from None
-        perceptual = load_lpips(cfg.lpips_weights, device)
+        perceptual = load_lpips(cfg.lpips_weights, device, "stages.refiner.config.lpips_weights")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     history = []
@@ -126,7 +126,8 @@ def fit(ctx, cfg, device: torch.device) -> dict:
     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(path),
               metadata={"format": FORMAT, "width": str(cfg.width), "levels": str(cfg.levels),
                         "dilate": str(cfg.dilate)})
-    return {"train_frames": len(rgb), "steps": cfg.steps, "loss_first": round(first or 0.0, 5),
+    return {"train_frames": len(rgb), "steps": cfg.steps, "lpips_in_loss": perceptual is not None,
+            "loss_first": round(first or 0.0, 5),
             "loss_last": round(last or 0.0, 5), "load_seconds": round(loaded, 1),
             "fit_seconds": round(time.monotonic() - started, 1), "device": str(device), "history": history[-10:]}
 

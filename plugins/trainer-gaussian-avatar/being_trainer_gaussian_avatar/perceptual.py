@@ -80,26 +80,26 @@ class LPIPS(nn.Module):
         return functools.reduce(operator.add, parts)[:, 0]  # summed in layer order, as the lpips package does
 
 
-def load_lpips(path: str | Path, device: torch.device) -> LPIPS:
-    """The frozen LPIPS network with the weights of the local file ``path`` (config key ``lpips_weights``);
+def load_lpips(path: str | Path, device: torch.device, key: str = KEY) -> LPIPS:
+    """The frozen LPIPS network with the weights of the local file ``path`` (the config ``key`` that names it);
     a ValueError that names the key and the file when it is missing or holds something else."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{KEY}: {path} does not exist; LPIPS weights are never downloaded. Save them "
+        raise ValueError(f"{key}: {path} does not exist; LPIPS weights are never downloaded. Save them "
                          f"where they are available: torch.save(lpips.LPIPS(net='alex').state_dict(), 'lpips.pth')")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle that is not a state dict, a truncated file, ...
-        raise ValueError(f"{KEY}: {path} is not a saved state dict: {exc}") from None
+        raise ValueError(f"{key}: {path} is not a saved state dict: {exc}") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{KEY}: {path} holds a {type(state).__name__}, not a state dict")
+        raise ValueError(f"{key}: {path} holds a {type(state).__name__}, not a state dict")
     net = LPIPS()
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape
-        raise ValueError(f"{KEY}: {path} is not an LPIPS AlexNet state dict: {str(exc).splitlines()[-1].strip()}") from None
+        raise ValueError(f"{key}: {path} is not an LPIPS AlexNet state dict: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ValueError(f"{KEY}: {path} is not an LPIPS AlexNet state dict (missing: "
+        raise ValueError(f"{key}: {path} is not an LPIPS AlexNet state dict (missing: "
                          f"{', '.join(missing[:4]) or 'none'}; unexpected: {', '.join(unexpected[:4]) or 'none'})")
     net.eval().requires_grad_(False)
     return net.to(device)
