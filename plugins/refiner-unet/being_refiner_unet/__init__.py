@@ -18,12 +18,13 @@ from being_core.stage import REFINED_VAL, REPLAY_DIR
 
 
 class UNetConfig(StageConfig):
-    steps: int = Field(3000, ge=1, le=1_000_000, description="Fit steps (batches of crops).")
+    steps: int = Field(5000, ge=1, le=1_000_000, description="Fit steps (batches of crops); 5,000 at width 64 "
+                       "scored better than 3,000 at width 32 (docs/benchmarks.md, refiner).")
     batch_size: int = Field(8, ge=1, le=256, description="Crops per step.")
     crop: int = Field(256, ge=16, le=4096, description="Side of the square crops around the head, in pixels "
                       "(the whole frame when it is smaller).")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam's learning rate at the start (cosine decay to zero).")
-    width: int = Field(32, ge=4, le=512, description="Channels of the U-Net's top level (doubling per level).")
+    width: int = Field(64, ge=4, le=512, description="Channels of the U-Net's top level (doubling per level).")
     levels: int = Field(3, ge=1, le=6, description="Resolutions of the U-Net.")
     dilate: int = Field(8, ge=0, le=256, description="Pixels by which the render's alpha grows into the region the "
                         "refiner may change (hair fringe, the head's edge); outside it nothing changes.")
