@@ -223,19 +223,22 @@ class Pipeline:
 
     def preflight(self, kinds: Iterable[StageKind], provided: Provided | None = None, has_audio: bool = True,
                   contracts: bool = True) -> None:
-        """Fail before anything runs: a selected stage its runner cannot run (UsageError), or any promise of
-        the chain that no earlier stage keeps (one ConfigError listing them all)."""
+        """Fail before anything runs: a selected stage its runner cannot run (UsageError), or a stage's config
+        that cannot work (``Stage.config_problems``: a model folder that is not there) and any promise of the
+        chain that no earlier stage keeps (one ConfigError listing them all)."""
         kinds = [k for k in STAGE_ORDER if k in set(kinds)]
+        problems = []
         for kind in kinds:
             rs = self.config.stages.get(kind)
             if rs is not None and kind not in self._checked:
                 rs.runner.cls().check(rs.impl, rs.runner_options)
-                self._checked.add(kind)
+                problems += [f"stages.{kind}.config: {p}" for p in rs.impl.cls.config_problems(rs.config)]
         if contracts:
             chain = [self.config.stages[k].impl.cls for k in kinds if k in self.config.stages]
-            problems = check_chain(chain, self.registry, provided, has_audio)
-            if problems:
-                raise ConfigError(self.config.source, problems)
+            problems += check_chain(chain, self.registry, provided, has_audio)
+        if problems:
+            raise ConfigError(self.config.source, problems)
+        self._checked.update(k for k in kinds if k in self.config.stages)
 
     def facts(self) -> DatasetFacts:
         """The run's dataset facts (split included), as ingest recorded them."""

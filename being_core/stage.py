@@ -350,6 +350,13 @@ class Stage(Generic[ConfigT]):
         return Resources(gpus=1.0 if cls.needs_gpu else 0.0)
 
     @classmethod
+    def config_problems(cls, config: Any) -> list[str]:
+        """Problems with ``config`` that show before anything runs (a model folder that does not exist, or lacks
+        a file), each one line; the core reports them with the chain's, before the first file is written. Keep
+        it cheap: no model stack imports."""
+        return []
+
+    @classmethod
     def check_definition(cls) -> list[str]:
         """Problems with the class as written (used by the registry and the contract tests)."""
         problems = []

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from being_refiner_sd_turbo import SDTurboConfig
-from being_refiner_sd_turbo.diffuse import check_model
+from being_refiner_sd_turbo.folder import check_model
 from being_refiner_sd_turbo.testing import save_tiny_pipeline
 from being_refiner_unet import UNetConfig
 from being_refiner_unet.fit import WEIGHTS, load
@@ -24,7 +24,7 @@ from being_trainer_gaussian_avatar import GaussianAvatar
 from pydantic import ValidationError
 
 from being_core.config import resolve
-from being_core.errors import StageFailed
+from being_core.errors import ConfigError, StageFailed
 from being_core.frames import frame_pairs, read_video
 from being_core.ingest import probe
 from being_core.manifest import Manifest, matches_any
@@ -195,6 +195,17 @@ def test_sd_turbo_folder_problems_are_named(tmp_path):
         SDTurboConfig(model="models/sd-turbo")
     with pytest.raises(ValidationError, match=r"steps 2 x strength 0\.3 runs no denoising step"):
         SDTurboConfig(model=str(tiny), steps=2, strength=0.3)
+
+
+def test_a_missing_model_folder_is_refused_before_anything_runs(run, tmp_path):
+    missing = tmp_path / "sd-turbo"
+    pipeline = Pipeline(run, _config({"impl": "sd-turbo", "config": {"model": str(missing)}}), REGISTRY)
+    with pytest.raises(ConfigError) as err:
+        pipeline.train()
+    assert str(err.value) == (f"test config has 1 problem:\n  - stages.refiner.config: the sd-turbo model folder "
+                              f"{missing} does not exist; download a Stable Diffusion image-to-image model once (e.g. "
+                              "stabilityai/sd-turbo) and give its folder as stages.refiner.config.model")
+    assert pipeline.ran == [] and "trainer:replay" not in Manifest.load(run).stages
 
 
 def test_sd_turbo_gives_every_frame_the_same_noise(tmp_path):

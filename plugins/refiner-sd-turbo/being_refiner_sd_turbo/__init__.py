@@ -78,6 +78,17 @@ class SDTurboRefiner(Refiner[SDTurboConfig]):
                 "feather": 1}
 
     @classmethod
+    def config_problems(cls, config: SDTurboConfig) -> list[str]:
+        """A model folder that is missing or incomplete, before the trainer's replay runs."""
+        from .folder import check_model
+
+        try:
+            check_model(Path(config.model))
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+
+    @classmethod
     def resources(cls, config: SDTurboConfig) -> Resources:
         if config.device == "cpu":
             return Resources(cpus=2.0)
