@@ -150,7 +150,9 @@ def _cmd_config(args, console, registry) -> int:
         console.out(dump_yaml(resolved), highlight=False, end="")
         return EXIT_OK
     chain = [rs.impl.cls for rs in resolved.stages.values()]
-    problems = check_chain(chain, registry)
+    problems = [f"stages.{kind}.config: {p}" for kind, rs in resolved.stages.items()
+                for p in rs.impl.cls.config_problems(rs.config)]
+    problems += check_chain(chain, registry)
     if problems:
         raise ConfigError(resolved.source, problems)
     console.out(f"{resolved.source}: valid ({len(resolved.stages)} stages selected)", highlight=False)
