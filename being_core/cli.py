@@ -150,8 +150,7 @@ def _cmd_config(args, console, registry) -> int:
         console.out(dump_yaml(resolved), highlight=False, end="")
         return EXIT_OK
     chain = [rs.impl.cls for rs in resolved.stages.values()]
-    problems = [f"stages.{kind}.config: {p}" for kind, rs in resolved.stages.items()
-                for p in rs.impl.cls.config_problems(rs.config)]
+    problems = [p for rs in resolved.stages.values() for p in rs.config_problems()]
     problems += check_chain(chain, registry)
     if problems:
         raise ConfigError(resolved.source, problems)

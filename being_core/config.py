@@ -77,6 +77,10 @@ class ResolvedStage:
     runner: RunnerImplementation
     runner_options: RunnerOptions
 
+    def config_problems(self) -> list[str]:
+        """What its implementation finds wrong with its config before anything runs (``Stage.config_problems``)."""
+        return [f"stages.{self.kind}.config: {p}" for p in self.impl.cls.config_problems(self.config)]
+
 
 @dataclass(frozen=True)
 class ResolvedConfig:

@@ -198,7 +198,7 @@ class Pipeline:
                                   blink=blink, frames=f"{sub_rel}/frames.mkv" if refiner is not None else None)
             self.run_stage(StageKind.TRAINER, action="render", params=params.model_dump(mode="json"))
             made = params.output
-            if refiner is not None and params.frames is not None:
+            if params.frames is not None:  # set exactly when a refiner is selected
                 made = f"{sub_rel}/refined.mp4"
                 refine = RefineParams(frames=params.frames, alpha=alpha_path(params.frames), audio=params.audio,
                                       output=made)
@@ -232,7 +232,7 @@ class Pipeline:
             rs = self.config.stages.get(kind)
             if rs is not None and kind not in self._checked:
                 rs.runner.cls().check(rs.impl, rs.runner_options)
-                problems += [f"stages.{kind}.config: {p}" for p in rs.impl.cls.config_problems(rs.config)]
+                problems += rs.config_problems()
         if contracts:
             chain = [self.config.stages[k].impl.cls for k in kinds if k in self.config.stages]
             problems += check_chain(chain, self.registry, provided, has_audio)

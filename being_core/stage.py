@@ -216,6 +216,14 @@ class Resources:
     gpu_required: bool = False
     memory_gb: float | None = None
 
+    @classmethod
+    def for_device(cls, device: str, cpus: float = 1.0) -> Resources:
+        """For a stage with a ``device`` setting: 'cpu' needs no GPU, 'cuda' requires one, 'auto' takes one when
+        a scheduler has it (and runs, slower, without)."""
+        if device == "cpu":
+            return cls(cpus=cpus)
+        return cls(cpus=cpus, gpus=1.0, gpu_required=device == "cuda")
+
 
 @dataclass
 class StageReport:
@@ -561,26 +569,21 @@ class Refiner(Stage[ConfigT]):
         raise NotImplementedError
 
     def refine_file(self, ctx: StageContext[ConfigT], refine: FrameFilter, frames: str, output: Path,
-                    audio: Path | None = None) -> int:
-        """Stream ``frames`` (run-relative, its alpha beside it) through ``refine`` into ``output``; the count."""
-        return self.refine_pair(ctx, refine, frames, alpha_path(frames), output, audio)
-
-    def refine_pair(self, ctx: StageContext[ConfigT], refine: FrameFilter, frames: str, alpha: str, output: Path,
-                    audio: Path | None = None) -> int:
-        """Stream ``frames`` with ``alpha`` (run-relative) through ``refine`` into ``output``, muxing ``audio``
-        (an .mp4 output); returns the frame count."""
+                    audio: Path | None = None, alpha: str | None = None) -> int:
+        """Stream ``frames`` with ``alpha`` (run-relative; by default the alpha beside it) through ``refine`` into
+        ``output``, muxing ``audio`` (an .mp4 output); returns the frame count."""
         from .frames import VideoWriter, refine_stream
 
         with ctx.progress.task(f"{self.kind} '{self.name}': {Path(frames).name}", unit="frame") as task, \
                 VideoWriter(output, ctx.dataset.fps, audio=audio) as writer:
-            return refine_stream(refine, ctx.input(frames), ctx.input(alpha), writer, self.batch, task)
+            return refine_stream(refine, ctx.input(frames), ctx.input(alpha or alpha_path(frames)), writer,
+                                 self.batch, task)
 
     def refine(self, ctx: StageContext[ConfigT]) -> StageReport:
         params = ctx.params
         started = time.monotonic()
-        n = self.refine_pair(ctx, self.open(ctx.root, ctx.config), params.frames,
-                             params.alpha, ctx.output(params.output),
-                             ctx.input(params.audio) if params.audio else None)
+        n = self.refine_file(ctx, self.open(ctx.root, ctx.config), params.frames, ctx.output(params.output),
+                             ctx.input(params.audio) if params.audio else None, params.alpha)
         return StageReport(metrics={"frames": n, "seconds": round(time.monotonic() - started, 2)})
 
 

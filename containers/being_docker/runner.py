@@ -87,7 +87,8 @@ class DockerRunner(Runner[DockerOptions]):
         rel_work = work.resolve().relative_to(root).as_posix()
         mounts = [Mount(MOUNT, str(root), type="bind", read_only=True),
                   Mount(f"{MOUNT}/{rel_work}", str(work.resolve()), type="bind", read_only=False)]
-        mounts += [Mount(str(p), str(p), type="bind", read_only=True) for p in _host_paths(request, root)]
+        req = read_request(request)
+        mounts += [Mount(str(p), str(p), type="bind", read_only=True) for p in _host_paths(req.config, root)]
         env = container_env()
         if options.cache:  # kept between runs: numba's compiled kernels cost librosa ~30 s on every fresh start
             cache = images.cache_dir() / "containers" / re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
@@ -96,7 +97,7 @@ class DockerRunner(Runner[DockerOptions]):
             # /tmp is noexec: code compiled at run time (torch extensions such as gsplat's) lives in /cache
             env.update(NUMBA_CACHE_DIR="/cache/numba", XDG_CACHE_HOME="/cache",
                        TORCH_EXTENSIONS_DIR="/cache/torch_extensions")
-        kwargs = limits(stage, options, stage.Config.model_validate(read_request(request).config))
+        kwargs = limits(stage, options, stage.Config.model_validate(req.config))
         log_path = work / "stage.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -227,11 +228,10 @@ def _remove(container) -> None:
         pass
 
 
-def _host_paths(request: Path, root: Path) -> list[Path]:
+def _host_paths(config: Mapping[str, Any], root: Path) -> list[Path]:
     """Absolute paths outside the run folder that the stage's config names (models, executables, caches)."""
-    req = read_request(request)
     found = []
-    for value in req.config.values():
+    for value in config.values():
         if isinstance(value, str) and value.startswith("/"):
             p = Path(value)
             if p.exists() and not p.resolve().is_relative_to(root):

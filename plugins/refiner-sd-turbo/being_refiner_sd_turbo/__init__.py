@@ -90,9 +90,7 @@ class SDTurboRefiner(Refiner[SDTurboConfig]):
 
     @classmethod
     def resources(cls, config: SDTurboConfig) -> Resources:
-        if config.device == "cpu":
-            return Resources(cpus=2.0)
-        return Resources(cpus=2.0, gpus=1.0, gpu_required=config.device == "cuda")
+        return Resources.for_device(config.device, cpus=2.0)
 
     def run(self, ctx: StageContext[SDTurboConfig]) -> StageReport:
         import time

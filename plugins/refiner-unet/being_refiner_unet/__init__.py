@@ -85,9 +85,7 @@ class UNetRefiner(Refiner[UNetConfig]):
 
     @classmethod
     def resources(cls, config: UNetConfig) -> Resources:
-        if config.device == "cpu":
-            return Resources(cpus=2.0)
-        return Resources(cpus=2.0, gpus=1.0, gpu_required=config.device == "cuda")
+        return Resources.for_device(config.device, cpus=2.0)
 
     def run(self, ctx: StageContext[UNetConfig]) -> StageReport:
         import time

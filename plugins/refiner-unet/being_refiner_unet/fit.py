@@ -68,8 +68,7 @@ def crops(rgb, alpha, real, centres, idx, size: int, gen: torch.Generator):
     top[:, 0].clamp_(0, h - size)
     top[:, 1].clamp_(0, w - size)
     out = []
-    for t, (i, (y, x)) in enumerate(zip(idx.tolist(), top.tolist())):
-        del t
+    for i, (y, x) in zip(idx.tolist(), top.tolist()):
         out.append((rgb[i, y:y + size, x:x + size], alpha[i, y:y + size, x:x + size], real[i, y:y + size, x:x + size]))
     x, a, y = (torch.stack(parts).float() / 255 for parts in zip(*out))
     return x, a, y

@@ -108,9 +108,7 @@ class GaussianAvatar(Trainer[AvatarConfig]):
     @classmethod
     def resources(cls, config: AvatarConfig) -> Resources:
         """A GPU unless told to use the CPU ('auto' also trains, slower, without one); two CPUs for loading."""
-        if config.device == "cpu":
-            return Resources(cpus=2.0)
-        return Resources(cpus=2.0, gpus=1.0, gpu_required=config.device == "cuda")
+        return Resources.for_device(config.device, cpus=2.0)
     test_config = {"resolution": 64, "coarse_iterations": 12, "fine_iterations": 6, "batch_size": 2,
                    "densify_from": 5, "densify_interval": 5, "densify_until": 11, "log_every": 3,
                    "num_workers": 0, "tensorboard": False, "plane_resolution": 16}

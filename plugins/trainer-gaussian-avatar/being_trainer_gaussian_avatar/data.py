@@ -35,6 +35,13 @@ def load_tensors(path: Path, name: str) -> dict:
                          f"could run code from it ({reason})") from None
 
 
+def pick_device(setting: str) -> torch.device:
+    """The device of a ``device`` setting: 'auto' takes the GPU when there is one."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
 def euler2rot(euler: torch.Tensor) -> torch.Tensor:
     """The reference tracker's ``rot_x @ rot_y @ rot_z`` (the angles of ``track_params.pt``): standard rotations
     about x and y, and the transposed one about z (its code builds the matrices from column vectors)."""

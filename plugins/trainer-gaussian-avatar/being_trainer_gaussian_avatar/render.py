@@ -14,7 +14,7 @@ from being_core.stage import REPLAY_DIR, alpha_path
 
 from . import GaussianAvatar, lipsync
 from .avatar import Avatar
-from .data import RunData, load_tensors, smooth_audio
+from .data import RunData, load_tensors, pick_device, smooth_audio
 
 #: settings that say where and how to render, not what was trained: taken from the render's config, not the
 #: model's (the render-only settings, which never retrain, and where the work runs)
@@ -137,9 +137,7 @@ def load_avatar_config(ctx, cfg):
     model = load_tensors(ctx.input("avatar/model.pt"), "avatar/model.pt")
     here = {k: getattr(cfg, k) for k in RENDER_SETTINGS}
     cfg = type(cfg)(**{**model["config"], **here})
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    return model, cfg, device
+    return model, cfg, pick_device(cfg.device)
 
 
 def load_avatar(ctx, cfg):
@@ -182,15 +180,13 @@ def replay(ctx, cfg) -> dict:
 @torch.no_grad()
 def render(ctx, cfg) -> dict:
     params = ctx.params
-    model, cfg, device = load_avatar_config(ctx, cfg)
+    av, data, model, cfg = load_avatar(ctx, cfg)
+    device = av.device
     features = np.load(ctx.input(params.features)).astype(np.float32)
     want = model["audio"]
     if features.shape[1:] != (want["window"], want["dim"]):
         raise ValueError(f"{params.features} has windows {list(features.shape[1:])}, but the avatar was trained "
                          f"on [{want['window']}, {want['dim']}] from '{want['encoder']}'")
-    data = RunData.from_context(ctx, model["width"])
-    av = Avatar(data, cfg, device)
-    av.load(model["model"])
     n_out = int(params.n_frames)
     seq, viewmats, camera = head_motion(data, params.pose, n_out, ctx)
     eye = blinks(data, params.blink, seq, cfg.seed)

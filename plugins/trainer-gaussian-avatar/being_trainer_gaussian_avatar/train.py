@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .avatar import Avatar
-from .data import FrameCache, Frames, RunData, load_tensors, smooth_audio
+from .data import FrameCache, Frames, RunData, load_tensors, pick_device, smooth_audio
 from .densify import densify_and_prune
 from .evaluate import evaluate
 from .losses import composite, losses, psnr
@@ -26,8 +26,7 @@ def loop(loader):
 
 def train(ctx, cfg) -> dict:
     """Train on ``ctx.root``; writes avatar/model.pt, avatar/metrics.json, avatar/val.mp4 into ctx.out."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = pick_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
