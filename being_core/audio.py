@@ -81,3 +81,58 @@ class AudioFeatures:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"the audio encoder's info is incomplete ({exc!r}); it must carry encoder, file, "
                              f"dim, window and rate") from None
+
+
+def frame_edges(i, fps: float, rate: int = SAMPLE_RATE):
+    """The first sample of video frame ``i`` (frame ``i`` spans ``frame_edges(i)`` to ``frame_edges(i + 1)``)."""
+    import numpy as np
+
+    return np.round(np.asarray(i) * rate / fps).astype(np.int64)
+
+
+class FrameWindows:
+    """:func:`frame_windows`, as a stream: features in as an encoder computes them, each video frame's window out
+    as soon as its last feature is in. The windows equal the offline ones except at the end of the audio (offline
+    repeats the last feature beyond it; a stream does not know where it ends). Keeps one window of features."""
+
+    def __init__(self, window: int, fps: float, rate: float = FEATURE_RATE):
+        self.window, self.fps, self.rate = window, fps, rate
+        self._kept: Any = None  # features from index self._first on
+        self._first = 0
+        self._count = 0
+        self.next_frame = 0
+
+    def centre(self, i: int) -> int:
+        import numpy as np
+
+        return int(np.round((i + 0.5) * self.rate / self.fps))
+
+    def last_needed(self, i: int) -> int:
+        """The index of the last feature frame ``i``'s window holds."""
+        return self.centre(i) + self.window - self.window // 2 - 1
+
+    def lookahead(self, hop: int, feature_lookahead: int, rate: int = SAMPLE_RATE) -> int:
+        """Samples past a frame's end that its window needs, when feature ``j`` is known once the samples up to
+        ``j * hop + feature_lookahead`` are (the most over a second of frames; 0 at least)."""
+        n = max(2, int(round(self.fps)))
+        return max(0, max(self.last_needed(i) * hop + feature_lookahead - int(frame_edges(i + 1, self.fps, rate))
+                          for i in range(n)))
+
+    def add(self, feats):
+        """Add ``[t, D]`` features; returns the ``[k, W, D]`` windows of the frames now complete (``k`` may be 0)."""
+        import numpy as np
+
+        feats = np.asarray(feats, dtype=np.float32)
+        kept = feats if self._kept is None else np.concatenate([self._kept, feats])
+        self._count += len(feats)
+        out = []
+        offsets = np.arange(self.window) - self.window // 2
+        while self.last_needed(self.next_frame) < self._count:
+            index = np.clip(self.centre(self.next_frame) + offsets, 0, None) - self._first
+            out.append(kept[index])
+            self.next_frame += 1
+        keep_from = max(0, self.centre(self.next_frame) - self.window // 2)
+        self._kept = kept[max(0, keep_from - self._first):]
+        self._first = max(self._first, keep_from)
+        dim = kept.shape[1] if kept.ndim == 2 else 0
+        return np.stack(out) if out else np.zeros((0, self.window, dim), np.float32)

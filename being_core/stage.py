@@ -455,6 +455,16 @@ class AudioEncoder(Stage[ConfigT]):
     kind = StageKind.AUDIO_ENCODER
     inputs: ClassVar[tuple[str, ...]] = ("aud.wav",)
 
+    def stream(self, ctx: StageContext[ConfigT], device: str | None = None) -> Any:
+        """A :class:`being_core.live.FeatureStream` for one live session (``being serve``): the same windows as
+        ``run`` writes for the same audio, except near its ends, computed as the samples arrive. ``ctx`` is the
+        trained run's (read-only); ``device`` where a model runs (None: where the config says). Optional."""
+        raise NotImplementedError
+
+    @classmethod
+    def can_stream(cls) -> bool:
+        return cls.stream is not AudioEncoder.stream
+
 
 class AUExtractor(Stage[ConfigT]):
     """Writes facial action unit intensities.
@@ -515,6 +525,15 @@ class Trainer(Stage[ConfigT]):
 
     def render(self, ctx: StageContext[ConfigT]) -> StageReport:
         raise NotImplementedError
+
+    def live(self, ctx: StageContext[ConfigT], device: str | None = None) -> Any:
+        """The trained avatar of ``ctx``'s run (read-only) loaded on ``device`` (None: where the config says) as a
+        :class:`being_core.live.LiveAvatar`, rendering frames for live sessions in batches. Optional."""
+        raise NotImplementedError
+
+    @classmethod
+    def can_go_live(cls) -> bool:
+        return cls.live is not Trainer.live
 
 
 class FrameFilter(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from being_core import AudioEncoder, StageConfig, StageContext, StageReport, hookimpl
-from being_core.audio import SAMPLE_RATE, check_mismatch, frame_windows, read_wav
+from being_core.audio import SAMPLE_RATE, FrameWindows, check_mismatch, frame_windows, read_wav
 
 FEATURE_FILE = "aud_mel.npy"
 HOP = 320  # 20 ms: 50 feature frames per second, two per 25 fps video frame
@@ -57,14 +57,51 @@ class MelEncoder(AudioEncoder[MelConfig]):
         )
 
 
-def log_mel(audio, cfg: MelConfig):
+    def stream(self, ctx: StageContext[MelConfig], device: str | None = None) -> MelStream:
+        return MelStream(ctx.config, ctx.dataset.fps)
+
+
+class MelStream:
+    """:func:`log_mel` as samples arrive (a :class:`being_core.live.FeatureStream`): feature ``j`` is the frame
+    centred on sample ``j * HOP`` (librosa's ``center=True``, zeros before the start), computed once its last
+    sample is in, so it equals the offline feature except at the end of the audio."""
+
+    def __init__(self, cfg: MelConfig, fps: float):
+        import numpy as np
+
+        self.cfg = cfg
+        self.half = cfg.n_fft // 2
+        self.buffer = np.zeros(self.half, np.float32)  # the zeros that centring puts before sample 0
+        self.start = -self.half  # the sample index of buffer[0]
+        self.next_feature = 0
+        self.windows = FrameWindows(cfg.window, fps, SAMPLE_RATE / HOP)
+        self.lookahead = self.windows.lookahead(HOP, self.half)
+
+    def push(self, samples):
+        import numpy as np
+
+        self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32).reshape(-1)])
+        end = self.start + len(self.buffer)  # samples known: up to (not including) end
+        n = (end - self.half) // HOP + 1 - self.next_feature  # features whose last sample is in
+        if n <= 0:
+            return self.windows.add(np.zeros((0, self.cfg.n_mels), np.float32))
+        lo = self.next_feature * HOP - self.half - self.start
+        piece = self.buffer[lo:lo + (n - 1) * HOP + self.cfg.n_fft]
+        feats = log_mel(piece, self.cfg, center=False)
+        self.next_feature += n
+        keep = self.next_feature * HOP - self.half - self.start
+        self.buffer, self.start = self.buffer[keep:], self.start + keep
+        return self.windows.add(feats)
+
+
+def log_mel(audio, cfg: MelConfig, center: bool = True):
     """``[T50, n_mels] float32`` natural-log mel energies at 50 Hz."""
     import librosa
     import numpy as np
 
     mel = librosa.feature.melspectrogram(y=audio, sr=SAMPLE_RATE, n_fft=cfg.n_fft, hop_length=HOP,
                                          win_length=WIN, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
-                                         center=True, power=2.0)
+                                         center=center, pad_mode="constant", power=2.0)
     return np.log(mel + 1e-6).T.astype(np.float32)
 
 

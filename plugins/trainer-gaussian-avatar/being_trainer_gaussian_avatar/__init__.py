@@ -125,6 +125,11 @@ class GaussianAvatar(Trainer[AvatarConfig]):
 
         return StageReport(metrics=render(ctx, ctx.config))
 
+    def live(self, ctx: StageContext[AvatarConfig], device: str | None = None):
+        from .live import LiveAvatar
+
+        return LiveAvatar(ctx, ctx.config, device)
+
     def replay(self, ctx: StageContext[AvatarConfig]) -> StageReport:
         from .render import replay
 

@@ -50,7 +50,9 @@ def project(means, quats, scales, viewmats, Ks):
 def rasterize_reference(means, quats, scales, opacities, colors, viewmats, Ks, width: int, height: int,
                         backgrounds=None):
     """The pure-PyTorch rasteriser: tiles of 16x16 pixels, each compositing the Gaussians whose 3-sigma box
-    touches it, front to back."""
+    touches it, front to back. Without gradients (rendering), :func:`rasterize_pairs` does it faster."""
+    if not torch.is_grad_enabled():
+        return rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds)
     batch, device, dtype = means.shape[0], means.device, means.dtype
     depth, means2d, cov2d = project(means, quats, scales, viewmats, Ks)
     if means2d.requires_grad:
@@ -101,6 +103,71 @@ def rasterize_reference(means, quats, scales, opacities, colors, viewmats, Ks, w
     if backgrounds is not None:
         rgb = rgb + (1 - alpha_out) * backgrounds[:, None, None, :]
     return rgb, alpha_out, means2d
+
+
+@torch.no_grad()
+def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width: int, height: int,
+                    backgrounds=None):
+    """The reference rasteriser's image without gradients, 2 to 3 times faster on a CPU (what renders and live
+    sessions use there): every (Gaussian, pixel) pair inside the Gaussian's axis-aligned box out to where its
+    alpha falls under 1/255 (3 sigma at most) is made at once, sorted by pixel (stably: front to back) and
+    composited with a segmented cumulative sum of ``log(1 - alpha)``; no Python loop over tiles. It leaves out the
+    pairs beyond 3 sigma that the tiled version keeps when they share a tile (alpha under 1.1 % of the
+    Gaussian's opacity).
+    """
+    batch, device, dtype = means.shape[0], means.device, means.dtype
+    depth, means2d, cov2d = project(means, quats, scales, viewmats, Ks)
+    det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] ** 2
+    conic = torch.stack([cov2d[..., 1, 1], -cov2d[..., 0, 1], cov2d[..., 0, 0]], -1) / det[..., None]
+    reach = torch.sqrt(2 * torch.log((opacities * 255).clamp(min=1.0)))  # where alpha falls under 1/255, in sigmas
+    k = torch.minimum(reach, torch.full_like(reach, 3.0))
+    rx = torch.ceil(torch.sqrt(cov2d[..., 0, 0]) * k)
+    ry = torch.ceil(torch.sqrt(cov2d[..., 1, 1]) * k)
+    visible = (depth > NEAR) & (det > 0) & (opacities >= ALPHA_MIN)
+    rgb_out = torch.zeros(batch, height * width, 3, device=device, dtype=dtype)
+    a_out = torch.zeros(batch, height * width, device=device, dtype=dtype)
+    for b in range(batch):
+        m2 = means2d[b]
+        x0 = (m2[:, 0] - rx[b] - 0.5).ceil().clamp(min=0)
+        x1 = (m2[:, 0] + rx[b] - 0.5).floor().clamp(max=width - 1)
+        y0 = (m2[:, 1] - ry[b] - 0.5).ceil().clamp(min=0)
+        y1 = (m2[:, 1] + ry[b] - 0.5).floor().clamp(max=height - 1)
+        ok = visible[b] & (x1 >= x0) & (y1 >= y0)
+        g = torch.nonzero(ok)[:, 0]
+        g = g[torch.argsort(depth[b, g])]
+        w = x1[g] - x0[g] + 1
+        n = (w * (y1[g] - y0[g] + 1)).long()
+        starts = (torch.cumsum(n, 0) - n).to(dtype)
+        # one gather of everything a pair needs: box origin and width, first pair, centre, conic, opacity, id
+        pack = torch.stack([x0[g], y0[g], w, starts, m2[g, 0] - 0.5, m2[g, 1] - 0.5, conic[b, g, 0], conic[b, g, 1],
+                            conic[b, g, 2], opacities[b, g], g.to(dtype)], 1)
+        gi = torch.repeat_interleave(torch.arange(len(g), device=device), n)
+        q = pack[gi]
+        local = torch.arange(len(gi), device=device, dtype=dtype) - q[:, 3]
+        row = torch.div(local, q[:, 2], rounding_mode="floor")
+        px = q[:, 0] + local - row * q[:, 2]
+        py = q[:, 1] + row
+        dx, dy = px - q[:, 4], py - q[:, 5]
+        power = -0.5 * (q[:, 6] * dx * dx + q[:, 8] * dy * dy) - q[:, 7] * dx * dy
+        a = (q[:, 9] * torch.exp(power)).clamp(max=ALPHA_MAX)
+        keep = torch.nonzero((a >= ALPHA_MIN) & (power <= 0))[:, 0]
+        pix = (py * width + px).long()[keep]
+        pix, order = torch.sort(pix, stable=True)
+        sel = keep[order]
+        a, gg = a[sel], q[sel, 10].long()
+        la = torch.log1p(-a)
+        cs = torch.cumsum(la, 0)
+        first = torch.ones_like(pix, dtype=torch.bool)
+        first[1:] = pix[1:] != pix[:-1]
+        seg_start = torch.cummax(torch.where(first, torch.arange(len(pix), device=device), 0), 0).values
+        T = torch.exp(cs - la - (cs - la)[seg_start])
+        wt = a * T
+        rgb_out[b].index_add_(0, pix, wt[:, None] * colors[b, gg])
+        a_out[b].index_add_(0, pix, wt)
+    rgb, alpha = rgb_out.reshape(batch, height, width, 3), a_out.reshape(batch, height, width, 1)
+    if backgrounds is not None:
+        rgb = rgb + (1 - alpha) * backgrounds[:, None, None, :]
+    return rgb, alpha, means2d
 
 
 def rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width: int, height: int,

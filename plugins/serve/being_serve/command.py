@@ -1,0 +1,87 @@
+"""``being serve RUN [RUN...]``: load each trained avatar once and serve live sessions until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from being_core import Command, CommandContext
+from being_core.errors import EXIT_OK, UsageError
+
+log = logging.getLogger("being.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServeCommand(Command):
+    name = "serve"
+    help = "serve trained avatars live: WebSocket and WebRTC sessions, and a web page"
+    shows_progress = True
+
+    def configure(self, parser: argparse.ArgumentParser, parents: list[argparse.ArgumentParser]) -> None:
+        parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="trained run folders")
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--token", default=os.environ.get("BEING_SERVE_TOKEN"),
+                            help="clients must give this token (default: $BEING_SERVE_TOKEN); required when "
+                                 "--host is not a loopback address")
+        parser.add_argument("--device", help="where the avatars render (cpu, cuda, cuda:1; default: as trained)")
+        parser.add_argument("--max-sessions", type=int, default=32, help="concurrent sessions at most")
+        parser.add_argument("--max-batch", type=int, default=32, help="frames rendered in one batch at most")
+        parser.add_argument("--idle-timeout", type=float, default=300.0,
+                            help="close a session that sends nothing for this many seconds")
+        parser.add_argument("--max-message", type=int, default=256 * 1024,
+                            help="bytes per WebSocket message at most")
+
+    def run(self, args: argparse.Namespace, ctx: CommandContext) -> int:
+        import uvicorn
+
+        from being_core.live import open_run
+        from being_core.plugins import load_registry
+
+        from .app import Server, make_app
+        from .host import AvatarHost
+        from .session import Settings
+
+        if not is_loopback(args.host) and not args.token:
+            raise UsageError(f"--host {args.host} lets other machines in: give --token (or set BEING_SERVE_TOKEN) "
+                             "so that only your clients can use the avatars")
+        for name, value, low in (("--port", args.port, 0), ("--max-sessions", args.max_sessions, 1),
+                                 ("--max-batch", args.max_batch, 1), ("--idle-timeout", args.idle_timeout, 0.1),
+                                 ("--max-message", args.max_message, 1024)):
+            if value < low:
+                raise UsageError(f"{name} {value}: must be at least {low}")
+        registry = load_registry()
+        hosts: dict[str, AvatarHost] = {}
+        try:
+            for root in args.runs:
+                run = open_run(root, registry, args.device, ctx.progress)
+                name, n = run.name, 2
+                while name in hosts:
+                    name, n = f"{run.name}-{n}", n + 1
+                run.name = name
+                hosts[name] = AvatarHost(run, args.max_batch)
+            settings = Settings(idle_timeout=args.idle_timeout, max_message=args.max_message,
+                                max_sessions=args.max_sessions)
+            server = Server(hosts, settings, args.token)
+            config = uvicorn.Config(make_app(server), host=args.host, port=args.port, ws_max_size=args.max_message,
+                                    log_level="warning", lifespan="off")
+            names = ", ".join(f"{n} ({h.run.avatar.width}x{h.run.avatar.height}, {h.run.avatar.device})"
+                              for n, h in hosts.items())
+            shown = f"[{args.host}]" if ":" in args.host else args.host
+            ctx.console.print(f"being serve: {names} at http://{shown}:{args.port}/ (Ctrl+C stops)")
+            uvicorn.Server(config).run()
+        finally:
+            for host in hosts.values():
+                host.close()
+        return EXIT_OK

@@ -1,0 +1,124 @@
+"""One trained avatar, loaded once, rendering the frames of all its sessions in shared batches.
+
+Sessions submit frames in order; a render thread takes whatever is waiting (up to ``max_batch`` frames, of any
+sessions), renders it in one batch (deformation, rasterisation and the refiner, on the avatar's device), and
+hands each frame back through its session's callback, in the order it was submitted. The event loop never waits
+for a render. A frame submitted without ``render`` (a session that fell behind) keeps its place in the order and
+comes back as None.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from being_core.live import LiveRun
+
+from .timeline import FrameJob
+
+log = logging.getLogger("being.serve")
+
+
+@dataclass
+class Request:
+    job: FrameJob
+    step: Any
+    render: bool
+    done: Callable[[FrameJob, np.ndarray | None, BaseException | None], None]
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class HostStats:
+    batches: int = 0
+    frames: int = 0
+    render_seconds: float = 0.0
+    batch_sizes: deque = field(default_factory=lambda: deque(maxlen=1000))
+    render_ms: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class AvatarHost:
+    """A :class:`LiveRun` with its render thread."""
+
+    def __init__(self, run: LiveRun, max_batch: int = 32):
+        self.run, self.max_batch = run, max_batch
+        self.name = run.name
+        self.stats = HostStats()
+        self._queue: deque[Request] = deque()
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name=f"render-{run.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def lookahead(self) -> int:
+        return self.run.lookahead
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def submit(self, requests: list[Request]) -> None:
+        with self._wake:
+            self._queue.extend(requests)
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def _take(self) -> list[Request] | None:
+        with self._wake:
+            while not self._queue and not self._stop:
+                self._wake.wait()
+            if self._stop:
+                return None
+            batch = []
+            while self._queue and len(batch) < self.max_batch:
+                batch.append(self._queue.popleft())
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            todo = [r for r in batch if r.render]
+            frames: list[np.ndarray | None] = [None] * len(batch)
+            error: BaseException | None = None
+            if todo:
+                started = time.monotonic()
+                try:
+                    frames_u8 = self._render(todo)
+                except Exception as exc:  # a broken render ends the sessions it served, not the server
+                    log.exception("render of %s failed", self.name)
+                    error = exc
+                else:
+                    it = iter(frames_u8)
+                    frames = [next(it) if r.render else None for r in batch]
+                took = time.monotonic() - started
+                self.stats.batches += 1
+                self.stats.frames += len(todo)
+                self.stats.render_seconds += took
+                self.stats.batch_sizes.append(len(todo))
+                self.stats.render_ms.append(1000 * took)
+            for request, frame in zip(batch, frames, strict=True):
+                try:
+                    request.done(request.job, frame, error)
+                except Exception:  # a session that went away meanwhile
+                    log.debug("frame callback failed", exc_info=True)
+
+    def _render(self, todo: list[Request]) -> list[np.ndarray]:
+        avatar = self.run.avatar
+        audio = np.stack([r.job.window for r in todo])
+        quiet = np.array([r.job.quiet for r in todo], np.float32)
+        rgb, alpha = avatar.render([r.step for r in todo], audio, quiet)
+        if self.run.refiner is not None:
+            rgb = self.run.refiner(rgb, alpha)
+        u8 = (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
+        return list(u8)
