@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .audio import SAMPLE_RATE
 from .errors import InputError
 from .manifest import Manifest
 from .progress import Reporter
 from .registry import Registry
-from .stage import FrameFilter, Stage, StageContext, StageKind
+from .stage import AudioEncoder, FrameFilter, Refiner, Stage, StageContext, StageKind, Trainer
 
 log = logging.getLogger("being.live")
 
@@ -128,8 +128,8 @@ def open_run(root: Path, registry: Registry, device: str | None = None, progress
     enc_entry = _done(manifest, StageKind.AUDIO_ENCODER)
     if enc_entry is None:
         raise InputError(f"{root} has no audio features, so its encoder is unknown; prepare it with audio")
-    enc_cls = registry.get(StageKind.AUDIO_ENCODER, enc_entry["impl"])
-    trainer_cls = registry.get(StageKind.TRAINER, trainer_entry["impl"])
+    enc_cls = cast(type[AudioEncoder[Any]], registry.get(StageKind.AUDIO_ENCODER, enc_entry["impl"]))
+    trainer_cls = cast(type[Trainer[Any]], registry.get(StageKind.TRAINER, trainer_entry["impl"]))
     for cls, entry in ((enc_cls, enc_entry), (trainer_cls, trainer_entry)):
         if cls.version != entry.get("version"):
             raise InputError(f"{root} was made with {cls.kind} '{cls.name}' {entry.get('version')}, but "
@@ -148,7 +148,7 @@ def open_run(root: Path, registry: Registry, device: str | None = None, progress
     refiner, refiner_name = None, None
     refiner_entry = _done(manifest, StageKind.REFINER)
     if refiner_entry is not None:
-        refiner_cls = registry.get(StageKind.REFINER, refiner_entry["impl"])
+        refiner_cls = cast(type[Refiner[Any]], registry.get(StageKind.REFINER, refiner_entry["impl"]))
         refiner_name = refiner_cls.name
         refiner = refiner_cls().open(root, refiner_cls.Config.model_validate(refiner_entry.get("config", {})),
                                      avatar.device)

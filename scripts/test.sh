@@ -12,6 +12,7 @@ echo "test: mypy"
 echo "test: core tests"
 .venv/bin/python -m pytest -q -n auto tests/core
 bash scripts/docker.sh
+bash scripts/browser.sh
 .venv/bin/being images build -q --preprocess
 echo "test: integration tests"
 .venv/bin/python -m pytest -q tests/integration

@@ -17,6 +17,7 @@ import time
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Client:
                       "channels": channels, "quality": quality}
         self.ready: Ready | None = None
         self.events: list[dict] = []
-        self._ws = None
+        self._ws: Any = None
 
     async def __aenter__(self) -> Client:
         import websockets

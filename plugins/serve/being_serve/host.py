@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from being_core.audio import frame_edges
 from being_core.live import LiveRun
 
 from .timeline import FrameJob
@@ -54,8 +55,16 @@ class AvatarHost:
         self._queue: deque[Request] = deque()
         self._wake = threading.Condition()
         self._stop = False
+        self._warm_up()
         self._thread = threading.Thread(target=self._loop, name=f"render-{run.name}", daemon=True)
         self._thread.start()
+
+    def _warm_up(self) -> None:
+        """Render one frame before the first session comes (the first call of a model is slow)."""
+        stream = self.run.stream()
+        window = stream.push(np.zeros(int(frame_edges(4, self.run.avatar.fps)) + stream.lookahead, np.float32))[:1]
+        job = FrameJob(0, window[0], 1.0, np.zeros(0, np.int16), False)
+        self._render([Request(job, self.run.avatar.session(0).step(), True, lambda *a: None)])
 
     @property
     def lookahead(self) -> int:
@@ -81,7 +90,7 @@ class AvatarHost:
                 self._wake.wait()
             if self._stop:
                 return None
-            batch = []
+            batch: list[Request] = []
             while self._queue and len(batch) < self.max_batch:
                 batch.append(self._queue.popleft())
             return batch

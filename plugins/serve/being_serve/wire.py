@@ -34,7 +34,7 @@ HEADER = struct.Struct("<4sIIII")
 FLAG_SPEECH = 1  # the frame's audio holds the client's speech
 FLAG_REPEAT = 2  # no image: the previous frame's stays
 OUT_RATE = 16000
-FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+FORMATS: dict[str, np.dtype] = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 
 
 class Start(BaseModel):

@@ -1,0 +1,437 @@
+"""Live serving (``being serve``): streamed features, the session clock, a real server, a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from being_serve.client import Client, ServerError, speak
+from being_serve.timeline import Timeline
+from being_trainer_gaussian_avatar import GaussianAvatar
+
+from being_core.audio import SAMPLE_RATE, frame_edges, read_wav
+from being_core.config import resolve
+from being_core.errors import InputError
+from being_core.ingest import ffmpeg_exe
+from being_core.live import open_run
+from being_core.pipeline import Pipeline
+from being_core.plugins import load_registry
+from being_core.stage import StageKind
+
+REGISTRY = load_registry()
+ENCODERS = [i.cls for i in REGISTRY.all() if i.cls.kind == StageKind.AUDIO_ENCODER]
+
+
+@pytest.fixture(scope="module")
+def speech(being_testdata) -> np.ndarray:
+    return read_wav_any(being_testdata / "audio" / "videoretalking_audio1.wav")
+
+
+def read_wav_any(path: Path, rate: int = SAMPLE_RATE, seconds: float = 8.0) -> np.ndarray:
+    """``seconds`` of any audio file as float32 mono at ``rate``."""
+    raw = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-t", str(seconds), "-ac", "1", "-ar",
+                          str(rate), "-f", "s16le", "-"], check=True, capture_output=True).stdout
+    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+
+
+@pytest.mark.parametrize("cls", [c for c in ENCODERS if c.can_stream()], ids=lambda c: c.name)
+def test_streamed_features_equal_offline(cls, prepared_copy, being_run_stage, tmp_path):
+    """Every encoder that streams gives the windows its offline run writes for the same audio, pushed in
+    chunks of any size, except the last frames (offline knows where the audio ends)."""
+    from being_core.live import _context
+    from being_core.manifest import Manifest
+    from being_core.progress import Reporter
+
+    config = cls.contract_config(tmp_path)
+    entry = being_run_stage(prepared_copy, "audio_encoder", cls.name, config, force=True)
+    offline = np.load(prepared_copy / entry["info"]["file"])
+    typed = cls.Config.model_validate(config)
+    stream = cls().stream(_context(prepared_copy, Manifest.load(prepared_copy), cls, typed, Reporter()))
+    audio = read_wav(prepared_copy / "aud.wav")
+    rng = np.random.default_rng(0)
+    got, at = [], 0
+    while at < len(audio):
+        n = int(rng.integers(1, 4000))
+        got.append(stream.push(audio[at:at + n]))
+        at += n
+    streamed = np.concatenate(got)
+    assert stream.lookahead > 0
+    k = len(offline) - 8
+    assert len(streamed) >= k
+    np.testing.assert_allclose(streamed[:k], offline[:k], atol=1e-4)
+
+
+def test_encoders_that_cannot_stream_are_named(trained, tmp_path):
+    """A run whose encoder has no stream() is refused with the encoder's name."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    data = json.loads((run / "being.json").read_text())
+    data["stages"]["audio_encoder"]["impl"] = "wav2vec2"
+    data["stages"]["audio_encoder"]["version"] = REGISTRY.get(StageKind.AUDIO_ENCODER, "wav2vec2").version
+    data["stages"]["audio_encoder"]["config"] = {}
+    (run / "being.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match="its audio encoder 'wav2vec2' cannot stream audio"):
+        open_run(run, REGISTRY)
+
+
+class Ones:
+    """A feature stream that windows nothing but counts: one [1, 1] window per frame, after 0 look-ahead."""
+
+    lookahead = 0
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.frames = 0
+
+    def push(self, samples):
+        self.samples += len(samples)
+        n = 0
+        while int(frame_edges(self.frames + 1, 25.0)) <= self.samples:
+            self.frames += 1
+            n += 1
+        return np.ones((n, 1, 1), np.float32)
+
+
+def test_ten_minutes_keep_the_audio_clock(speech):
+    """After 10 minutes of speech with pauses, every frame holds exactly its samples of what was said, on the
+    audio clock (frame k at k / fps): no drift, and the speech comes back sample for sample."""
+    tl = Timeline(Ones(), 25.0)
+    said = []
+    jobs = []
+    clock = 0
+    rng = np.random.default_rng(1)
+    while clock < 600 * SAMPLE_RATE:
+        step = int(rng.integers(160, 1600))
+        clock += step
+        if (clock // (7 * SAMPLE_RATE)) % 2 == 0:  # speech for 7 s, then 7 s of nothing
+            piece = speech[(clock - step) % len(speech):][:step]
+            tl.add(piece)
+            said.append(piece)
+        jobs.extend(tl.advance(clock))
+    assert [j.index for j in jobs] == list(range(len(jobs)))
+    assert abs(len(jobs) - clock / SAMPLE_RATE * 25) < 10  # frames keep up with the wall clock
+    audio = np.concatenate([j.audio for j in jobs]).astype(np.float32) / 32767
+    assert len(audio) == int(frame_edges(len(jobs), 25.0))
+    speech_frames = [j for j in jobs if j.speech]
+    assert 0.4 < len(speech_frames) / len(jobs) < 0.6
+    spoken = np.concatenate(said)
+    heard = np.concatenate([j.audio for j in jobs if j.speech]).astype(np.float32) / 32767
+    start = np.flatnonzero(np.abs(heard) > 0)[0]
+    assert np.abs(heard[start:start + 16000] - spoken[start:start + 16000]).max() < 1e-3
+    quiet = np.array([j.quiet for j in jobs])
+    speaking = np.array([j.speech for j in jobs])
+    assert quiet[~speaking].mean() > 0.95  # no speech: the mouth closes
+
+
+def test_interrupt_drops_the_queued_speech(speech):
+    tl = Timeline(Ones(), 25.0, ahead=0.3)
+    tl.add(speech[:5 * SAMPLE_RATE])
+    tl.advance(0)
+    assert tl.interrupt() == 5 * SAMPLE_RATE - int(0.3 * SAMPLE_RATE)
+    jobs = tl.advance(2 * SAMPLE_RATE)
+    speech_frames = sum(j.speech for j in jobs)
+    assert speech_frames <= 0.3 * 25 + 1  # what was already on the timeline plays, nothing more
+
+
+# --- a real server --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_face5, tmp_path_factory):
+    """The tiny trainer on face5 (64 px: a few frames per second more than real time needs on 2 cores)."""
+    root = tmp_path_factory.mktemp("serve") / "face5"
+    shutil.copytree(prepared_face5, root)
+    config = resolve({"stages": {"audio_encoder": {"impl": "mel"},
+                                 "trainer": {"impl": "gaussian-avatar", "config": GaussianAvatar.test_config}}},
+                     REGISTRY, "test config")
+    Pipeline(root, config, REGISTRY).train()
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs: list[Path], *options: str, env=None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "being_core", "-q", "serve", *map(str, runs), "--port", str(port),
+                             *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"being serve exited: {proc.stdout.read()}")
+        try:
+            urllib.request.urlopen(f"{base}/", timeout=1)
+            return proc, base
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("being serve did not start")
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    proc, base = start_server([trained], "--max-sessions", "6", "--idle-timeout", "3")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def ws_url(base: str) -> str:
+    return base.replace("http", "ws") + "/ws"
+
+
+def test_a_session_lip_syncs_speech_on_the_audio_clock(server, being_testdata, tmp_path):
+    wav = tmp_path / "speech.wav"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(being_testdata / "audio" / "videoretalking_audio1.wav"),
+                    "-t", "3", "-ac", "2", "-ar", "44100", str(wav)], check=True)
+    ready, frames = asyncio.run(speak(ws_url(server), wav, tail=1.0))
+    assert ready.width == ready.height == 64 and ready.fps == 25 and ready.lookahead_ms >= 136
+    index = [f.index for f in frames]
+    assert index == sorted(set(index)) and index[0] < 25, "frames in order from the start"
+    assert len(frames) >= 0.8 * (index[-1] + 1), "few frames lost on the way (2 cores render barely in time)"
+    assert len(frames) >= 3 * 25
+    speaking = [f for f in frames if f.speech]
+    assert 2.0 * 25 <= len(speaking) <= 3.3 * 25
+    from PIL import Image
+
+    images = [np.asarray(Image.open(io.BytesIO(f.jpeg))) for f in frames if f.jpeg]
+    assert images and images[0].shape == (64, 64, 3)
+    assert len(images) >= len(frames) // 2, "most frames rendered on 2 cores"
+    assert np.abs(images[0].astype(int) - images[-1].astype(int)).mean() > 0.5, "the avatar moves"
+    assert all(len(f.audio) == 640 for f in frames), "each frame carries exactly its audio (40 ms at 16 kHz)"
+    audio = np.concatenate([f.audio for f in frames])
+    assert np.abs(audio).max() > 1000, "the speech comes back with the frames"
+    stats = json.loads(urllib.request.urlopen(f"{server}/api/stats").read())
+    assert stats["avatars"]["face5"]["frames"] > 0
+
+
+async def _error_of(url: str, start: dict | None, payload: bytes | str | None = None) -> tuple[int, str]:
+    """The close code and the error message the server answers with."""
+    import websockets
+
+    async with websockets.connect(url, max_size=2**24) as ws:
+        if start is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):  # a server that refuses at once may have closed
+                await ws.send(json.dumps(start))
+        if payload is not None:
+            first = json.loads(await ws.recv())
+            assert first["type"] == "ready", first
+            await ws.send(payload)
+        message = ""
+        try:
+            while True:
+                m = await asyncio.wait_for(ws.recv(), 15)
+                if isinstance(m, str) and json.loads(m)["type"] in ("error", "closed"):
+                    message = json.loads(m)["message"]
+        except websockets.ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else 1006, message
+
+
+START = {"type": "start", "sample_rate": 16000, "format": "s16le", "channels": 1}
+
+
+@pytest.mark.parametrize(("start", "payload", "code", "text"), [
+    ({"type": "start", "sample_rate": 100}, None, 1003, "bad start message: sample_rate: Input should be greater "
+                                                       "than or equal to 8000"),
+    ({"type": "start", "sample_rate": 16000, "avatar": "nobody"}, None, 1003, "no avatar 'nobody' here; this "
+                                                                              "server has face5"),
+    (START, b"\x01\x02\x03", 1007, "bad audio message: an audio message of 3 bytes is not a whole number of s16le "
+                                   "samples of 1 channel(s) (2 bytes each)"),
+    ({**START, "format": "f32le"}, np.full(100, np.nan, "<f4").tobytes(), 1007,
+     "bad audio message: the audio holds NaN or infinite samples"),
+    (START, "garbage", 1003, "unknown control message 'garbage'"),
+    (START, b"\x00" * (1 << 20), 1009, ""),
+])
+def test_bad_input_gets_a_clear_error_and_others_go_on(server, start, payload, code, text):
+    async def both():
+        bad = asyncio.create_task(_error_of(ws_url(server), start, payload))
+        async with Client(ws_url(server), 16000) as good:
+            await good.send(np.zeros(1600, "<i2"))
+            first = await good.next_frame()
+            got = await bad
+            later = await good.next_frame()
+            return got, first, later
+
+    (got_code, message), first, later = asyncio.run(both())
+    assert got_code == code
+    assert message.startswith(text)
+    assert later.index > first.index, "the other session kept going"
+
+
+def test_garbage_first_message_and_an_idle_session(server):
+    code, message = asyncio.run(_garbage(ws_url(server)))
+    assert code == 1003 and message == "the first message must be a text message {\"type\": \"start\", ...}"
+
+    async def idle():
+        async with Client(ws_url(server), 16000) as c:
+            try:
+                while True:
+                    await c.next_frame()
+            except Exception:  # noqa: BLE001 (the server closed it)
+                return c.events
+
+    events = asyncio.run(idle())
+    assert events[-1] == {"type": "closed", "message": "closed: nothing came from the client for 3 s"}
+
+
+async def _garbage(url: str) -> tuple[int, str]:
+    import websockets
+
+    async with websockets.connect(url) as ws:
+        await ws.send(b"\xff\xfe garbage")
+        message = json.loads(await ws.recv())["message"]
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            return exc.rcvd.code, message
+    return 0, message
+
+
+def test_a_hundred_connections_at_once(trained):
+    """The server takes as many sessions as it may (6 here), tells the rest it is full, and still serves."""
+    proc, server = start_server([trained], "--max-sessions", "6")
+    try:
+        _hundred(server)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _hundred(server: str) -> None:
+    import websockets
+
+    async def one():
+        framed = False
+        try:
+            async with Client(ws_url(server), 16000) as c:
+                await c.next_frame()
+                framed = True
+                await asyncio.sleep(1)
+                return "served"
+        except ServerError as exc:
+            return str(exc)
+        except websockets.ConnectionClosed as exc:  # a slow first frame may meet the 3 s idle timeout
+            return "served" if framed else f"closed: {exc}"
+
+    async def all_at_once():
+        return await asyncio.gather(*[one() for _ in range(100)])
+
+    results = asyncio.run(all_at_once())
+    served = results.count("served")
+    assert 1 <= served <= 6
+    assert all(r == "served" or r.startswith("the server is full (6 sessions)") for r in results), set(results)
+
+    async def after():
+        async with Client(ws_url(server), 16000) as c:
+            await c.send(np.zeros(8000, "<i2"))  # something within the idle timeout, however busy the server is
+            return await c.next_frame()
+
+    assert asyncio.run(after()).index >= 0
+
+
+def test_serve_refuses_what_it_cannot_serve(prepared_face5, trained, tmp_path):
+    cmd = [sys.executable, "-m", "being_core", "serve"]
+    r = subprocess.run([*cmd, str(prepared_face5), "--port", str(free_port())], capture_output=True, text=True)
+    assert r.returncode == 3 and f"{prepared_face5} has no trained avatar; run `being train {prepared_face5}` first" \
+        in r.stderr
+    r = subprocess.run([*cmd, str(trained), "--host", "0.0.0.0"], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "BEING_SERVE_TOKEN"})
+    assert r.returncode == 2 and "--host 0.0.0.0 lets other machines in: give --token" in r.stderr
+
+
+def test_a_token_keeps_others_out(trained):
+    proc, base = start_server([trained], env={"BEING_SERVE_TOKEN": "s3cret"})
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/api/avatars")
+        assert err.value.code == 401
+        assert json.loads(urllib.request.urlopen(f"{base}/api/avatars?token=s3cret").read())[0]["name"] == "face5"
+        code, message = asyncio.run(_error_of(ws_url(base), START))
+        assert code == 1008 and message.startswith("not authorised")
+
+        async def with_token():
+            async with Client(ws_url(base), 16000, token="s3cret") as c:
+                return await c.next_frame()
+
+        assert asyncio.run(with_token()).index == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- a real browser -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet_server(trained):
+    """A server of its own: no other test's sessions share its two cores."""
+    proc, base = start_server([trained])
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_page_shows_the_avatar_speaking_in_chromium(quiet_server, being_testdata, tmp_path):
+    """Debian's chromium, driven by Playwright, plays a wav through its fake microphone into the page; the
+    avatar's frames arrive in the page's video element over WebRTC, and they move."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: run scripts/browser.sh (as root)")
+    from playwright.sync_api import sync_playwright
+
+    wav = tmp_path / "mic.wav"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(being_testdata / "audio" / "videoretalking_audio1.wav"),
+                    "-t", "8", "-ac", "1", "-ar", "48000", str(wav)], check=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required", "--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(quiet_server + "/")
+            page.wait_for_function("document.querySelector('#avatar').options.length > 0", timeout=30_000)
+            assert page.locator("#avatar option").first.get_attribute("value") == "face5"
+            page.click("#mic")
+            page.wait_for_function("() => { const v = document.querySelector('video'); return v.readyState >= 2 && "
+                                   "v.getVideoPlaybackQuality().totalVideoFrames > 25; }", timeout=60_000)
+            grab = """() => { const v = document.querySelector('video'); const c = document.createElement('canvas');
+                c.width = v.videoWidth; c.height = v.videoHeight; const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+                return Array.from(g.getImageData(0, 0, c.width, c.height).data); }"""
+            first = np.array(page.evaluate(grab), np.float32)
+            frames_before = page.evaluate("document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames")
+            page.wait_for_timeout(2000)
+            second = np.array(page.evaluate(grab), np.float32)
+            frames_after = page.evaluate("document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames")
+            assert page.evaluate("[document.querySelector('video').videoWidth, "
+                                 "document.querySelector('video').videoHeight]") == [64, 64]
+            assert frames_after - frames_before >= 20, "frames keep arriving (2 s)"
+            assert first.std() > 10, "an image, not a blank frame"
+            assert np.abs(first - second).mean() > 0.5, "the avatar moves"
+            assert page.text_content("#status") == "live: microphone"
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot))
+            from PIL import Image
+
+            box = page.locator("video").bounding_box()
+            image = np.asarray(Image.open(shot).convert("RGB"), np.float32)
+            inside = image[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+            assert inside.std() > 10, "the screenshot shows the avatar in the page"
+        finally:
+            browser.close()
