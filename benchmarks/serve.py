@@ -1,0 +1,198 @@
+"""Live serving under load: latency and sessions per GPU (run by hand).
+
+    python -m benchmarks.serve RUN OUT [--levels 1,4,8,16,24,32] [--seconds 12] [--speech WAV]
+
+Starts ``being serve RUN`` (a real server, in its own process) and, for each level ``N``, opens ``N`` WebSocket
+sessions at once, each speaking in turns as a voice agent does (1 s of speech sent in real time in 20 ms chunks,
+then 1 s of nothing, for ``--seconds``). It measures, per level:
+
+- end-to-end latency: from sending the first chunk of a turn to receiving the first frame that lip-syncs it (the
+  first frame flagged as speech after a pause), p50 and p95 over all turns of all sessions; the server's
+  algorithmic look-ahead (``lookahead_ms``) is part of it and reported beside it;
+- the server's render batches (frames per batch, milliseconds per batch, p50/p95): the compute part;
+- frames per second each session received after the first second, and dropped frames (repeats and gaps);
+- GPU utilisation (nvidia-smi, sampled every 0.5 s) and the server process's CPU use (cores).
+
+Writes ``OUT/serve.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+TURN_S, CHUNK_S = 1.0, 0.02
+
+
+def speech_samples(wav: Path | None, seconds: float) -> np.ndarray:
+    """16 kHz int16 speech (a real recording when given, else a voiced sweep with an envelope)."""
+    if wav is not None:
+        from being_core.ingest import ffmpeg_exe
+
+        raw = subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(wav), "-t", str(seconds), "-ac", "1",
+                              "-ar", "16000", "-f", "s16le", "-"], check=True, capture_output=True).stdout
+        return np.frombuffer(raw, "<i2")
+    t = np.arange(int(seconds * 16000)) / 16000
+    voice = np.sin(2 * np.pi * (120 + 40 * np.sin(2 * np.pi * 0.5 * t)) * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    return (voice * 12000).astype("<i2")
+
+
+async def one_session(url: str, speech: np.ndarray, seconds: float, out: dict) -> None:
+    from being_serve.client import Client
+
+    step = int(16000 * CHUNK_S)
+    turns: list[float] = []
+    frames: list[tuple[int, int, float]] = []
+    async with Client(url, 16000) as client:
+        assert client.ready is not None
+        out["lookahead_ms"] = client.ready.lookahead_ms
+
+        async def send() -> None:
+            t0 = time.monotonic()
+            k, at = 0, 0
+            while time.monotonic() - t0 < seconds:
+                turn_start = time.monotonic()
+                turns.append(turn_start)
+                for i in range(int(TURN_S / CHUNK_S)):
+                    piece = speech[at % len(speech):][:step]
+                    at += step
+                    await client.send(piece)
+                    k += 1
+                    await asyncio.sleep(max(0.0, turn_start + (i + 1) * CHUNK_S - time.monotonic()))
+                await client.control("ping")
+                await asyncio.sleep(TURN_S)
+
+        sender = asyncio.create_task(send())
+        try:
+            while not sender.done():
+                f = await client.next_frame()
+                frames.append((f.index, (1 if f.speech else 0) | (2 if f.jpeg is None else 0), f.received))
+        finally:
+            sender.cancel()
+    latencies, turn = [], 0
+    previous = 0
+    for _index, flags, received in frames:
+        speech_now = flags & 1
+        if speech_now and not previous and turn < len(turns):
+            latencies.append(received - turns[turn])
+            turn += 1
+        previous = speech_now
+    index = [f[0] for f in frames]
+    after = [f for f in frames if f[2] - frames[0][2] >= 1.0] if frames else []
+    span = (after[-1][2] - after[0][2]) if len(after) > 1 else 0.0
+    out.update(latencies=latencies, frames=len(frames), repeats=sum(1 for f in frames if f[1] & 2),
+               gaps=int((index[-1] - index[0] + 1) - len(index)) if index else 0,
+               fps=(len(after) - 1) / span if span else 0.0)
+
+
+def gpu_sampler(stop: threading.Event, samples: list[float]) -> None:
+    smi = shutil.which("nvidia-smi")
+    while smi and not stop.is_set():
+        try:
+            text = subprocess.run([smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=5).stdout
+            samples.append(float(text.split()[0]))
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            pass
+        stop.wait(0.5)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def level(base: str, n: int, speech: np.ndarray, seconds: float, pid: int) -> dict:
+    url = base.replace("http", "ws") + "/ws"
+    outs = [dict() for _ in range(n)]
+    stop, gpu = threading.Event(), []
+    sampler = threading.Thread(target=gpu_sampler, args=(stop, gpu), daemon=True)
+    sampler.start()
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+
+    async def run_all() -> dict:
+        tasks = [asyncio.create_task(one_session(url, speech, seconds, o)) for o in outs]
+        await asyncio.sleep(seconds * 0.8)
+        stats = json.loads(urllib.request.urlopen(f"{base}/api/stats").read())
+        await asyncio.gather(*tasks)
+        return stats
+
+    stats = asyncio.run(run_all())
+    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    stop.set()
+    lat = [x for o in outs for x in o["latencies"]]
+    avatar = next(iter(stats["avatars"].values()))
+    return {"sessions": n, "lookahead_ms": outs[0]["lookahead_ms"],
+            "latency_ms_p50": round(1000 * float(np.percentile(lat, 50)), 1) if lat else None,
+            "latency_ms_p95": round(1000 * float(np.percentile(lat, 95)), 1) if lat else None,
+            "turns": len(lat), "fps_min": round(min(o["fps"] for o in outs), 2),
+            "fps_mean": round(float(np.mean([o["fps"] for o in outs])), 2),
+            "dropped": sum(o["repeats"] + o["gaps"] for o in outs), "frames": sum(o["frames"] for o in outs),
+            "batch_mean": avatar["mean_batch"], "render_ms_p50": avatar["render_ms_p50"],
+            "render_ms_p95": avatar["render_ms_p95"], "server_latency_ms_p95": stats["latency_ms_p95"],
+            "gpu_util_mean": round(float(np.mean(gpu)), 1) if gpu else None, "server_cpu_cores": round(cpu, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--levels", default="1,4,8,16,24,32")
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--speech", type=Path)
+    ap.add_argument("--device")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    levels = [int(x) for x in args.levels.split(",")]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "being_core", "-q", "serve", str(args.run), "--port", str(port),
+           "--max-sessions", str(max(levels) + 4), "--max-batch", str(max(32, max(levels)))]
+    if args.device:
+        cmd += ["--device", args.device]
+    log = open(args.out / "server.log", "w")  # noqa: SIM115 (open for the server's whole life)
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{base}/api/avatars", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    sys.exit(f"being serve exited; see {args.out / 'server.log'}")
+                time.sleep(0.5)
+        speech = speech_samples(args.speech, 30.0)
+        results = []
+        for n in levels:
+            results.append(level(base, n, speech, args.seconds, server.pid))
+            print(json.dumps(results[-1]), flush=True)
+            time.sleep(1.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    (args.out / "serve.json").write_text(json.dumps(results, indent=2))
+    print("| sessions | latency p50 / p95 (ms) | look-ahead (ms) | render batch (frames, p50 / p95 ms) | fps min / mean "
+          "| dropped | GPU % | server CPU (cores) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['sessions']} | {r['latency_ms_p50']} / {r['latency_ms_p95']} | {r['lookahead_ms']} | "
+              f"{r['batch_mean']}, {r['render_ms_p50']} / {r['render_ms_p95']} | {r['fps_min']} / {r['fps_mean']} | "
+              f"{r['dropped']} of {r['frames']} | {r['gpu_util_mean']} | {r['server_cpu_cores']} |")
+
+
+if __name__ == "__main__":
+    main()
