@@ -67,9 +67,15 @@ class MelStream:
     sample is in, so it equals the offline feature except at the end of the audio."""
 
     def __init__(self, cfg: MelConfig, fps: float):
+        import librosa
         import numpy as np
 
         self.cfg = cfg
+        # what librosa.feature.melspectrogram builds on every call, built once: a session pushes every 20 ms
+        self.basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
+                                         fmax=cfg.fmax).astype(np.float32)
+        self.window = librosa.util.pad_center(librosa.filters.get_window("hann", WIN, fftbins=True),
+                                              size=cfg.n_fft).astype(np.float32)
         self.half = cfg.n_fft // 2
         self.buffer = np.zeros(self.half, np.float32)  # the zeros that centring puts before sample 0
         self.start = -self.half  # the sample index of buffer[0]
@@ -87,21 +93,23 @@ class MelStream:
             return self.windows.add(np.zeros((0, self.cfg.n_mels), np.float32))
         lo = self.next_feature * HOP - self.half - self.start
         piece = self.buffer[lo:lo + (n - 1) * HOP + self.cfg.n_fft]
-        feats = log_mel(piece, self.cfg, center=False)
+        frames = np.lib.stride_tricks.sliding_window_view(piece, self.cfg.n_fft)[::HOP]
+        power = np.abs(np.fft.rfft(frames * self.window, axis=1)) ** 2
+        feats = np.log(power.astype(np.float32) @ self.basis.T + 1e-6).astype(np.float32)
         self.next_feature += n
         keep = self.next_feature * HOP - self.half - self.start
         self.buffer, self.start = self.buffer[keep:], self.start + keep
         return self.windows.add(feats)
 
 
-def log_mel(audio, cfg: MelConfig, center: bool = True):
+def log_mel(audio, cfg: MelConfig):
     """``[T50, n_mels] float32`` natural-log mel energies at 50 Hz."""
     import librosa
     import numpy as np
 
     mel = librosa.feature.melspectrogram(y=audio, sr=SAMPLE_RATE, n_fft=cfg.n_fft, hop_length=HOP,
                                          win_length=WIN, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
-                                         center=center, pad_mode="constant", power=2.0)
+                                         center=True, pad_mode="constant", power=2.0)
     return np.log(mel + 1e-6).T.astype(np.float32)
 
 
