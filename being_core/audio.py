@@ -84,7 +84,10 @@ class AudioFeatures:
 
 
 def frame_edges(i, fps: float, rate: int = SAMPLE_RATE):
-    """The first sample of video frame ``i`` (frame ``i`` spans ``frame_edges(i)`` to ``frame_edges(i + 1)``)."""
+    """The first sample of video frame ``i`` (frame ``i`` spans ``frame_edges(i)`` to ``frame_edges(i + 1)``); an int
+    for an int (a live session asks this for every frame), an array for an array."""
+    if isinstance(i, int):
+        return round(i * rate / fps)  # half to even, as numpy rounds
     import numpy as np
 
     return np.round(np.asarray(i) * rate / fps).astype(np.int64)

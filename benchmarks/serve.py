@@ -145,6 +145,33 @@ def level(base: str, n: int, speech: np.ndarray, seconds: float, pid: int) -> di
             "gpu_util_mean": round(float(np.mean(gpu)), 1) if gpu else None, "server_cpu_cores": round(cpu, 2)}
 
 
+def render_only(run: Path, device: str | None) -> list[dict]:
+    """The avatar's render alone, in this process: milliseconds per batch of B frames (the GPU's share)."""
+    from being_core.live import open_run
+    from being_core.plugins import load_registry
+
+    live = open_run(run, load_registry(), device)
+    stream = live.stream()
+    windows = stream.push(np.zeros(16000 * 3, np.float32))
+    sessions = [live.avatar.session(i) for i in range(64)]
+    rows = []
+    for b in (1, 4, 8, 16, 32, 64):
+        times = []
+        for rep in range(12):
+            steps = [sessions[i].step() for i in range(b)]
+            t = time.perf_counter()
+            rgb, alpha = live.avatar.render(steps, windows[np.arange(b) % len(windows)], np.zeros(b, np.float32))
+            if live.refiner is not None:
+                rgb = live.refiner(rgb, alpha)
+            (rgb.clamp(0, 1) * 255).round().byte().cpu()
+            if rep >= 2:
+                times.append(time.perf_counter() - t)
+        ms = 1000 * float(np.median(times))
+        rows.append({"batch": b, "ms": round(ms, 2), "frames_per_s": round(1000 * b / ms, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
@@ -153,14 +180,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--speech", type=Path)
     ap.add_argument("--device")
+    ap.add_argument("--profile", action="store_true", help="run the server under cProfile (its event loop's "
+                    "thread) and print where its time goes")
+    ap.add_argument("--serve-options", default="", help="more options for being serve, e.g. '--switch-ms 5'")
+    ap.add_argument("--render-only", action="store_true", help="time the avatar's batched render alone first")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        (args.out / "render.json").write_text(json.dumps(render_only(args.run, args.device), indent=2))
     levels = [int(x) for x in args.levels.split(",")]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "being_core", "-q", "serve", str(args.run), "--port", str(port),
-           "--max-sessions", str(max(levels) + 4), "--max-batch", str(max(32, max(levels)))]
+    prof = args.out / "server.prof"
+    profiler = ["-m", "cProfile", "-o", str(prof)] if args.profile else []
+    cmd = [sys.executable, *profiler, "-m", "being_core", "-q", "serve", str(args.run), "--port", str(port),
+           "--max-sessions", str(max(levels) + 4), "--max-batch", str(max(32, max(levels))),
+           *args.serve_options.split()]
     if args.device:
         cmd += ["--device", args.device]
     log = open(args.out / "server.log", "w")  # noqa: SIM115 (open for the server's whole life)
@@ -182,8 +218,15 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
             time.sleep(1.0)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.send_signal(2)  # Ctrl+C: a clean exit writes the profile
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    if args.profile and prof.is_file():
+        import pstats
+
+        pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
     (args.out / "serve.json").write_text(json.dumps(results, indent=2))
     print("| sessions | latency p50 / p95 (ms) | look-ahead (ms) | render batch (frames, p50 / p95 ms) | fps min / mean "
           "| dropped | GPU % | server CPU (cores) |")

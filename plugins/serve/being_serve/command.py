@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import sys
 from pathlib import Path
 
 from being_core import Command, CommandContext
@@ -42,6 +43,9 @@ class ServeCommand(Command):
                             help="close a session that sends nothing for this many seconds")
         parser.add_argument("--max-message", type=int, default=256 * 1024,
                             help="bytes per WebSocket message at most")
+        parser.add_argument("--switch-ms", type=float, default=1.0,
+                            help="Python's thread switch interval in ms (its default is 5): how soon the render "
+                                 "thread gets the interpreter back from the sessions' work")
 
     def run(self, args: argparse.Namespace, ctx: CommandContext) -> int:
         import uvicorn
@@ -61,6 +65,9 @@ class ServeCommand(Command):
                                  ("--max-message", args.max_message, 1024)):
             if value < low:
                 raise UsageError(f"{name} {value}: must be at least {low}")
+        if not 0.01 <= args.switch_ms <= 100:
+            raise UsageError(f"--switch-ms {args.switch_ms}: give 0.01 to 100")
+        sys.setswitchinterval(args.switch_ms / 1000)
         registry = load_registry()
         hosts: dict[str, AvatarHost] = {}
         try:
