@@ -67,15 +67,15 @@ class MelStream:
     sample is in, so it equals the offline feature except at the end of the audio."""
 
     def __init__(self, cfg: MelConfig, fps: float):
-        import librosa
         import numpy as np
+        from librosa.filters import get_window, mel
+        from librosa.util import pad_center
 
         self.cfg = cfg
         # what librosa.feature.melspectrogram builds on every call, built once: a session pushes every 20 ms
-        self.basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
+        self.basis = mel(sr=SAMPLE_RATE, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin,
                                          fmax=cfg.fmax).astype(np.float32)
-        self.window = librosa.util.pad_center(librosa.filters.get_window("hann", WIN, fftbins=True),
-                                              size=cfg.n_fft).astype(np.float32)
+        self.window = pad_center(get_window("hann", WIN, fftbins=True), size=cfg.n_fft).astype(np.float32)
         self.half = cfg.n_fft // 2
         self.buffer = np.zeros(self.half, np.float32)  # the zeros that centring puts before sample 0
         self.start = -self.half  # the sample index of buffer[0]

@@ -58,8 +58,8 @@ class Server:
     def full(self) -> bool:
         return len(self.sessions) >= self.settings.max_sessions
 
-    def open_session(self, host: AvatarHost, on_frame) -> Session:
-        session = Session(host, self.settings, next(self.seeds), on_frame)
+    def open_session(self, host: AvatarHost, on_frame, jpeg: int | None = None) -> Session:
+        session = Session(host, self.settings, next(self.seeds), on_frame, jpeg)
         self.sessions.add(session)
         return session
 
@@ -190,16 +190,16 @@ async def websocket_session(server: Server, websocket: WebSocket) -> None:
     if server.full():
         return await _fatal(websocket, f"the server is full ({server.settings.max_sessions} sessions)", 1013)
 
-    out: asyncio.Queue[tuple[FrameJob, np.ndarray | None]] = asyncio.Queue(
+    out: asyncio.Queue[tuple[FrameJob, np.ndarray | bytes | None]] = asyncio.Queue(
         max(server.settings.out_frames, int(2 * server.settings.max_behind * host.run.avatar.fps)))
 
-    def on_frame(job: FrameJob, frame: np.ndarray | None) -> None:
+    def on_frame(job: FrameJob, frame: np.ndarray | bytes | None) -> None:
         if out.full():  # a client that does not keep up loses its oldest frames, never the server's time
             out.get_nowait()
             session.stats.dropped += 1
         out.put_nowait((job, frame))
 
-    session = server.open_session(host, on_frame)
+    session = server.open_session(host, on_frame, start.quality)
     avatar = host.run.avatar
     await websocket.send_text(Ready(avatar=host.name, fps=avatar.fps, width=avatar.width, height=avatar.height,
                                     lookahead_ms=round(session.lookahead_ms, 1)).model_dump_json())
@@ -207,13 +207,13 @@ async def websocket_session(server: Server, websocket: WebSocket) -> None:
     resample = Resampler(start.sample_rate)
 
     async def send_frames() -> None:
-        last = b""
         while True:
             job, frame = await out.get()
             flags = FLAG_SPEECH if job.speech else 0
-            if frame is not None:
-                last = await loop.run_in_executor(server.encoder, encode_jpeg, frame, start.quality)
-                jpeg = last
+            if isinstance(frame, bytes):  # encoded on the GPU
+                jpeg = frame
+            elif frame is not None:
+                jpeg = await loop.run_in_executor(server.encoder, encode_jpeg, frame, start.quality)
             else:
                 jpeg, flags = b"", flags | FLAG_REPEAT
             try:

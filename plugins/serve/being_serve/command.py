@@ -43,6 +43,8 @@ class ServeCommand(Command):
                             help="close a session that sends nothing for this many seconds")
         parser.add_argument("--max-message", type=int, default=256 * 1024,
                             help="bytes per WebSocket message at most")
+        parser.add_argument("--cpu-jpeg", action="store_true",
+                            help="encode WebSocket frames on the CPU even where the GPU can (torchvision's nvJPEG)")
         parser.add_argument("--switch-ms", type=float, default=1.0,
                             help="Python's thread switch interval in ms (its default is 5): how soon the render "
                                  "thread gets the interpreter back from the sessions' work")
@@ -77,7 +79,7 @@ class ServeCommand(Command):
                 while name in hosts:
                     name, n = f"{run.name}-{n}", n + 1
                 run.name = name
-                hosts[name] = AvatarHost(run, args.max_batch)
+                hosts[name] = AvatarHost(run, args.max_batch, gpu_jpeg=not args.cpu_jpeg)
             settings = Settings(idle_timeout=args.idle_timeout, max_message=args.max_message,
                                 max_sessions=args.max_sessions)
             server = Server(hosts, settings, args.token)

@@ -32,7 +32,8 @@ class Request:
     job: FrameJob
     step: Any
     render: bool
-    done: Callable[[FrameJob, np.ndarray | None, BaseException | None], None]
+    done: Callable[[FrameJob, np.ndarray | bytes | None, BaseException | None], None]
+    jpeg: int | None = None  # a JPEG quality: the frame comes back encoded (bytes), on the GPU where it can be
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -48,16 +49,27 @@ class HostStats:
 class AvatarHost:
     """A :class:`LiveRun` with its render thread."""
 
-    def __init__(self, run: LiveRun, max_batch: int = 32):
+    def __init__(self, run: LiveRun, max_batch: int = 32, gpu_jpeg: bool = True):
         self.run, self.max_batch = run, max_batch
         self.name = run.name
         self.stats = HostStats()
         self._queue: deque[Request] = deque()
         self._wake = threading.Condition()
         self._stop = False
+        self._gpu_jpeg = gpu_jpeg and self._nvjpeg()
         self._warm_up()
         self._thread = threading.Thread(target=self._loop, name=f"render-{run.name}", daemon=True)
         self._thread.start()
+
+    def _nvjpeg(self) -> bool:
+        """Whether frames can be JPEG-encoded on the avatar's GPU (torchvision's nvJPEG), off the interpreter."""
+        if not self.run.avatar.device.startswith("cuda"):
+            return False
+        try:
+            from torchvision.io import encode_jpeg  # noqa: F401
+        except ImportError:
+            return False
+        return True
 
     def _warm_up(self) -> None:
         """Render one frame before the first session comes (the first call of a model is slow)."""
@@ -98,7 +110,7 @@ class AvatarHost:
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
             todo = [r for r in batch if r.render]
-            frames: list[np.ndarray | None] = [None] * len(batch)
+            frames: list[np.ndarray | bytes | None] = [None] * len(batch)
             error: BaseException | None = None
             if todo:
                 started = time.monotonic()
@@ -122,12 +134,30 @@ class AvatarHost:
                 except Exception:  # a session that went away meanwhile
                     log.debug("frame callback failed", exc_info=True)
 
-    def _render(self, todo: list[Request]) -> list[np.ndarray]:
+    def _render(self, todo: list[Request]) -> list[np.ndarray | bytes]:
+        """The frames of ``todo``: uint8 ``[H, W, 3]`` arrays, or JPEG bytes for requests that ask for them when
+        the GPU encodes (else the caller encodes the array)."""
         avatar = self.run.avatar
         audio = np.stack([r.job.window for r in todo])
         quiet = np.array([r.job.quiet for r in todo], np.float32)
         rgb, alpha = avatar.render([r.step for r in todo], audio, quiet)
         if self.run.refiner is not None:
             rgb = self.run.refiner(rgb, alpha)
-        u8 = (rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
-        return list(u8)
+        u8 = (rgb.clamp(0, 1) * 255).round().byte()
+        out: list[np.ndarray | bytes | None] = [None] * len(todo)
+        if self._gpu_jpeg:
+            from torchvision.io import encode_jpeg
+
+            qualities: dict[int, list[int]] = {}
+            for i, r in enumerate(todo):
+                if r.jpeg:
+                    qualities.setdefault(r.jpeg, []).append(i)
+            for quality, index in qualities.items():
+                encoded = encode_jpeg([u8[i].permute(2, 0, 1).contiguous() for i in index], quality=quality)
+                for i, data in zip(index, encoded, strict=True):
+                    out[i] = data.cpu().numpy().tobytes()
+        rest = [i for i, o in enumerate(out) if o is None]
+        if rest:
+            for i, frame in zip(rest, u8[rest].cpu().numpy(), strict=True):
+                out[i] = frame
+        return out  # type: ignore[return-value]

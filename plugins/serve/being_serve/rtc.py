@@ -125,7 +125,7 @@ async def answer(server, body: Any) -> dict[str, str]:
     video: asyncio.Queue = asyncio.Queue(depth)
     audio: asyncio.Queue = asyncio.Queue(depth)
 
-    def on_frame(job: FrameJob, frame: np.ndarray | None) -> None:
+    def on_frame(job: FrameJob, frame: np.ndarray | bytes | None) -> None:  # raw frames: no jpeg asked
         _put(video, (job, frame))
         _put(audio, (int(frame_edges(job.index, fps)), job.audio))
 

@@ -2,7 +2,8 @@
 
 The session's :class:`~being_serve.timeline.Timeline` is moved on every frame period by a ticker task (deadlines
 on the monotonic clock from the session's start, so ticks never drift) and whenever audio arrives. The frames it
-cuts go to the avatar's :class:`~being_serve.host.AvatarHost`; a session more than ``max_behind`` seconds of
+cuts go to the avatar's :class:`~being_serve.host.AvatarHost` (which hands them back as JPEG bytes when the session
+asks for JPEG and the GPU can encode them); a session more than ``max_behind`` seconds of
 frames behind (a GPU that cannot keep up) sends the next ones unrendered (the client keeps the last image; the
 audio goes on), counted as dropped. Rendered frames come back on the event loop, in order, to ``on_frame``.
 """
@@ -52,8 +53,8 @@ class Session:
     """One client's session on one avatar; created and driven on the event loop."""
 
     def __init__(self, host: AvatarHost, settings: Settings, seed: int,
-                 on_frame: Callable[[FrameJob, np.ndarray | None], None]):
-        self.host, self.settings, self.on_frame = host, settings, on_frame
+                 on_frame: Callable[[FrameJob, np.ndarray | bytes | None], None], jpeg: int | None = None):
+        self.host, self.settings, self.on_frame, self.jpeg = host, settings, on_frame, jpeg
         self.loop = asyncio.get_running_loop()
         run = host.run
         self.fps = run.avatar.fps
@@ -102,14 +103,14 @@ class Session:
             if not render:
                 self.stats.dropped += 1
             self.in_flight += 1
-            requests.append(Request(job, self.state.step(), render, self._done))
+            requests.append(Request(job, self.state.step(), render, self._done, self.jpeg))
         self.host.submit(requests)
 
-    def _done(self, job: FrameJob, frame: np.ndarray | None, error: BaseException | None) -> None:
+    def _done(self, job: FrameJob, frame: np.ndarray | bytes | None, error: BaseException | None) -> None:
         """Called on the render thread."""
         self.loop.call_soon_threadsafe(self._deliver, job, frame, error)
 
-    def _deliver(self, job: FrameJob, frame: np.ndarray | None, error: BaseException | None) -> None:
+    def _deliver(self, job: FrameJob, frame: np.ndarray | bytes | None, error: BaseException | None) -> None:
         self.in_flight -= 1
         if self.ended.is_set():
             return
