@@ -81,14 +81,15 @@ async def one_session(url: str, speech: np.ndarray, seconds: float, out: dict) -
                 frames.append((f.index, (1 if f.speech else 0) | (2 if f.jpeg is None else 0), f.received))
         finally:
             sender.cancel()
-    latencies, turn = [], 0
-    previous = 0
-    for _index, flags, received in frames:
-        speech_now = flags & 1
-        if speech_now and not previous and turn < len(turns):
-            latencies.append(received - turns[turn])
-            turn += 1
-        previous = speech_now
+    # a turn's latency: to the first frame that starts speech (after a frame without) arriving after the turn began
+    starts = [f[2] for prev, f in zip(frames, frames[1:], strict=False) if f[1] & 1 and not prev[1] & 1]
+    latencies, k = [], 0
+    for began in turns:
+        while k < len(starts) and starts[k] < began:
+            k += 1
+        if k < len(starts):
+            latencies.append(starts[k] - began)
+            k += 1
     index = [f[0] for f in frames]
     after = [f for f in frames if f[2] - frames[0][2] >= 1.0] if frames else []
     span = (after[-1][2] - after[0][2]) if len(after) > 1 else 0.0
