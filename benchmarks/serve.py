@@ -83,7 +83,7 @@ async def one_session(url: str, speech: np.ndarray, seconds: float, out: dict) -
             sender.cancel()
     # a turn's latency: to the first frame that starts speech (after a frame without) arriving after the turn began
     before = [(0, 0, 0.0), *frames]  # the session starts silent
-    starts = [f[2] for prev, f in zip(before, frames, strict=True) if f[1] & 1 and not prev[1] & 1]
+    starts = [f[2] for prev, f in zip(before, frames, strict=False) if f[1] & 1 and not prev[1] & 1]
     latencies, k = [], 0
     for began in turns:
         while k < len(starts) and starts[k] < began:
