@@ -126,6 +126,9 @@ class FrameWindows:
         import numpy as np
 
         feats = np.asarray(feats, dtype=np.float32)
+        if not len(feats):  # nothing new (its width may be unknown yet)
+            dim = self._kept.shape[1] if self._kept is not None else (feats.shape[1] if feats.ndim == 2 else 0)
+            return np.zeros((0, self.window, dim), np.float32)
         kept = feats if self._kept is None else np.concatenate([self._kept, feats])
         self._count += len(feats)
         out = []
@@ -137,5 +140,4 @@ class FrameWindows:
         keep_from = max(0, self.centre(self.next_frame) - self.window // 2)
         self._kept = kept[max(0, keep_from - self._first):]
         self._first = max(self._first, keep_from)
-        dim = kept.shape[1] if kept.ndim == 2 else 0
-        return np.stack(out) if out else np.zeros((0, self.window, dim), np.float32)
+        return np.stack(out) if out else np.zeros((0, self.window, kept.shape[1]), np.float32)

@@ -68,21 +68,24 @@ def test_streamed_features_equal_offline(cls, prepared_copy, being_run_stage, tm
         at += n
     streamed = np.concatenate(got)
     assert stream.lookahead > 0
-    k = len(offline) - 8
+    k = len(offline) - (stream.lookahead // 640 + 3)  # the frames whose look-ahead runs past the audio's end
     assert len(streamed) >= k
-    np.testing.assert_allclose(streamed[:k], offline[:k], atol=1e-4)
+    if cls.stream_exact:
+        np.testing.assert_allclose(streamed[:k], offline[:k], atol=1e-4)
+    else:  # close: a live stream cannot wait for all the context the offline model sees
+        a, b = streamed[:k].ravel(), offline[:k].ravel()
+        assert np.corrcoef(a, b)[0, 1] >= 0.99
+        assert np.abs(a - b).mean() <= 0.05 * b.std()
 
 
-def test_encoders_that_cannot_stream_are_named(trained, tmp_path):
-    """A run whose encoder has no stream() is refused with the encoder's name."""
+def test_a_run_that_cannot_go_live_is_named(trained, tmp_path):
+    """A run made with an encoder version other than the installed one is refused before it is served."""
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     data = json.loads((run / "being.json").read_text())
-    data["stages"]["audio_encoder"]["impl"] = "wav2vec2"
-    data["stages"]["audio_encoder"]["version"] = REGISTRY.get(StageKind.AUDIO_ENCODER, "wav2vec2").version
-    data["stages"]["audio_encoder"]["config"] = {}
+    data["stages"]["audio_encoder"]["version"] = "0.0.1"
     (run / "being.json").write_text(json.dumps(data))
-    with pytest.raises(InputError, match="its audio encoder 'wav2vec2' cannot stream audio"):
+    with pytest.raises(InputError, match=r"was made with audio_encoder 'mel' 0\.0\.1, but 1\.0\.0 is installed"):
         open_run(run, REGISTRY)
 
 

@@ -6,7 +6,7 @@ With ``facebook/hubert-large-ls960-ft``, the last layer and ``window: 2`` this i
 
 from __future__ import annotations
 
-from being_audio_wav2vec2 import ChunkedModelConfig, encode, reference_name
+from being_audio_wav2vec2 import ChunkedModelConfig, encode, open_stream, reference_name
 from pydantic import Field
 
 from being_core import AudioEncoder, StageContext, StageReport, hookimpl
@@ -30,6 +30,8 @@ class HubertEncoder(AudioEncoder[HubertConfig]):
     version = "0.1.0"
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
+    #: live, the model sees 2 s before and 160 ms after (offline: 2 s either side, the clip's normalisation)
+    stream_exact = False
 
     @classmethod
     def contract_config(cls, workdir):
@@ -44,6 +46,11 @@ class HubertEncoder(AudioEncoder[HubertConfig]):
         also = REFERENCE_FILE if reference_name(cfg.model, REFERENCE_MODEL.split("/")[1]) and cfg.layer == -1 \
             and cfg.window == 2 else None
         return encode(ctx, cfg, HubertModel, lambda o: o.hidden_states[cfg.layer], self.name, FEATURE_FILE, also)
+
+    def stream(self, ctx: StageContext[HubertConfig], device: str | None = None):
+        from transformers import HubertModel
+
+        return open_stream(ctx, ctx.config, HubertModel, lambda o: o.hidden_states[ctx.config.layer], device)
 
 
 @hookimpl

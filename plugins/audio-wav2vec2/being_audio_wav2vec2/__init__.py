@@ -46,6 +46,8 @@ class Wav2Vec2Encoder(AudioEncoder[Wav2Vec2Config]):
     version = "0.1.0"
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
+    #: live, the model sees 2 s before and 160 ms after (offline: 2 s either side, the clip's normalisation)
+    stream_exact = False
 
     @classmethod
     def contract_config(cls, workdir):
@@ -62,6 +64,28 @@ class Wav2Vec2Encoder(AudioEncoder[Wav2Vec2Config]):
         also = REFERENCE_FILE if cfg.output == "logits" and reference_name(cfg.model, REFERENCE_MODEL.split("/")[1]) \
             and cfg.window == 16 else None
         return encode(ctx, cfg, model_cls, pick, self.name, FEATURE_FILE, also)
+
+    def stream(self, ctx: StageContext[Wav2Vec2Config], device: str | None = None):
+        from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
+
+        cfg = ctx.config
+        model_cls = Wav2Vec2ForCTC if cfg.output == "logits" else Wav2Vec2Model
+        pick = (lambda o: o.logits) if cfg.output == "logits" else (lambda o: o.hidden_states[cfg.layer])
+        return open_stream(ctx, cfg, model_cls, pick, device)
+
+
+def open_stream(ctx: StageContext, cfg, model_cls, pick, device: str | None):
+    """A :class:`~being_audio_wav2vec2.inference.StateStream` of the encoder's model, on ``device`` (None: the
+    config's), shared by the wav2vec2 and HuBERT encoders."""
+    from .inference import StateStream, load, pick_device, runner
+
+    dev, dtype = pick_device(cfg.device if device is None else device.split(":")[0], cfg.fp16)
+    if device is not None and dev.type == "cuda":
+        import torch
+
+        dev = torch.device(device)
+    model, wants_norm = load(model_cls, cfg.model)
+    return StateStream(runner(model, dev, dtype, pick), wants_norm, cfg.window, ctx.dataset.fps)
 
 
 def encode(ctx: StageContext, cfg, model_cls, pick, encoder: str, feature_file: str,

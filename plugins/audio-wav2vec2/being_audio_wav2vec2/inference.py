@@ -96,3 +96,45 @@ def runner(model, device, dtype, pick: Callable) -> Callable[[np.ndarray], np.nd
             return pick(model(x, output_hidden_states=True))[0].float().cpu().numpy()
 
     return infer
+
+
+#: a live stream runs the model every STREAM_HOP states on STREAM_LEFT states of past audio (2 s), the new states
+#: and STREAM_RIGHT states of look-ahead (160 ms): bounded work and delay, close to (not equal to) the offline states,
+#: which see 2 s on both sides and are normalised over the whole clip
+STREAM_LEFT, STREAM_HOP, STREAM_RIGHT = 100, 4, 8
+
+
+class StateStream:
+    """Model states as samples arrive, cut into per-frame windows (a :class:`being_core.live.FeatureStream`)."""
+
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], wants_norm: bool, window: int, fps: float):
+        from being_core.audio import FrameWindows
+
+        self.infer, self.wants_norm = infer, wants_norm
+        self.buffer = np.zeros(0, np.float32)
+        self.start = 0  # the sample index of buffer[0]
+        self.next_state = 0
+        self.windows = FrameWindows(window, fps)
+        self.dim = int(infer(np.zeros(16000, np.float32)).shape[1])  # the state width (and a warm model)
+        tail = RECEPTIVE_FIELD - STRIDE
+        # state j is known once its block (which may start up to HOP - 1 states before it) has its look-ahead
+        self.lookahead = self.windows.lookahead(STRIDE, (STREAM_HOP + STREAM_RIGHT) * STRIDE + tail)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32).reshape(-1)])
+        known = self.start + len(self.buffer)
+        tail = RECEPTIVE_FIELD - STRIDE
+        parts = []
+        while (self.next_state + STREAM_HOP + STREAM_RIGHT) * STRIDE + tail <= known:
+            a = self.next_state
+            first = max(0, a - STREAM_LEFT)
+            piece = self.buffer[first * STRIDE - self.start:(a + STREAM_HOP + STREAM_RIGHT) * STRIDE + tail - self.start]
+            states = self.infer(normalise(piece) if self.wants_norm else piece)
+            parts.append(states[a - first:a - first + STREAM_HOP])
+            self.next_state += STREAM_HOP
+        keep = max(0, self.next_state - STREAM_LEFT) * STRIDE
+        if keep > self.start:
+            self.buffer, self.start = self.buffer[keep - self.start:], keep
+        if not parts:
+            return self.windows.add(np.zeros((0, self.dim), np.float32))
+        return self.windows.add(np.concatenate(parts))
