@@ -45,11 +45,11 @@ class FeatureStream(Protocol):
 
 
 class LiveSession(Protocol):
-    """One stream's state in a :class:`LiveAvatar`: where its head motion and its blinks are. ``step()`` moves it
-    on by one frame and returns that frame's inputs (opaque to the caller), to pass to :meth:`LiveAvatar.render`
-    in the same order."""
+    """One stream's state in a :class:`LiveAvatar`: where its head motion and its blinks are. ``step(quiet)``
+    moves it on by one frame (``quiet`` as in :meth:`LiveAvatar.render`: an idle head may move slower) and returns
+    that frame's inputs (opaque to the caller), to pass to :meth:`LiveAvatar.render` in the same order."""
 
-    def step(self) -> Any: ...
+    def step(self, quiet: float = 0.0) -> Any: ...
 
 
 class LiveAvatar(Protocol):

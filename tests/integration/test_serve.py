@@ -89,6 +89,27 @@ def test_a_run_that_cannot_go_live_is_named(trained, tmp_path):
         open_run(run, REGISTRY)
 
 
+def test_an_idle_head_drifts_slowly_and_speech_speeds_it_up(trained):
+    """A live session moves through the training poses at full speed while speaking, at half speed while quiet,
+    between poses interpolated; a pose it lands on exactly renders as that training frame's own pose."""
+    live = open_run(trained, REGISTRY, "cpu")
+    session = live.avatar.session(3)
+    start = session.cursor
+    for _ in range(10):
+        session.step(1.0)
+    idle = session.cursor - start
+    for _ in range(10):
+        session.step(0.0)
+    assert idle == pytest.approx(5.0) and session.cursor - start == pytest.approx(15.0)
+    steps = [session.step(1.0) for _ in range(3)]
+    assert [s[2] for s in steps] == pytest.approx([0.0, 0.5, 0.0])
+    windows = live.stream().push(np.zeros(SAMPLE_RATE, np.float32))[:3]
+    rgb, alpha = live.avatar.render(steps, windows, np.ones(3, np.float32))
+    assert rgb.shape == (3, 64, 64, 3) and alpha.shape == (3, 64, 64)
+    between = rgb[1]
+    assert float((between - rgb[0]).abs().mean()) > 0 and float((between - rgb[2]).abs().mean()) > 0
+
+
 class Ones:
     """A feature stream that windows nothing but counts: one [1, 1] window per frame, after 0 look-ahead."""
 

@@ -76,7 +76,7 @@ class AvatarHost:
         stream = self.run.stream()
         window = stream.push(np.zeros(int(frame_edges(4, self.run.avatar.fps)) + stream.lookahead, np.float32))[:1]
         job = FrameJob(0, window[0], 1.0, np.zeros(0, np.int16), False)
-        self._render([Request(job, self.run.avatar.session(0).step(), True, lambda *a: None)])
+        self._render([Request(job, self.run.avatar.session(0).step(1.0), True, lambda *a: None)])
 
     @property
     def lookahead(self) -> int:

@@ -103,7 +103,7 @@ class Session:
             if not render:
                 self.stats.dropped += 1
             self.in_flight += 1
-            requests.append(Request(job, self.state.step(), render, self._done, self.jpeg))
+            requests.append(Request(job, self.state.step(job.quiet), render, self._done, self.jpeg))
         self.host.submit(requests)
 
     def _done(self, job: FrameJob, frame: np.ndarray | bytes | None, error: BaseException | None) -> None:

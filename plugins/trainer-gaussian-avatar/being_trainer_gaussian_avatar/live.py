@@ -1,8 +1,9 @@
 """The trained avatar rendering live sessions (:class:`being_core.live.LiveAvatar`), batched across sessions.
 
 Each session moves through the training poses (played back and forth from a point of its own, so sessions do
-not move in step), blinks on a natural schedule of its own, and closes its mouth where the server says the
-speech pauses (``quiet``), as ``being render`` does with ``silence: close``. The backgrounds of the training
+not move in step; at half speed while it is quiet, between poses interpolated, so an idle head drifts slowly and
+speech speeds it up without a jump), blinks on a natural schedule of its own, and closes its mouth where the
+server says the speech pauses (``quiet``), as ``being render`` does with ``silence: close``. The backgrounds of the training
 frames are decoded once, on the device, so a frame costs one batched deformation and rasterisation.
 """
 
@@ -14,8 +15,11 @@ import numpy as np
 import torch
 
 from .avatar import Avatar
-from .data import RunData
+from .data import RunData, viewmats_from_track
 from .render import BLINK, load_avatar_config, pingpong, shut_reference
+
+#: how fast an idle (quiet) head moves through the training poses, against 1 while speaking
+IDLE_SPEED = 0.5
 
 
 class Session:
@@ -24,15 +28,18 @@ class Session:
     def __init__(self, avatar: LiveAvatar, seed: int):
         self.avatar = avatar
         self.rng = np.random.default_rng(seed)
-        self.cursor = int(self.rng.integers(len(avatar.cycle)))
+        self.cursor = float(self.rng.integers(len(avatar.cycle)))
         self.frame = 0
         self.blink_at = int(self.rng.uniform(0.5, 3.0) * avatar.fps)
 
-    def step(self) -> tuple[int, float]:
-        """``(index into the training frames, eye closure)`` of the next frame."""
+    def step(self, quiet: float = 0.0) -> tuple[int, int, float, float]:
+        """``(pose a, pose b, share of b, eye closure)`` of the next frame (poses as indices into the training
+        frames); the poses move on by 1 a frame while speaking, by :data:`IDLE_SPEED` while ``quiet``."""
         a = self.avatar
-        pos = int(a.cycle[self.cursor % len(a.cycle)])
-        self.cursor += 1
+        whole = int(self.cursor)
+        here, there = int(a.cycle[whole % len(a.cycle)]), int(a.cycle[(whole + 1) % len(a.cycle)])
+        share = self.cursor - whole
+        self.cursor += 1.0 - (1.0 - IDLE_SPEED) * min(max(quiet, 0.0), 1.0)
         eye = a.rest_eye
         into = self.frame - self.blink_at
         if 0 <= into < len(BLINK):
@@ -40,7 +47,7 @@ class Session:
         elif into >= len(BLINK):
             self.blink_at = self.frame + int(self.rng.uniform(2.0, 6.0) * a.fps)
         self.frame += 1
-        return pos, eye
+        return here, there, share, eye
 
 
 class LiveAvatar:
@@ -72,16 +79,23 @@ class LiveAvatar:
         return Session(self, seed)
 
     @torch.no_grad()
-    def render(self, steps: list[tuple[int, float]], audio, quiet):
-        pos = torch.as_tensor([p for p, _ in steps])
-        ids = self.train[pos]
-        eye = torch.tensor([e for _, e in steps], dtype=torch.float32)
+    def render(self, steps: list[tuple[int, int, float, float]], audio, quiet):
+        here = self.train[torch.as_tensor([s[0] for s in steps])]
+        there = self.train[torch.as_tensor([s[1] for s in steps])]
+        share = torch.tensor([s[2] for s in steps], dtype=torch.float32)
+        eye = torch.tensor([s[3] for s in steps], dtype=torch.float32)
+        d = self.data
+        mix = share[:, None]
+        camera = d.camera[here] * (1 - mix) + d.camera[there] * mix
+        viewmats = viewmats_from_track(d.euler[here] * (1 - mix) + d.euler[there] * mix,
+                                       d.trans[here] * (1 - mix) + d.trans[there] * mix)
+        nearest = torch.as_tensor([s[1] if s[2] >= 0.5 else s[0] for s in steps])
+        ids = self.train[nearest]  # the background, the intrinsics: the nearer pose's
         audio = torch.as_tensor(np.asarray(audio, np.float32))
-        camera = self.data.camera[ids]
         if self.reference is not None:  # in pauses: the inputs of a training frame whose mouth is shut
             w = torch.as_tensor(np.asarray(quiet, np.float32))
             audio = audio * (1 - w[:, None, None]) + self.data.audio[self.reference][None] * w[:, None, None]
             camera = camera * (1 - w[:, None]) + self.data.camera[self.reference][None] * w[:, None]
-        bg = self.backgrounds[pos.to(self.torch_device)].float() / 255
-        rgb, alpha, _ = self.av.render(ids, bg, deform=True, audio=audio, eye=eye, camera=camera)
+        bg = self.backgrounds[nearest.to(self.torch_device)].float() / 255
+        rgb, alpha, _ = self.av.render(ids, bg, deform=True, audio=audio, eye=eye, camera=camera, viewmats=viewmats)
         return rgb.clamp(0, 1), alpha[..., 0]
