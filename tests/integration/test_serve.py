@@ -370,6 +370,62 @@ def _hundred(server: str) -> None:
     assert asyncio.run(after()).index >= 0
 
 
+class StuckClient:
+    """A WebSocket client that sends its start message and then never reads a frame (its sends never finish)."""
+
+    headers: dict = {}
+    query_params: dict = {}
+
+    def __init__(self) -> None:
+        self.texts: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+        self.sent_start = False
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive(self) -> dict:
+        if not self.sent_start:
+            self.sent_start = True
+            return {"type": "websocket.receive", "text": json.dumps(START)}
+        await asyncio.Event().wait()  # nothing more, ever
+        return {}
+
+    async def send_text(self, text: str) -> None:
+        self.texts.append(json.loads(text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await asyncio.Event().wait()  # the client's window is full: never done
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+
+def test_a_client_that_never_reads_is_let_go(trained):
+    """Its frames wait (the oldest dropped), then the server disconnects it; the avatar serves others meanwhile."""
+    from being_serve.app import Server, websocket_session
+    from being_serve.host import AvatarHost
+    from being_serve.session import Settings
+
+    host = AvatarHost(open_run(trained, REGISTRY, "cpu"))
+    server = Server({"face5": host}, Settings(send_timeout=1.0))
+    stuck = StuckClient()
+
+    async def run():
+        started = time.monotonic()
+        await asyncio.wait_for(websocket_session(server, stuck), 30)
+        return time.monotonic() - started
+
+    try:
+        took = asyncio.run(run())
+    finally:
+        host.close()
+    assert stuck.texts[0]["type"] == "ready"
+    assert stuck.texts[-1] == {"type": "error", "message": "the client took no frame for 1 s", "fatal": True}
+    assert stuck.closed == (1008, "the client took no frame for 1 s")
+    assert took < 20 and not server.sessions
+
+
 def test_serve_refuses_what_it_cannot_serve(prepared_face5, trained, tmp_path):
     cmd = [sys.executable, "-m", "being_core", "serve"]
     r = subprocess.run([*cmd, str(prepared_face5), "--port", str(free_port())], capture_output=True, text=True)
