@@ -71,11 +71,9 @@ class Timeline:
         self.loud: deque[float] = deque(maxlen=LOUD_HISTORY)
         self.speech_samples = 0
         self.silence_samples = 0
-
-    @property
-    def lookahead(self) -> int:
-        """Samples past a frame's end needed before it is cut (the encoder's and the pause detector's)."""
-        return max(int(self.stream.lookahead), int(frame_edges(QUIET_AHEAD, self.fps, self.rate)))
+        self.pending: list[tuple[np.ndarray, bool]] = []  # placed, not yet given to the encoder (no frame due)
+        #: samples past a frame's end needed before it is cut (the encoder's and the pause detector's)
+        self.lookahead = max(int(stream.lookahead), int(frame_edges(QUIET_AHEAD, fps, rate)))
 
     def add(self, samples: np.ndarray, arrival: float = 0.0) -> None:
         """Queue speech (float32 at 16 kHz) that arrived at ``arrival`` (a monotonic time, for latency figures).
@@ -112,6 +110,9 @@ class Timeline:
             self.queued -= take
         if not self.queue and self.pos < clock - self.slack:
             self._place(np.zeros(clock - self.slack - self.pos, np.float32), False)
+        if self.pos < int(frame_edges(self.cut + 1, self.fps, self.rate)) + self.lookahead:
+            return []  # no frame can be cut yet: the encoder gets the samples when one can (fewer, larger pushes)
+        self._flush()
         return self._cut()
 
     def arrivals(self, job: FrameJob) -> list[float]:
@@ -129,8 +130,16 @@ class Timeline:
             self.speech_samples += len(samples)
         else:
             self.silence_samples += len(samples)
+        self.pending.append((samples, speech))
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        samples = np.concatenate([p for p, _ in self.pending])
+        speech = np.concatenate([np.full(len(p), sp) for p, sp in self.pending])
+        self.pending = []
         self.samples = np.concatenate([self.samples, samples])
-        self.is_speech = np.concatenate([self.is_speech, np.full(len(samples), speech)])
+        self.is_speech = np.concatenate([self.is_speech, speech])
         for w in self.stream.push(samples):
             self.windows.append(w)
 
