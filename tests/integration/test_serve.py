@@ -370,6 +370,21 @@ def _hundred(server: str) -> None:
     assert asyncio.run(after()).index >= 0
 
 
+@pytest.mark.parametrize(("body", "status", "detail"), [
+    (b"not json", 400, "the offer must be JSON: {sdp, type, avatar}"),
+    (b'{"sdp": 1, "type": "offer"}', 400, 'the offer must be JSON {"sdp": "...", "type": "offer", "avatar": "NAME"}'),
+    (b'{"sdp": "v=0", "type": "offer", "avatar": "nobody"}', 400, "no avatar 'nobody' here; this server has face5"),
+    (b'{"sdp": "v=0", "type": "offer"}', 400, "the offer cannot be answered: "),
+])
+def test_a_bad_webrtc_offer_gets_a_clear_error(server, body, status, detail):
+    request = urllib.request.Request(f"{server}/api/offer", body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request)
+    assert err.value.code == status
+    assert json.loads(err.value.read())["detail"].startswith(detail)
+    assert json.loads(urllib.request.urlopen(f"{server}/api/stats").read())["sessions"] == 0, "nothing left open"
+
+
 class StuckClient:
     """A WebSocket client that sends its start message and then never reads a frame (its sends never finish)."""
 
