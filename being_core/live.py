@@ -83,16 +83,13 @@ class LiveRun:
     refiner_name: str | None
     avatar: LiveAvatar
     refiner: FrameFilter | None
+    #: the encoder's look-ahead in samples (the same for every stream; read once, from the first stream)
+    lookahead: int
     _stream: Any = field(repr=False)
 
     def stream(self) -> FeatureStream:
         """A new :class:`FeatureStream` for one session (encoders keep state per stream)."""
         return self._stream()
-
-    @property
-    def lookahead(self) -> int:
-        """The encoder's look-ahead in samples (the same for every stream)."""
-        return int(self.stream().lookahead)
 
 
 def _context(root: Path, manifest: Manifest, cls: type[Stage[Any]], config: Any, progress: Reporter) -> StageContext:
@@ -152,8 +149,11 @@ def open_run(root: Path, registry: Registry, device: str | None = None, progress
         refiner_name = refiner_cls.name
         refiner = refiner_cls().open(root, refiner_cls.Config.model_validate(refiner_entry.get("config", {})),
                                      avatar.device)
+    def new_stream() -> FeatureStream:
+        return encoder.stream(enc_ctx, avatar.device)
+
     run = LiveRun(root.name, root, enc_cls.name, trainer_cls.name, refiner_name, avatar, refiner,
-                  lambda: encoder.stream(enc_ctx, avatar.device))
+                  int(new_stream().lookahead), new_stream)
     log.info("live: %s: encoder '%s' (look-ahead %.0f ms), trainer '%s', refiner %s, on %s", root, enc_cls.name,
              1000 * run.lookahead / SAMPLE_RATE, trainer_cls.name, refiner_name and f"'{refiner_name}'", avatar.device)
     return run

@@ -77,14 +77,14 @@ class Wav2Vec2Encoder(AudioEncoder[Wav2Vec2Config]):
 def open_stream(ctx: StageContext, cfg, model_cls, pick, device: str | None):
     """A :class:`~being_audio_wav2vec2.inference.StateStream` of the encoder's model, on ``device`` (None: the
     config's), shared by the wav2vec2 and HuBERT encoders."""
-    from .inference import StateStream, load, pick_device, runner
+    from .inference import StateStream, load_once, pick_device, runner
 
     dev, dtype = pick_device(cfg.device if device is None else device.split(":")[0], cfg.fp16)
     if device is not None and dev.type == "cuda":
         import torch
 
         dev = torch.device(device)
-    model, wants_norm = load(model_cls, cfg.model)
+    model, wants_norm = load_once(model_cls, cfg.model, str(dev), dtype)
     return StateStream(runner(model, dev, dtype, pick), wants_norm, cfg.window, ctx.dataset.fps)
 
 

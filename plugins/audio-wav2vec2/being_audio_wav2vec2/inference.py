@@ -7,6 +7,7 @@ only the states of the chunk itself are kept, so memory is bounded by the chunk 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -70,6 +71,14 @@ def load(model_cls, name: str, config_key: str = "stages.audio_encoder.config.mo
             f"folder holding config.json, the weights and preprocessor_config.json"
         ) from None
     return model, bool(getattr(extractor, "do_normalize", True))
+
+
+@functools.cache
+def load_once(model_cls, name: str, device: str, dtype):
+    """:func:`load`, once per model, device and precision in a process: every live session of a server streams
+    with the same weights (a model per session would load it from disk at each session's start)."""
+    model, wants_norm = load(model_cls, name)
+    return model.to(device=device, dtype=dtype).eval(), wants_norm
 
 
 def pick_device(device: str, fp16: bool):
