@@ -9,9 +9,12 @@ then 1 s of nothing, for ``--seconds``). It measures, per level:
 - end-to-end latency: from sending the first chunk of a turn to receiving the first frame that lip-syncs it (the
   first frame flagged as speech after a pause), p50 and p95 over all turns of all sessions; the server's
   algorithmic look-ahead (``lookahead_ms``) is part of it and reported beside it;
+- the clients run ``--per-client`` sessions per process (spawned), so that they are not the limit; their CPU use
+  is reported beside the server's;
 - the server's render batches (frames per batch, milliseconds per batch, p50/p95): the compute part;
 - frames per second each session received after the first second, and dropped frames (repeats and gaps);
-- GPU utilisation (nvidia-smi, sampled every 0.5 s) and the server process's CPU use (cores).
+- GPU utilisation (nvidia-smi, sampled every 0.5 s) and the CPU use (cores) of the server's processes (with
+  ``--serve-options='--workers N'``, all of them).
 
 Writes ``OUT/serve.json`` and prints a Markdown table.
 """
@@ -116,27 +119,68 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def level(base: str, n: int, speech: np.ndarray, seconds: float, pid: int) -> dict:
-    url = base.replace("http", "ws") + "/ws"
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process under it (the server's worker processes)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total = 0.0
+    for p in tree:
+        try:
+            total += cpu_seconds(p)
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def client_process(url: str, n: int, speech: np.ndarray, seconds: float, results) -> None:
+    """``n`` sessions in one client process (asyncio); their results and the process's CPU seconds on ``results``."""
     outs = [dict() for _ in range(n)]
+    cpu = time.process_time()
+
+    async def run_all() -> None:
+        await asyncio.gather(*[one_session(url, speech, seconds, o) for o in outs])
+
+    asyncio.run(run_all())
+    results.put((outs, time.process_time() - cpu))
+
+
+def level(base: str, n: int, speech: np.ndarray, seconds: float, pid: int, per_client: int) -> dict:
+    """``n`` sessions at once, ``per_client`` of them per client process (so that the clients' own Python is not
+    what limits the figures)."""
+    import multiprocessing
+
+    url = base.replace("http", "ws") + "/ws"
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    shares = [min(per_client, n - i) for i in range(0, n, per_client)]
     stop, gpu = threading.Event(), []
     sampler = threading.Thread(target=gpu_sampler, args=(stop, gpu), daemon=True)
     sampler.start()
-    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
-
-    async def run_all() -> dict:
-        tasks = [asyncio.create_task(one_session(url, speech, seconds, o)) for o in outs]
-        await asyncio.sleep(seconds * 0.8)
-        stats = json.loads(urllib.request.urlopen(f"{base}/api/stats").read())
-        await asyncio.gather(*tasks)
-        return stats
-
-    stats = asyncio.run(run_all())
-    cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+    cpu0, wall0 = tree_cpu_seconds(pid), time.monotonic()
+    clients = [context.Process(target=client_process, args=(url, k, speech, seconds, results)) for k in shares]
+    for c in clients:
+        c.start()
+    time.sleep(seconds * 0.8)
+    stats = json.loads(urllib.request.urlopen(f"{base}/api/stats").read())
+    gathered = [results.get(timeout=seconds + 120) for _ in clients]
+    for c in clients:
+        c.join()
+    cpu = (tree_cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
     stop.set()
+    outs = [o for part, _ in gathered for o in part]
+    client_cpu = sum(c for _, c in gathered) / (time.monotonic() - wall0)
     lat = [x for o in outs for x in o["latencies"]]
     avatar = next(iter(stats["avatars"].values()))
-    return {"sessions": n, "lookahead_ms": outs[0]["lookahead_ms"],
+    return {"sessions": n, "client_processes": len(shares), "lookahead_ms": outs[0]["lookahead_ms"],
             "latency_ms_p50": round(1000 * float(np.percentile(lat, 50)), 1) if lat else None,
             "latency_ms_p95": round(1000 * float(np.percentile(lat, 95)), 1) if lat else None,
             "turns": len(lat), "fps_min": round(min(o["fps"] for o in outs), 2),
@@ -144,7 +188,8 @@ def level(base: str, n: int, speech: np.ndarray, seconds: float, pid: int) -> di
             "dropped": sum(o["repeats"] + o["gaps"] for o in outs), "frames": sum(o["frames"] for o in outs),
             "batch_mean": avatar["mean_batch"], "render_ms_p50": avatar["render_ms_p50"],
             "render_ms_p95": avatar["render_ms_p95"], "server_latency_ms_p95": stats["latency_ms_p95"],
-            "gpu_util_mean": round(float(np.mean(gpu)), 1) if gpu else None, "server_cpu_cores": round(cpu, 2)}
+            "gpu_util_mean": round(float(np.mean(gpu)), 1) if gpu else None, "server_cpu_cores": round(cpu, 2),
+            "client_cpu_cores": round(client_cpu, 2)}
 
 
 def render_only(run: Path, device: str | None) -> list[dict]:
@@ -185,6 +230,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="run the server under cProfile (its event loop's "
                     "thread) and print where its time goes")
     ap.add_argument("--serve-options", default="", help="more options for being serve, e.g. '--switch-ms 5'")
+    ap.add_argument("--per-client", type=int, default=4, help="sessions per client process (default 4)")
     ap.add_argument("--render-only", action="store_true", help="time the avatar's batched render alone first")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +262,7 @@ def main() -> None:
         speech = speech_samples(args.speech, 30.0)
         results = []
         for n in levels:
-            results.append(level(base, n, speech, args.seconds, server.pid))
+            results.append(level(base, n, speech, args.seconds, server.pid, args.per_client))
             print(json.dumps(results[-1]), flush=True)
             time.sleep(1.0)
     finally:
@@ -231,12 +277,13 @@ def main() -> None:
         pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
     (args.out / "serve.json").write_text(json.dumps(results, indent=2))
     print("| sessions | latency p50 / p95 (ms) | look-ahead (ms) | render batch (frames, p50 / p95 ms) | fps min / mean "
-          "| dropped | GPU % | server CPU (cores) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| dropped | GPU % | server CPU (cores) | client CPU (cores) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['sessions']} | {r['latency_ms_p50']} / {r['latency_ms_p95']} | {r['lookahead_ms']} | "
               f"{r['batch_mean']}, {r['render_ms_p50']} / {r['render_ms_p95']} | {r['fps_min']} / {r['fps_mean']} | "
-              f"{r['dropped']} of {r['frames']} | {r['gpu_util_mean']} | {r['server_cpu_cores']} |")
+              f"{r['dropped']} of {r['frames']} | {r['gpu_util_mean']} | {r['server_cpu_cores']} | "
+              f"{r['client_cpu_cores']} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -337,6 +338,66 @@ def test_a_hundred_connections_at_once(trained):
         proc.wait(timeout=30)
 
 
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def test_worker_processes_share_the_port_the_seats_and_the_figures(trained):
+    """``--workers 2``: two processes serve one port; ``--max-sessions`` counts the sessions of both, /api/stats
+    answers for both, and SIGTERM to the command ends them all."""
+    proc, base = start_server([trained], "--workers", "2", "--max-sessions", "3")
+    try:
+        deadline = time.monotonic() + 120
+        while len(json.loads(urllib.request.urlopen(f"{base}/api/stats").read())["workers"]) < 2:
+            assert time.monotonic() < deadline, "the second worker did not come up"
+            time.sleep(0.5)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2  # and multiprocessing's resource tracker
+
+        async def one(opened: asyncio.Event, hold: asyncio.Event):
+            try:
+                async with Client(ws_url(base), 16000) as c:
+                    await c.send(np.zeros(8000, "<i2"))
+                    await c.next_frame()
+                    opened.set()
+                    await hold.wait()
+                    return "served"
+            except ServerError as exc:
+                return str(exc)
+
+        async def five():
+            hold = asyncio.Event()
+            events = [asyncio.Event() for _ in range(5)]
+            tasks = [asyncio.create_task(one(e, hold)) for e in events]
+            while sum(e.is_set() for e in events) + sum(t.done() for t in tasks) < 5:
+                await asyncio.sleep(0.2)
+            stats = json.loads(urllib.request.urlopen(f"{base}/api/stats").read())
+            hold.set()
+            return await asyncio.gather(*tasks), stats
+
+        results, stats = asyncio.run(five())
+        assert results.count("served") == 3, results
+        assert results.count("the server is full (3 sessions); try again later") == 2, results
+        assert stats["sessions"] == 3 and sum(stats["workers"]) == 3 and stats["avatars"]["face5"]["frames"] > 0
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived the command"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _hundred(server: str) -> None:
     import websockets
 
@@ -446,6 +507,9 @@ def test_serve_refuses_what_it_cannot_serve(prepared_face5, trained, tmp_path):
     r = subprocess.run([*cmd, str(prepared_face5), "--port", str(free_port())], capture_output=True, text=True)
     assert r.returncode == 3 and f"{prepared_face5} has no trained avatar; run `being train {prepared_face5}` first" \
         in r.stderr
+    r = subprocess.run([*cmd, str(prepared_face5), "--port", str(free_port()), "--workers", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3 and f"{prepared_face5} has no trained avatar" in r.stderr, r.stderr
     r = subprocess.run([*cmd, str(trained), "--host", "0.0.0.0"], capture_output=True, text=True,
                        env={k: v for k, v in os.environ.items() if k != "BEING_SERVE_TOKEN"})
     assert r.returncode == 2 and "--host 0.0.0.0 lets other machines in: give --token" in r.stderr

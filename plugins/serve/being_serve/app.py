@@ -24,15 +24,58 @@ from .timeline import FrameJob, QueueFull
 from .wire import FLAG_REPEAT, FLAG_SPEECH, Ready, Resampler, Start, decode_pcm, pack_frame
 
 log = logging.getLogger("being.serve")
+SAMPLES = 1000  # recent latencies and batches per process that /api/stats reports percentiles of
+
+
+class Seats:
+    """The sessions open now against ``--max-sessions``: counted in this process, or in ``shared`` (a
+    ``multiprocessing.Array`` of one count per worker, this one's at ``index``) by all the worker processes of one
+    server (``--workers``)."""
+
+    def __init__(self, limit: int, shared: Any = None, index: int = 0):
+        self.limit, self._shared, self._index, self._open = limit, shared, index, 0
+
+    def _value(self) -> int:
+        return self._open if self._shared is None else sum(self._shared[:])
+
+    def full(self) -> bool:
+        return self._value() >= self.limit
+
+    def take(self) -> bool:
+        """One seat, if one is free."""
+        if self._shared is None:
+            if self._open >= self.limit:
+                return False
+            self._open += 1
+            return True
+        with self._shared.get_lock():
+            if sum(self._shared[:]) >= self.limit:
+                return False
+            self._shared[self._index] += 1
+        return True
+
+    def give(self) -> None:
+        if self._shared is None:
+            self._open -= 1
+            return
+        with self._shared.get_lock():
+            self._shared[self._index] -= 1
 
 
 class Server:
-    """The avatars, the settings and the sessions open now (all avatars together)."""
+    """The avatars, the settings and the sessions open now (all avatars together).
 
-    def __init__(self, hosts: dict[str, AvatarHost], settings: Settings, token: str | None = None):
+    With several worker processes (``being serve --workers N``), each runs one Server: ``seats`` is then shared by
+    all of them, ``board`` carries every worker's figures for ``/api/stats``, and the seeds of worker ``i`` are
+    ``i, i + N, ...`` (no two sessions of one server get the same blinks and head motion)."""
+
+    def __init__(self, hosts: dict[str, AvatarHost], settings: Settings, token: str | None = None,
+                 seats: Seats | None = None, board: Any = None, worker: int = 0, workers: int = 1):
         self.hosts, self.settings, self.token = hosts, settings, token
+        self.seats = seats or Seats(settings.max_sessions)
+        self.board, self.worker = board, worker
         self.sessions: set[Session] = set()
-        self.seeds = itertools.count()
+        self.seeds = itertools.count(worker, workers)
         self.encoder = ThreadPoolExecutor(max(2, (os.cpu_count() or 2)), thread_name_prefix="encode")
 
     def authorised(self, headers, query) -> bool:
@@ -56,16 +99,28 @@ class Server:
         raise ValueError(f"no avatar '{name}' here; this server has {known}")
 
     def full(self) -> bool:
-        return len(self.sessions) >= self.settings.max_sessions
+        return self.seats.full()
+
+    def full_text(self) -> str:
+        return f"the server is full ({self.settings.max_sessions} sessions); try again later"
 
     def open_session(self, host: AvatarHost, on_frame, jpeg: int | None = None) -> Session:
-        session = Session(host, self.settings, next(self.seeds), on_frame, jpeg)
+        """A new session on ``host``; OverflowError when every seat is taken."""
+        if not self.seats.take():
+            raise OverflowError(self.full_text())
+        try:
+            session = Session(host, self.settings, next(self.seeds), on_frame, jpeg)
+        except BaseException:
+            self.seats.give()
+            raise
         self.sessions.add(session)
         return session
 
     def end_session(self, session: Session, reason: str = "closed") -> None:
         session.close(reason)
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.seats.give()
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": name, "fps": h.run.avatar.fps, "width": h.run.avatar.width, "height": h.run.avatar.height,
@@ -73,18 +128,40 @@ class Server:
                  "device": h.run.avatar.device, "lookahead_ms": round(1000 * h.lookahead / 16000, 1)}
                 for name, h in self.hosts.items()]
 
+    def counts(self) -> dict[str, Any]:
+        """This process's figures: counts, and the recent samples the percentiles are taken over (callable from
+        any thread)."""
+        sessions = list(self.sessions)
+        return {"sessions": len(sessions), "frames": sum(s.stats.frames for s in sessions),
+                "dropped": sum(s.stats.dropped for s in sessions),
+                "latencies": [round(x * 1000, 1) for s in sessions for x in list(s.stats.latencies)[-SAMPLES:]][-SAMPLES:],
+                "avatars": {name: {"batches": h.stats.batches, "frames": h.stats.frames, "pending": h.pending(),
+                                   "batch_sizes": list(h.stats.batch_sizes)[-SAMPLES:],
+                                   "render_ms": [round(x, 2) for x in list(h.stats.render_ms)[-SAMPLES:]]}
+                            for name, h in self.hosts.items()}}
+
     def stats(self) -> dict[str, Any]:
-        hosts = {}
-        for name, h in self.hosts.items():
-            s = h.stats
-            hosts[name] = {"batches": s.batches, "frames": s.frames, "pending": h.pending(),
-                           "mean_batch": round(float(np.mean(s.batch_sizes)), 2) if s.batch_sizes else None,
-                           "render_ms_p50": _pct(s.render_ms, 50), "render_ms_p95": _pct(s.render_ms, 95)}
-        lat = [x * 1000 for s in self.sessions for x in s.stats.latencies]
-        return {"sessions": len(self.sessions), "avatars": hosts,
-                "frames": sum(s.stats.frames for s in self.sessions),
-                "dropped": sum(s.stats.dropped for s in self.sessions),
-                "latency_ms_p50": _pct(lat, 50), "latency_ms_p95": _pct(lat, 95)}
+        """``/api/stats``: of every worker process of this server."""
+        mine = self.counts()
+        if self.board is None:
+            parts = [mine]
+        else:  # every worker's, in order (this one's fresh, the others' of the last second)
+            parts = [mine if i == self.worker else c for i, c in enumerate(self.board.read())]
+            parts = [p for p in parts if p is not None]
+        avatars = {}
+        for name in self.hosts:
+            mine = [p["avatars"][name] for p in parts if name in p.get("avatars", {})]
+            sizes = [x for m in mine for x in m["batch_sizes"]]
+            avatars[name] = {"batches": sum(m["batches"] for m in mine), "frames": sum(m["frames"] for m in mine),
+                             "pending": sum(m["pending"] for m in mine),
+                             "mean_batch": round(float(np.mean(sizes)), 2) if sizes else None,
+                             "render_ms_p50": _pct([x for m in mine for x in m["render_ms"]], 50),
+                             "render_ms_p95": _pct([x for m in mine for x in m["render_ms"]], 95)}
+        latencies = [x for p in parts for x in p["latencies"]]
+        return {"sessions": sum(p["sessions"] for p in parts), "workers": [p["sessions"] for p in parts],
+                "avatars": avatars,
+                "frames": sum(p["frames"] for p in parts), "dropped": sum(p["dropped"] for p in parts),
+                "latency_ms_p50": _pct(latencies, 50), "latency_ms_p95": _pct(latencies, 95)}
 
 
 def _pct(values, q) -> float | None:
@@ -169,8 +246,7 @@ async def websocket_session(server: Server, websocket: WebSocket) -> None:
         return await _fatal(websocket, "not authorised: this server needs its token (?token=... or "
                                        "Authorization: Bearer ...)", 1008)
     if server.full():
-        return await _fatal(websocket, f"the server is full ({server.settings.max_sessions} sessions); try again "
-                                       "later", 1013)
+        return await _fatal(websocket, server.full_text(), 1013)
     try:
         first = await asyncio.wait_for(websocket.receive(), timeout=10)
     except TimeoutError:
@@ -187,9 +263,6 @@ async def websocket_session(server: Server, websocket: WebSocket) -> None:
         return await _fatal(websocket, f"bad start message: {problems}", 1003)
     except ValueError as exc:
         return await _fatal(websocket, str(exc), 1003)
-    if server.full():
-        return await _fatal(websocket, f"the server is full ({server.settings.max_sessions} sessions)", 1013)
-
     out: asyncio.Queue[tuple[FrameJob, np.ndarray | bytes | None]] = asyncio.Queue(
         max(server.settings.out_frames, int(2 * server.settings.max_behind * host.run.avatar.fps)))
 
@@ -199,7 +272,10 @@ async def websocket_session(server: Server, websocket: WebSocket) -> None:
             session.stats.dropped += 1
         out.put_nowait((job, frame))
 
-    session = server.open_session(host, on_frame, start.quality)
+    try:
+        session = server.open_session(host, on_frame, start.quality)
+    except OverflowError as exc:
+        return await _fatal(websocket, str(exc), 1013)
     avatar = host.run.avatar
     await websocket.send_text(Ready(avatar=host.name, fps=avatar.fps, width=avatar.width, height=avatar.height,
                                     lookahead_ms=round(session.lookahead_ms, 1)).model_dump_json())

@@ -118,7 +118,7 @@ async def answer(server, body: Any) -> dict[str, str]:
         raise ValueError("the offer must be JSON {\"sdp\": \"...\", \"type\": \"offer\", \"avatar\": \"NAME\"}")
     host = server.host(body.get("avatar"))
     if server.full():
-        raise OverflowError(f"the server is full ({server.settings.max_sessions} sessions); try again later")
+        raise OverflowError(server.full_text())
     VideoOut, AudioOut = _tracks()
     fps = host.run.avatar.fps
     depth = max(8, int(2 * server.settings.max_behind * fps))
@@ -129,8 +129,8 @@ async def answer(server, body: Any) -> dict[str, str]:
         _put(video, (job, frame))
         _put(audio, (int(frame_edges(job.index, fps)), job.audio))
 
-    pc = RTCPeerConnection()
     session = server.open_session(host, on_frame)
+    pc = RTCPeerConnection()
     session.last_input = float("inf")  # the idle clock starts once the connection is up (ICE and DTLS take a while)
     playout = Playout()
     tasks: list[asyncio.Task] = []
