@@ -72,11 +72,16 @@ class AvatarHost:
         return True
 
     def _warm_up(self) -> None:
-        """Render one frame before the first session comes (the first call of a model is slow)."""
+        """Render (and JPEG-encode) a few batches before the first session comes: the first call of a model, of
+        the GPU's JPEG encoder and of a new batch size is slow (on an H100, the first session's first turn took
+        up to half a second without this)."""
         stream = self.run.stream()
         window = stream.push(np.zeros(int(frame_edges(4, self.run.avatar.fps)) + stream.lookahead, np.float32))[:1]
         job = FrameJob(0, window[0], 1.0, np.zeros(0, np.int16), False)
-        self._render([Request(job, self.run.avatar.session(0).step(1.0), True, lambda *a: None)])
+        state = self.run.avatar.session(0)
+        sizes = {1, 2, 4, min(8, self.max_batch)} if self.run.avatar.device.startswith("cuda") else {1}
+        for size in sorted(sizes):
+            self._render([Request(job, state.step(1.0), True, lambda *a: None, jpeg=85) for _ in range(size)])
 
     @property
     def lookahead(self) -> int:
