@@ -13,7 +13,8 @@ from being_trainer_gaussian_avatar import AvatarConfig, GaussianAvatar
 from being_trainer_gaussian_avatar.avatar import Avatar
 from being_trainer_gaussian_avatar.data import RunData
 from being_trainer_gaussian_avatar.losses import losses
-from being_trainer_gaussian_avatar.raster import EPS2D, rasterize_reference
+from being_trainer_gaussian_avatar.model import Deformer
+from being_trainer_gaussian_avatar.raster import EPS2D, rasterize_pairs, rasterize_reference
 
 from being_core import DatasetFacts
 from being_core.audio import AudioFeatures
@@ -66,6 +67,47 @@ def test_compositing_is_front_to_back():
     rgb2, _, _ = splat(near_red.flip(0), scales, opac, red_blue)  # blue now in front
     assert rgb2[0, 16, 16, 2] > 0.85 and rgb2[0, 16, 16, 0] < 0.15
     assert alpha[0, 16, 16, 0].item() == pytest.approx(1 - 0.1 * 0.1, rel=0.01)
+
+
+def test_without_gradients_the_pairs_draw_what_the_tiles_draw():
+    """Renders (no gradients) take the pairs rasteriser; it leaves out only what lies beyond 3 sigma of a Gaussian
+    whose tile the tiled one shares (alpha under 1.1 % of its opacity)."""
+    torch.manual_seed(3)
+    n, size = 400, 48
+    means = torch.randn(n, 3, dtype=torch.float64) * 0.15
+    means[:, 2] += 1.5
+    quats = torch.randn(n, 4, dtype=torch.float64)
+    scales = torch.rand(n, 3, dtype=torch.float64) * 0.03 + 0.002
+    opac, colours = torch.rand(n, dtype=torch.float64), torch.rand(n, 3, dtype=torch.float64)
+    view, K = camera(f=60.0, size=size)
+    args = (means[None], quats[None], scales[None], opac[None], colours[None], view, K, size, size)
+    with torch.enable_grad():
+        tiled, tiled_alpha, _ = rasterize_reference(*args)
+    pairs, pairs_alpha, _ = rasterize_pairs(*args)
+    assert tiled_alpha.mean() > 0.15  # the picture has something in it
+    assert (pairs - tiled).abs().max() < 0.02 and (pairs - tiled).abs().mean() < 1e-3
+    assert (pairs_alpha - tiled_alpha).abs().max() < 0.02
+    with torch.no_grad():
+        assert torch.equal(rasterize_reference(*args)[0], pairs)
+
+
+def test_the_deformer_without_gradients_gives_the_training_offsets():
+    """Rendering reuses the per-Gaussian queries (they depend on the canonical means and the weights only); the
+    offsets are those of the training path, and a change of the weights is seen."""
+    torch.manual_seed(0)
+    d = Deformer(-torch.ones(3), torch.ones(3), audio_dim=29, audio_window=16, plane_resolution=16)
+    for p in d.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    means = torch.rand(3000, 3) * 2 - 1
+    audio, eye, cam = torch.randn(3, 16, 29), torch.rand(3), torch.randn(3, 6)
+    with torch.no_grad():
+        fast = d(means, audio, eye, cam)
+    assert torch.allclose(fast, d(means, audio, eye, cam), atol=1e-6)
+    with torch.no_grad():
+        d.query[0].weight.add_(0.05)  # in place, as an optimiser steps
+        moved = d(means, audio, eye, cam)
+    assert not torch.allclose(moved, fast, atol=1e-3)
+    assert torch.allclose(moved, d(means, audio, eye, cam), atol=1e-6)
 
 
 def test_gradients_match_finite_differences():

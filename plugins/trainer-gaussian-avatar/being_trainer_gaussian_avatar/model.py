@@ -107,10 +107,40 @@ class Deformer(nn.Module):
 
     def forward(self, means: torch.Tensor, audio, eye, camera) -> torch.Tensor:
         """``[B, N, 14]`` offsets for the canonical ``means [N, 3]``."""
+        if not torch.is_grad_enabled():
+            return self._infer(means, audio, eye, camera)
         q = self.query(self.triplane(means))  # [N, width]
         tok = self.tokens(audio, eye, camera)
         batch = tok.shape[0]
         out, _ = self.attn(q[None].expand(batch, -1, -1), tok, tok, need_weights=False)
+        return self.head(self.norm(out + q[None]))
+
+    def _queries(self, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-Gaussian query ``[N, width]`` and its attention projection ``[heads, N, width / heads]``: they
+        depend on the canonical means and the weights only, so rendering computes them once, not every frame
+        (kept while neither changes: tensors' version counters move with every in-place update)."""
+        key = (means.data_ptr(), means._version, means.shape[0],
+               *(p._version for p in (*self.triplane.parameters(), *self.query.parameters(),
+                                      self.attn.in_proj_weight, self.attn.in_proj_bias)))
+        cached = getattr(self, "_cached_queries", None)
+        if cached is None or cached[0] != key:
+            q = self.query(self.triplane(means))
+            width, heads = q.shape[1], self.attn.num_heads
+            wq, bq = self.attn.in_proj_weight[:width], self.attn.in_proj_bias[:width]
+            projected = F.linear(q, wq, bq).reshape(-1, heads, width // heads).transpose(0, 1).contiguous()
+            self._cached_queries = cached = (key, q, projected)
+        return cached[1], cached[2]
+
+    def _infer(self, means: torch.Tensor, audio, eye, camera) -> torch.Tensor:
+        """:meth:`forward` without gradients: the same attention, written out so that the queries are reused."""
+        q, qh = self._queries(means)
+        tok = self.tokens(audio, eye, camera)  # [B, T, width]
+        batch, width, heads = tok.shape[0], q.shape[1], self.attn.num_heads
+        w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
+        k = F.linear(tok, w[width:2 * width], b[width:2 * width]).reshape(batch, -1, heads, width // heads)
+        v = F.linear(tok, w[2 * width:], b[2 * width:]).reshape(batch, -1, heads, width // heads)
+        out = F.scaled_dot_product_attention(qh[None].expand(batch, -1, -1, -1), k.transpose(1, 2), v.transpose(1, 2))
+        out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, -1, width))
         return self.head(self.norm(out + q[None]))
 
 

@@ -138,23 +138,24 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
         w = x1[g] - x0[g] + 1
         n = (w * (y1[g] - y0[g] + 1)).long()
         starts = (torch.cumsum(n, 0) - n).to(dtype)
-        # one gather of everything a pair needs: box origin and width, first pair, centre, conic, opacity, id
+        # one gather of everything a pair needs (box origin and width, first pair, centre, conic, opacity), as rows:
+        # each field of the pairs then lies contiguous in memory, which the element-wise steps below need to be fast
         pack = torch.stack([x0[g], y0[g], w, starts, m2[g, 0] - 0.5, m2[g, 1] - 0.5, conic[b, g, 0], conic[b, g, 1],
-                            conic[b, g, 2], opacities[b, g], g.to(dtype)], 1)
+                            conic[b, g, 2], opacities[b, g]])
         gi = torch.repeat_interleave(torch.arange(len(g), device=device), n)
-        q = pack[gi]
-        local = torch.arange(len(gi), device=device, dtype=dtype) - q[:, 3]
-        row = torch.div(local, q[:, 2], rounding_mode="floor")
-        px = q[:, 0] + local - row * q[:, 2]
-        py = q[:, 1] + row
-        dx, dy = px - q[:, 4], py - q[:, 5]
-        power = -0.5 * (q[:, 6] * dx * dx + q[:, 8] * dy * dy) - q[:, 7] * dx * dy
-        a = (q[:, 9] * torch.exp(power)).clamp(max=ALPHA_MAX)
+        bx, by, bw, first_pair, cx, cy, ca, cb, cc, op = pack.index_select(1, gi).unbind(0)
+        local = torch.arange(len(gi), device=device, dtype=dtype) - first_pair
+        row = torch.div(local, bw, rounding_mode="floor")
+        px = bx + local - row * bw
+        py = by + row
+        dx, dy = px - cx, py - cy
+        power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
+        a = (op * torch.exp(power)).clamp(max=ALPHA_MAX)
         keep = torch.nonzero((a >= ALPHA_MIN) & (power <= 0))[:, 0]
         pix = (py * width + px).long()[keep]
         pix, order = torch.sort(pix, stable=True)
         sel = keep[order]
-        a, gg = a[sel], q[sel, 10].long()
+        a, gg = a[sel], g[gi[sel]]
         la = torch.log1p(-a)
         cs = torch.cumsum(la, 0)
         first = torch.ones_like(pix, dtype=torch.bool)
