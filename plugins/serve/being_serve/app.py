@@ -142,11 +142,11 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """``/api/stats``: of every worker process of this server."""
-        mine = self.counts()
+        own = self.counts()
         if self.board is None:
-            parts = [mine]
+            parts = [own]
         else:  # every worker's, in order (this one's fresh, the others' of the last second)
-            parts = [mine if i == self.worker else c for i, c in enumerate(self.board.read())]
+            parts = [own if i == self.worker else c for i, c in enumerate(self.board.read())]
             parts = [p for p in parts if p is not None]
         avatars = {}
         for name in self.hosts:

@@ -152,7 +152,7 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
         power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
         a = (op * torch.exp(power)).clamp(max=ALPHA_MAX)
         keep = torch.nonzero((a >= ALPHA_MIN) & (power <= 0))[:, 0]
-        pix = (py * width + px).long()[keep]
+        pix = (py * width + px).to(torch.int32)[keep]  # int32: sorted 3 times faster than int64
         pix, order = torch.sort(pix, stable=True)
         sel = keep[order]
         a, gg = a[sel], g[gi[sel]]
