@@ -537,6 +537,32 @@ def test_densifying_keeps_the_optimiser_state_of_surviving_gaussians(data):
     opt.step()  # the optimiser works on the new tensors
 
 
+def test_the_expression_loss_teaches_the_deformation_the_tracked_motion(data):
+    """``lambda_expr``: at the head model's mean vertices, the deformation of a frame learns to move them as the
+    tracked model moved in that frame."""
+    cfg = AvatarConfig(**{**TINY, "lambda_expr": 10.0})
+    av = Avatar(data, cfg, torch.device("cpu"))
+    assert data.expression.shape == (data.n, len(data.points), 3)
+    assert float(data.expression.float().abs().mean()) > 1e-4  # the face moves in this clip
+    opt = av.optimizer(fine=True)
+    ids = torch.as_tensor(data.train_ids[:8])
+    vertices = torch.arange(0, len(data.points), 7)
+    target = data.expression[ids][:, vertices].float()
+
+    def error() -> float:
+        with torch.no_grad():
+            return float((av.motion(ids, vertices) - target).abs().mean())
+
+    before = error()
+    assert before == pytest.approx(float(target.abs().mean()))  # the deformer starts at rest
+    for _ in range(150):
+        loss = (av.motion(ids, vertices) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert error() < 0.7 * before
+
+
 def test_head_motion_from_the_training_frames_a_still_pose_or_a_file(data, tmp_path):
     from being_trainer_gaussian_avatar.render import head_motion, typical_frame
 

@@ -53,6 +53,11 @@ class AvatarConfig(StageConfig):
     lambda_dssim: float = Field(0.2, ge=0, le=100, description="Weight of D-SSIM.")
     lambda_lip: float = Field(1.0, ge=0, le=100, description="Weight of the lip-box L1 (fine stage).")
     lambda_alpha: float = Field(0.1, ge=0, le=100, description="Weight of the head-mask alpha loss.")
+    lambda_expr: float = Field(0.0, ge=0, le=1000, description="Weight of the expression loss (fine stage): at the "
+                               "tracked head model's vertices, the deformation must move them as the model moved in "
+                               "that frame (expression, jaw, eyelids; L1 in head units). 0: off.")
+    expr_points: int = Field(2048, ge=1, le=1_000_000, description="Head model vertices the expression loss samples "
+                             "per step.")
     lpips_weights: str | None = Field(
         None, description="A local file with LPIPS (AlexNet) weights, the state dict of the lpips package's "
         "LPIPS(net='alex'); never downloaded. When set, the fine stage adds lambda_lpips x LPIPS and the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .data import RunData
-from .model import Deformer, Gaussians, deformed
+from .model import OFFSET_SCALE, Deformer, Gaussians, deformed
 from .raster import pick_backend
 
 
@@ -33,12 +33,7 @@ class Avatar:
         ids_cpu = ids.cpu()
         offsets = None
         if deform:
-            audio = (d.audio[ids_cpu] if audio is None else audio).to(self.device)
-            eye = (d.eye[ids_cpu] if eye is None else eye).to(self.device)
-            camera = (d.camera[ids_cpu] if camera is None else camera).to(self.device)
-            if not self.cfg.camera_token:
-                camera = torch.zeros_like(camera)
-            offsets = self.deformer(self.gauss.means, audio, eye, camera)
+            offsets = self.deformer(self.gauss.means, *self._inputs(ids_cpu, audio, eye, camera))
         means, quats, scales, opac, colours = deformed(self.gauss, offsets, len(ids_cpu))
         view = d.viewmats[ids_cpu] if viewmats is None else viewmats
         rgb, alpha, means2d = self.raster(means, quats, scales, opac, colours, view.to(self.device),
@@ -46,6 +41,22 @@ class Avatar:
         if backgrounds is not None:
             rgb = rgb + (1 - alpha) * backgrounds
         return rgb, alpha, means2d
+
+    def _inputs(self, ids_cpu: torch.Tensor, audio=None, eye=None, camera=None) -> tuple[torch.Tensor, ...]:
+        """The deformer's audio, eye and pose inputs for frames ``ids_cpu`` (or those given), on the device."""
+        d = self.data
+        audio = (d.audio[ids_cpu] if audio is None else audio).to(self.device)
+        eye = (d.eye[ids_cpu] if eye is None else eye).to(self.device)
+        camera = (d.camera[ids_cpu] if camera is None else camera).to(self.device)
+        if not self.cfg.camera_token:
+            camera = torch.zeros_like(camera)
+        return audio, eye, camera
+
+    def motion(self, ids: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+        """How the deformation of frames ``ids`` moves the head model's mean ``vertices`` (indices): ``[B, S, 3]``
+        in head units, to compare with ``data.expression`` (the expression loss)."""
+        points = self.data.points[vertices].to(self.device)
+        return self.deformer(points, *self._inputs(ids.cpu()))[..., :3] * OFFSET_SCALE
 
     def optimizer(self, fine: bool) -> torch.optim.Optimizer:
         c, g = self.cfg, self.gauss

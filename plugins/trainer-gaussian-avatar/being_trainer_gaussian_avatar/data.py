@@ -99,7 +99,11 @@ class RunData:
         track = load_tensors(root / "track_params.pt", "track_params.pt")
         self.euler, self.trans = track_euler(track), track["trans"].float()
         focal = float(track["focal"].reshape(-1)[0])
-        self.points = track["vertices"].float().mean(0)
+        vertices = track["vertices"].float()
+        self.points = vertices.mean(0)
+        # the head model's per-frame motion around its mean (expression, jaw, eyelids), in head units: what the
+        # expression loss (lambda_expr) has the deformation follow; half precision (~1e-5 of a ~1e-2 motion)
+        self.expression = (vertices - self.points).half()
         self.viewmats = viewmats_from_track(self.euler, self.trans)
         k = torch.tensor([[focal * s, 0, self.src_w / 2 * s], [0, focal * s, self.src_h / 2 * s], [0, 0, 1]])
         self.Ks = k.repeat(self.n, 1, 1)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+OFFSET_SCALE = 0.1  # the deformer's position offsets are in tenths of a head unit: its outputs stay O(1)
+
 
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1 - x))
@@ -153,7 +155,7 @@ def deformed(gauss: Gaussians, offsets: torch.Tensor | None, batch: int):
     colour = gauss.colour_logits[None].expand(batch, -1, -1)
     if offsets is not None:
         d_xyz, d_scale, d_rot, d_op, d_col = offsets.split([3, 3, 4, 1, 3], -1)
-        means = means + d_xyz * 0.1  # offsets in centimetres keep the network's outputs O(1)
+        means = means + d_xyz * OFFSET_SCALE
         log_scales = log_scales + d_scale
         quats = quats + d_rot
         opacity = opacity + d_op

@@ -48,6 +48,7 @@ def train(ctx, cfg) -> dict:
     total = cfg.coarse_iterations + cfg.fine_iterations
     workers = cfg.num_workers if cfg.num_workers >= 0 else min(8, max(0, (os.cpu_count() or 2) // 2))
     gen = torch.Generator().manual_seed(cfg.seed + step)
+    expr_gen = torch.Generator().manual_seed(cfg.seed + step + 7919)  # its own: the frame order stays the same
 
     cache = frame_cache(data, cfg, device, workers, ctx)
 
@@ -89,6 +90,12 @@ def train(ctx, cfg) -> dict:
                 rgb, alpha, means2d = av.render(ids, bg, deform=fine)
                 loss, parts = losses(rgb, alpha, image, mask, data.lips[ids].to(device, non_blocking=True), cfg, fine,
                                      perceptual)
+                if fine and cfg.lambda_expr > 0:
+                    vertices = torch.randint(len(data.points), (cfg.expr_points,), generator=expr_gen)
+                    target = data.expression[ids.cpu()][:, vertices].to(device, non_blocking=True).float()
+                    l_expr = (av.motion(ids, vertices) - target).abs().mean()
+                    loss = loss + cfg.lambda_expr * l_expr
+                    parts["expr"] = l_expr.detach()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
