@@ -53,9 +53,10 @@ class AvatarConfig(StageConfig):
     lambda_dssim: float = Field(0.2, ge=0, le=100, description="Weight of D-SSIM.")
     lambda_lip: float = Field(1.0, ge=0, le=100, description="Weight of the lip-box L1 (fine stage).")
     lambda_alpha: float = Field(0.1, ge=0, le=100, description="Weight of the head-mask alpha loss.")
-    lambda_expr: float = Field(0.0, ge=0, le=1000, description="Weight of the expression loss (fine stage): at the "
+    lambda_expr: float = Field(10.0, ge=0, le=1000, description="Weight of the expression loss (fine stage): at the "
                                "tracked head model's vertices, the deformation must move them as the model moved in "
-                               "that frame (expression, jaw, eyelids; L1 in head units). 0: off.")
+                               "that frame (expression, jaw, eyelids; L1 in head units). 0: off (docs/benchmarks.md, "
+                               "lip sync: the held-out mouth follows the real one better with it).")
     expr_points: int = Field(2048, ge=1, le=1_000_000, description="Head model vertices the expression loss samples "
                              "per step.")
     lpips_weights: str | None = Field(
