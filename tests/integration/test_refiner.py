@@ -98,6 +98,18 @@ def test_every_refiner_fits_is_scored_refines_a_render_and_keeps_the_rest(impl, 
     out = refiner(torch.from_numpy(rendered[4:8]).float() / 255, torch.from_numpy(alpha[4:8]).float() / 255)
     assert np.array_equal((out.clamp(0, 1) * 255).round().byte().numpy(), refined[4:8])
 
+    # live (`being serve`): the run opens with its fitted refiner, which refines the avatar's live frames
+    from being_core.live import open_run
+
+    live = open_run(run, REGISTRY, "cpu")
+    assert live.refiner_name == cls.name and live.refiner is not None
+    avatar = live.avatar
+    session = avatar.session(0)
+    window = live.stream().push(np.zeros(32000, np.float32))[:2]
+    raw, raw_alpha = avatar.render([session.step(0.0) for _ in range(2)], window, np.zeros(2, np.float32))
+    served = live.refiner(raw, raw_alpha)
+    assert served.shape == raw.shape and not torch.equal(served, raw)
+
     # a render of new speech goes through the refiner before the audio is muxed
     audio = being_testdata / "audio" / "videoretalking_audio1.wav"
     says = pipeline.render(audio, tmp_path / "says.mp4")
