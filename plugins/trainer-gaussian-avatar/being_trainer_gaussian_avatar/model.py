@@ -7,6 +7,7 @@ Shapes: ``N`` Gaussians, ``B`` frames, audio windows ``[B, W, D]`` with ``D`` re
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -120,18 +121,18 @@ class Deformer(nn.Module):
     def _queries(self, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-Gaussian query ``[N, width]`` and its attention projection ``[heads, N, width / heads]``: they
         depend on the canonical means and the weights only, so rendering computes them once, not every frame
-        (kept while neither changes: tensors' version counters move with every in-place update)."""
-        key = (means.data_ptr(), means._version, means.shape[0],
-               *(p._version for p in (*self.triplane.parameters(), *self.query.parameters(),
-                                      self.attn.in_proj_weight, self.attn.in_proj_bias)))
+        (kept while neither changes: the same ``means`` tensor, and no version counter moved, as every in-place
+        update moves it; a new tensor at the old one's address is not taken for it)."""
+        versions = (means._version, *(p._version for p in (*self.triplane.parameters(), *self.query.parameters(),
+                                                           self.attn.in_proj_weight, self.attn.in_proj_bias)))
         cached = getattr(self, "_cached_queries", None)
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0]() is not means or cached[1] != versions:
             q = self.query(self.triplane(means))
             width, heads = q.shape[1], self.attn.num_heads
             wq, bq = self.attn.in_proj_weight[:width], self.attn.in_proj_bias[:width]
             projected = F.linear(q, wq, bq).reshape(-1, heads, width // heads).transpose(0, 1).contiguous()
-            self._cached_queries = cached = (key, q, projected)
-        return cached[1], cached[2]
+            self._cached_queries = cached = (weakref.ref(means), versions, q, projected)
+        return cached[2], cached[3]
 
     def _infer(self, means: torch.Tensor, audio, eye, camera) -> torch.Tensor:
         """:meth:`forward` without gradients: the same attention, written out so that the queries are reused."""
