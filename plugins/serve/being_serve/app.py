@@ -28,38 +28,28 @@ SAMPLES = 1000  # recent latencies and batches per process that /api/stats repor
 
 
 class Seats:
-    """The sessions open now against ``--max-sessions``: counted in this process, or in ``shared`` (a
-    ``multiprocessing.Array`` of one count per worker, this one's at ``index``) by all the worker processes of one
-    server (``--workers``)."""
+    """The sessions open now against ``--max-sessions``: one count per process, this one's at ``index``; ``shared``
+    (a ``multiprocessing.Array``) holds those of all the worker processes of one server (``--workers``)."""
 
     def __init__(self, limit: int, shared: Any = None, index: int = 0):
-        self.limit, self._shared, self._index, self._open = limit, shared, index, 0
-
-    def _value(self) -> int:
-        return self._open if self._shared is None else sum(self._shared[:])
+        self.limit, self._index = limit, index
+        self._counts = shared if shared is not None else [0]
+        self._lock = shared.get_lock() if shared is not None else contextlib.nullcontext()
 
     def full(self) -> bool:
-        return self._value() >= self.limit
+        return sum(self._counts[:]) >= self.limit
 
     def take(self) -> bool:
         """One seat, if one is free."""
-        if self._shared is None:
-            if self._open >= self.limit:
+        with self._lock:
+            if sum(self._counts[:]) >= self.limit:
                 return False
-            self._open += 1
-            return True
-        with self._shared.get_lock():
-            if sum(self._shared[:]) >= self.limit:
-                return False
-            self._shared[self._index] += 1
+            self._counts[self._index] += 1
         return True
 
     def give(self) -> None:
-        if self._shared is None:
-            self._open -= 1
-            return
-        with self._shared.get_lock():
-            self._shared[self._index] -= 1
+        with self._lock:
+            self._counts[self._index] -= 1
 
 
 class Server:

@@ -23,6 +23,7 @@ from being_core.audio import frame_edges
 from being_core.live import LiveRun
 
 from .timeline import FrameJob
+from .wire import JPEG_QUALITY
 
 log = logging.getLogger("being.serve")
 
@@ -81,7 +82,7 @@ class AvatarHost:
         state = self.run.avatar.session(0)
         sizes = {1, 2, 4, min(8, self.max_batch)} if self.run.avatar.device.startswith("cuda") else {1}
         for size in sorted(sizes):
-            self._render([Request(job, state.step(1.0), True, lambda *a: None, jpeg=85) for _ in range(size)])
+            self._render([Request(job, state.step(1.0), True, lambda *a: None, jpeg=JPEG_QUALITY) for _ in range(size)])
 
     @property
     def lookahead(self) -> int:

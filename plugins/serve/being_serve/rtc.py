@@ -117,8 +117,6 @@ async def answer(server, body: Any) -> dict[str, str]:
     if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
         raise ValueError("the offer must be JSON {\"sdp\": \"...\", \"type\": \"offer\", \"avatar\": \"NAME\"}")
     host = server.host(body.get("avatar"))
-    if server.full():
-        raise OverflowError(server.full_text())
     VideoOut, AudioOut = _tracks()
     fps = host.run.avatar.fps
     depth = max(8, int(2 * server.settings.max_behind * fps))

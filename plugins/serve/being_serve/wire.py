@@ -34,6 +34,7 @@ HEADER = struct.Struct("<4sIIII")
 FLAG_SPEECH = 1  # the frame's audio holds the client's speech
 FLAG_REPEAT = 2  # no image: the previous frame's stays
 OUT_RATE = 16000
+JPEG_QUALITY = 85  # of the frames, unless the start message asks for another
 FORMATS: dict[str, np.dtype] = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 
 
@@ -45,7 +46,7 @@ class Start(BaseModel):
     sample_rate: int = Field(ge=8000, le=192000, description="Rate of the audio the client sends, Hz.")
     format: Literal["s16le", "f32le"] = "s16le"
     channels: int = Field(1, ge=1, le=8)
-    quality: int = Field(85, ge=10, le=100, description="JPEG quality of the frames.")
+    quality: int = Field(JPEG_QUALITY, ge=10, le=100, description="JPEG quality of the frames.")
 
 
 class Ready(BaseModel):
