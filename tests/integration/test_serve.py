@@ -315,6 +315,37 @@ def test_garbage_first_message_and_an_idle_session(server):
     assert events[-1] == {"type": "closed", "message": "closed: nothing came from the client for 3 s"}
 
 
+def test_a_session_saying_its_speech_is_not_idle(server, speech):
+    """5 s of speech sent at once, then nothing: the avatar says all of it (the 3 s idle timeout counts from the
+    end of the speech, not from the last message), and only then is the session closed as idle."""
+    async def burst():
+        frames = []
+        async with Client(ws_url(server), 16000) as c:
+            await c.send((speech[:5 * SAMPLE_RATE] * 32767).astype("<i2"))
+            with contextlib.suppress(Exception):  # the server closes it in the end
+                while True:
+                    frames.append(await c.next_frame())
+            return frames, c.events
+
+    frames, events = asyncio.run(burst())
+    assert events[-1] == {"type": "closed", "message": "closed: nothing came from the client for 3 s"}
+    spoken = [f for f in frames if f.speech]
+    assert abs(len(spoken) - 5 * 25) <= 1, "all the speech was said"
+    assert len(frames) - (frames.index(spoken[-1]) + 1) >= 2.5 * 25, "then the idle timeout ran"
+
+
+def test_the_timeline_knows_when_speech_is_still_to_be_said(speech):
+    tl = Timeline(Ones(), 25.0)
+    assert not tl.speaking
+    tl.add(speech[:SAMPLE_RATE])
+    assert tl.speaking
+    jobs = tl.advance(3 * SAMPLE_RATE)
+    assert sum(j.speech for j in jobs) >= 24 and tl.speaking is False
+    tl.add(speech[:800])
+    tl.advance(3 * SAMPLE_RATE + 10)
+    assert tl.speaking and not tl.queued, "on the timeline, not cut into frames yet"
+
+
 async def _garbage(url: str) -> tuple[int, str]:
     import websockets
 

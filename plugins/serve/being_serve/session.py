@@ -35,7 +35,7 @@ class Settings:
     ahead: float = 0.3  # seconds of speech placed before its time at most (what an interruption cannot stop)
     max_queue: float = 120.0  # seconds of speech a session queues at most
     max_behind: float = 1.0  # seconds of frames in flight before the next ones are dropped
-    idle_timeout: float = 300.0  # a session that sends nothing this long is closed
+    idle_timeout: float = 300.0  # a session that sends nothing this long after its speech was said is closed
     out_frames: int = 50  # encoded frames waiting for a slow client at most (older ones are dropped)
     send_timeout: float = 10.0  # a client that takes longer than this to take one message is disconnected
     max_message: int = 256 * 1024  # bytes per WebSocket message at most
@@ -62,6 +62,7 @@ class Session:
         self.state = run.avatar.session(seed)
         self.stats = SessionStats()
         self.in_flight = 0
+        self.speech_in_flight = 0  # frames of the client's speech submitted and not yet delivered
         self.started = time.monotonic()
         self.last_input = self.started
         self.ended = asyncio.Event()
@@ -77,7 +78,7 @@ class Session:
         return int((time.monotonic() - self.started) * SAMPLE_RATE)
 
     def touch(self) -> None:
-        """The client is there (any message): the idle timeout starts again."""
+        """The client is there (any message), or its speech is still being said: the idle timeout starts again."""
         self.last_input = time.monotonic()
 
     def feed(self, samples: np.ndarray) -> None:
@@ -103,6 +104,7 @@ class Session:
             if not render:
                 self.stats.dropped += 1
             self.in_flight += 1
+            self.speech_in_flight += job.speech
             requests.append(Request(job, self.state.step(job.quiet), render, self._done, self.jpeg))
         self.host.submit(requests)
 
@@ -112,6 +114,7 @@ class Session:
 
     def _deliver(self, job: FrameJob, frame: np.ndarray | bytes | None, error: BaseException | None) -> None:
         self.in_flight -= 1
+        self.speech_in_flight -= job.speech
         if self.ended.is_set():
             return
         if error is not None:
@@ -130,7 +133,9 @@ class Session:
                 k += 1
                 await asyncio.sleep(max(0.0, self.started + k * period - time.monotonic()))
                 self.pump()
-                if time.monotonic() - self.last_input > self.settings.idle_timeout:
+                if self.timeline.speaking or self.speech_in_flight:
+                    self.touch()  # a session saying what the client sent is not idle, however slow the server
+                elif time.monotonic() - self.last_input > self.settings.idle_timeout:
                     self.close(f"closed: nothing came from the client for {self.settings.idle_timeout:g} s")
         except Exception as exc:  # the session ends with its error; the server goes on
             log.exception("session ticker failed")

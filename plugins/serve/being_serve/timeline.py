@@ -94,6 +94,11 @@ class Timeline:
         self.queued = 0
         return dropped
 
+    @property
+    def speaking(self) -> bool:
+        """Whether speech of the client is still to be said: queued, or on the timeline in frames not cut yet."""
+        return bool(self.queued) or any(sp for _, sp in self.pending) or bool(self.is_speech.any())
+
     def advance(self, clock: int) -> list[FrameJob]:
         """Move the timeline to the wall ``clock`` (samples since the session began) and cut the frames now
         complete."""
