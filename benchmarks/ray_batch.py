@@ -226,7 +226,8 @@ def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path
             "gpu_utilisation": sampler.summary(),
             "subjects": {s["name"]: {"status": s["status"], "seconds": s["seconds"],
                                      **{k: s["metrics"].get(k) for k in ("psnr", "ssim", "lmd", "steps",
-                                                                         "train_seconds", "resumed_from_step")}}
+                                                                         "train_seconds", "setup_seconds", "eval_seconds",
+                                                                         "resumed_from_step")}}
                          for s in summary["subjects"]}}
         print(mode, code, seconds, flush=True)
         report_path.write_text(json.dumps(report, indent=1))

@@ -121,19 +121,10 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and every process under it (the server's worker processes)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            pass
-    tree, grew = {pid}, True
-    while grew:
-        more = {child for child, parent in parents.items() if parent in tree} - tree
-        tree |= more
-        grew = bool(more)
+    from being_serve.workers import process_tree
+
     total = 0.0
-    for p in tree:
+    for p in process_tree(pid):
         try:
             total += cpu_seconds(p)
         except (OSError, IndexError):

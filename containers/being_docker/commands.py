@@ -28,6 +28,9 @@ class ImagesCommand(Command):
         ib.add_argument("--variant", choices=list(images.VARIANTS), default="cpu", help="torch build inside the image")
         ib.add_argument("--base", help="base image (default: being/base:<suite>, bootstrapped from the host's apt "
                                        "mirror; e.g. python:3.11-slim where a registry is reachable)")
+        ib.add_argument("--devel-base", help="base of the stage that compiles an image's packages (default: "
+                                             "being/base-devel:<suite>, the base plus g++ and Python's headers; "
+                                             "--base when that is given)")
         ib.add_argument("--force", action="store_true", help="rebuild even when the image is current")
         ib.add_argument("--preprocess", action="store_true",
                         help="only the dataset stages' images (face, audio, AU, teeth), not the trainer's")
@@ -56,8 +59,12 @@ class ImagesCommand(Command):
                 todo = [spec for spec in todo if spec.impl.cls.kind in PREPARE_STAGES]
             base = args.base or images.ensure_base(c, ctx.progress)
             images.check_python(c, base)
+            devel = None
+            if any(spec.sources for spec in todo):  # an image that compiles a package while it is built
+                devel = args.devel_base or (args.base if args.base else images.ensure_base(c, ctx.progress, devel=True))
+                images.check_python(c, devel)
             for spec in todo:
-                tag = images.build(c, spec, base, ctx.progress, args.force)
+                tag = images.build(c, spec, base, ctx.progress, args.force, devel_base=devel)
                 if not ctx.quiet:
                     out.out(f"{tag} ready", highlight=False)
             return EXIT_OK

@@ -13,6 +13,13 @@ third-party plugin gets an image by being installed. How an image is made (``bei
 3. The build context is the Dockerfile plus exactly those wheels; the build runs with networking off, so
    nothing private (CA bundle, index URLs) reaches any layer. Labels record the versions and a digest of
    the plugin's and the core's code, which is how a stale image is recognised.
+
+An image may compile some of its packages while it is built (the trainer's CUDA image compiles gsplat's
+kernels, so that nothing compiles on a node): ``image/sources-<variant>.txt`` names the pins of the lock that
+come as source distributions instead of wheels (``sources-<variant>/`` in the context), and
+``image/build-<variant>.txt`` the wheels only the compilation needs (a compiler toolkit, ``build-<variant>/``).
+Such an image builds on a second base with a C++ compiler and Python's headers, ``being/base-devel:<suite>``,
+bootstrapped the same way, and the implementation's own Dockerfile does the compiling in a stage of its own.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ log = logging.getLogger("being.images")
 LABEL = "being.image"  # every image Being builds carries this label (value: the implementation slug)
 BASE_REPO = "being/base"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+DEVEL_REPO = "being/base-devel"
+DEVEL_PACKAGES = ("g++", "python3-dev")  # what compiling a Python extension needs, on top of the base
 VARIANTS = ("cpu", "cuda")
 # Containers never open a window: the headless OpenCV builds have no X11/OpenGL system dependencies.
 HEADLESS = {"opencv-python": "opencv-python-headless", "opencv-contrib-python": "opencv-contrib-python-headless"}
@@ -152,6 +161,19 @@ class ImageSpec:
         return self.folder / f"requirements-{self.variant}.lock"
 
     @property
+    def sources(self) -> list[tuple[str, dict[str, str]]]:
+        """The lock's packages compiled in the image from their source distribution (:func:`read_sources` of
+        ``image/sources-<variant>.txt``); none when the file does not exist."""
+        path = self.folder / f"sources-{self.variant}.txt"
+        return read_sources(path) if path.is_file() else []
+
+    @property
+    def toolchain(self) -> list[str]:
+        """Pins of the wheels only the compilation of :attr:`sources` needs (``image/build-<variant>.txt``)."""
+        path = self.folder / f"build-{self.variant}.txt"
+        return read_lock(path, self.slug) if path.is_file() else []
+
+    @property
     def dockerfile(self) -> Path:
         """The implementation's own ``image/Dockerfile``, else the template every image shares."""
         own = self.folder / "Dockerfile"
@@ -221,16 +243,18 @@ def host_apt_source(etc: Path = Path("/etc/apt")) -> tuple[str, str]:
                      f"from; pass --base IMAGE (e.g. python:3.11-slim) where a registry is reachable")
 
 
-def base_tag(suite: str) -> str:
-    return f"{BASE_REPO}:{suite}"
+def base_tag(suite: str, devel: bool = False) -> str:
+    return f"{DEVEL_REPO if devel else BASE_REPO}:{suite}"
 
 
-def ensure_base(c, progress: Reporter, force: bool = False) -> str:
-    """The bootstrapped base image's tag, building it first when missing (needs root and debootstrap)."""
+def ensure_base(c, progress: Reporter, force: bool = False, devel: bool = False) -> str:
+    """The bootstrapped base image's tag, building it first when missing (needs root and debootstrap);
+    ``devel``: the base with a C++ compiler and Python's headers, for images that compile a package."""
     import docker.errors
 
     mirror, suite = host_apt_source()
-    tag = base_tag(suite)
+    tag = base_tag(suite, devel)
+    packages = BASE_PACKAGES + (DEVEL_PACKAGES if devel else ())
     if not force:
         try:
             c.images.get(tag)
@@ -247,9 +271,9 @@ def ensure_base(c, progress: Reporter, force: bool = False) -> str:
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         rootfs = Path(tmp) / "rootfs"
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite, str(rootfs), mirror]
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(rootfs), mirror]
         log.info("bootstrapping %s from %s (the host's apt source)", suite, mirror)
-        with progress.task(f"debootstrap {suite}", unit="step") as task:
+        with progress.task(f"debootstrap {suite}{' (devel)' if devel else ''}", unit="step") as task:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             lines = []
             for line in proc.stdout:  # type: ignore[union-attr]
@@ -269,7 +293,7 @@ def ensure_base(c, progress: Reporter, force: bool = False) -> str:
         shutil.rmtree(rootfs, ignore_errors=True)
         repo, _, version = tag.partition(":")
         c.api.import_image_from_file(str(archive), repository=repo, tag=version, changes=[
-            "ENV LANG=C.UTF-8", 'CMD ["python3"]', f"LABEL being.base={suite}"])
+            "ENV LANG=C.UTF-8", 'CMD ["python3"]', f"LABEL being.base={suite}{'-devel' if devel else ''}"])
     log.info("imported %s", tag)
     return tag
 
@@ -294,6 +318,21 @@ def read_lock(path: Path, slug: str) -> list[str]:
                 raise UsageError(f"{path}:{n}: expected NAME==VERSION, got '{line.strip()}'")
             pins.append(line.strip())
     return pins
+
+
+def read_sources(path: Path) -> list[tuple[str, dict[str, str]]]:
+    """``(pin, environment)`` per line ``NAME==VERSION [VAR=VALUE ...]`` of a sources file; the variables are
+    set while the host's pip reads the source distribution's metadata (e.g. to skip compiling it there)."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        words = line.split("#")[0].split()
+        if not words:
+            continue
+        env = dict(w.split("=", 1) for w in words[1:] if re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", w))
+        if not re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!_-]+", words[0]) or len(env) != len(words) - 1:
+            raise UsageError(f"{path}:{n}: expected NAME==VERSION [VAR=VALUE ...], got '{line.strip()}'")
+        out.append((words[0], env))
+    return out
 
 
 def _norm(name: str) -> str:
@@ -384,7 +423,8 @@ def fetch_wheels(pins: list[str], progress: Reporter) -> dict[str, Path]:
     if missing:
         with tempfile.TemporaryDirectory() as tmp:
             req = Path(tmp) / "requirements.txt"
-            req.write_text("\n".join(missing) + "\n")
+            # "===": exactly that version, never a local build of it ("2.13.0" must not take "2.13.0+cpu")
+            req.write_text("\n".join(p if "+" in p else p.replace("==", "===", 1) for p in missing) + "\n")
             with progress.task(f"fetching {len(missing)} wheels (host pip settings)", total=None):
                 proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
                                        "--wheel-dir", str(cache), "-r", str(req)], capture_output=True, text=True)
@@ -395,6 +435,33 @@ def fetch_wheels(pins: list[str], progress: Reporter) -> dict[str, Path]:
     if absent:
         raise BeingError(f"after fetching, no wheel matches {', '.join(absent)} in {cache}")
     return {p: have[want(p)] for p in pins}
+
+
+def fetch_sources(sources: list[tuple[str, dict[str, str]]], progress: Reporter) -> dict[str, Path]:
+    """Source distributions for ``sources`` in the shared cache, fetched with the host's pip settings when
+    missing (pip reads their metadata in this environment, with each source's variables set)."""
+    cache = cache_dir() / "sources"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def find(pin: str) -> Path | None:
+        name, version = pin.split("==")
+        return next((p for p in cache.glob("*.tar.gz") if _norm(p.name[:-7].rsplit("-", 1)[0]) == _norm(name)
+                     and p.name[:-7].rsplit("-", 1)[1] == version), None)
+
+    out = {}
+    for pin, env in sources:
+        if find(pin) is None:
+            with progress.task(f"fetching the source of {pin} (host pip settings)", total=None):
+                proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                       "--no-build-isolation", "--quiet", "--dest", str(cache), pin],
+                                      capture_output=True, text=True, env={**os.environ, **env})
+            if proc.returncode != 0:
+                raise BeingError(f"pip could not fetch the source distribution of {pin}:\n{proc.stderr[-2000:]}")
+        found = find(pin)
+        if found is None:
+            raise BeingError(f"after fetching, no source distribution of {pin} (.tar.gz) is in {cache}")
+        out[pin] = found
+    return out
 
 
 def build_local_wheel(folder: Path, dest: Path) -> Path:
@@ -427,31 +494,49 @@ def current(c, spec: ImageSpec) -> bool:
     return stale_reason(image.labels or {}, spec) is None
 
 
-def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False) -> str:
-    """Build ``spec``'s image unless a current one exists; returns its tag."""
+def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False,
+          devel_base: str | None = None) -> str:
+    """Build ``spec``'s image unless a current one exists; returns its tag. ``devel_base``: the base of the
+    stage that compiles the image's :attr:`ImageSpec.sources` (needed when it has any)."""
     if not force and current(c, spec):
         log.info("%s is current, not rebuilt", spec.tag)
         return spec.tag
     pins = read_lock(spec.lock, spec.slug)
+    sources = spec.sources
+    compiled = {pin for pin, _ in sources}
+    if not compiled <= set(pins):
+        raise UsageError(f"{spec.folder / f'sources-{spec.variant}.txt'}: {', '.join(sorted(compiled - set(pins)))} "
+                         f"not pinned in {spec.lock}; the sources must be the lock's versions")
+    if sources and devel_base is None:
+        raise UsageError(f"{spec.tag} compiles {', '.join(sorted(compiled))} while it is built and needs a base "
+                         f"with a compiler (devel_base)")
     local = _local_sources()
     from_source = {p: local[n] for p in pins if (n := _installed_name(p, local)) is not None}
     started = time.monotonic()
-    wheels = fetch_wheels([p for p in pins if p not in from_source], progress)
+    wheels = fetch_wheels([p for p in pins if p not in from_source and p not in compiled] + spec.toolchain, progress)
+    toolchain = set(spec.toolchain)
+    sdists = fetch_sources(sources, progress)
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         ctx = Path(tmp)
         shutil.copyfile(spec.dockerfile, ctx / "Dockerfile")
-        dest = ctx / f"wheels-{spec.variant}"
-        dest.mkdir()
-        for src in wheels.values():
-            _link_or_copy(src, dest / src.name)
+        dest, tools, src_dir = (ctx / f"{part}-{spec.variant}" for part in ("wheels", "build", "sources"))
+        for folder in (dest, tools, src_dir):
+            folder.mkdir()
+        for pin, src in wheels.items():
+            _link_or_copy(src, (tools if pin in toolchain else dest) / src.name)
+        for src in sdists.values():
+            _link_or_copy(src, src_dir / src.name)
+        for folder in tools, src_dir:  # an empty folder still makes the Dockerfile's COPY of it work
+            (folder / ".keep").touch()
         for folder in from_source.values():
             build_local_wheel(folder, dest)
         labels = spec.labels()
         lines: list[str] = []
+        buildargs = {"BASE": base, "DEVEL_BASE": devel_base or base, "VARIANT": spec.variant}
         with progress.task(f"building {spec.tag}", unit="step") as task:
             try:
-                for chunk in c.api.build(path=str(ctx), tag=spec.tag, buildargs={"BASE": base, "VARIANT": spec.variant},
+                for chunk in c.api.build(path=str(ctx), tag=spec.tag, buildargs=buildargs,
                                          labels=labels, rm=True, forcerm=True, network_mode="none", decode=True):
                     if "error" in chunk:
                         raise BeingError(f"building {spec.tag} failed: {chunk['error'].strip()}\n"

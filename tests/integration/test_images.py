@@ -127,3 +127,56 @@ def test_a_lock_is_written_into_the_plugins_source_whatever_its_layout(tmp_path)
         images.lock_target("being_y", installed, flat)
     assert str(err.value) == (f"cannot find the package being_y in {flat} (neither being_y/ nor src/being_y/) to "
                               "write its lock into")
+
+
+def test_sources_files_name_pins_and_their_environment_and_the_bad_line(tmp_path):
+    path = tmp_path / "sources-cuda.txt"
+    path.write_text("# compiled in the image\ngsplat==1.5.3 BUILD_NO_CUDA=1  # its kernels\n\nninja==1.13.2\n")
+    assert images.read_sources(path) == [("gsplat==1.5.3", {"BUILD_NO_CUDA": "1"}), ("ninja==1.13.2", {})]
+    path.write_text("gsplat==1.5.3 --no-cuda\n")
+    with pytest.raises(UsageError) as err:
+        images.read_sources(path)
+    assert str(err.value) == f"{path}:1: expected NAME==VERSION [VAR=VALUE ...], got 'gsplat==1.5.3 --no-cuda'"
+
+
+def test_the_trainers_cuda_image_compiles_gsplat_with_the_toolkit_of_its_torch():
+    """The CUDA trainer image compiles the lock's own gsplat, with a CUDA compiler of the same release as the
+    lock's CUDA runtime; the CPU image compiles nothing."""
+    impl = next(i for i in load_registry().all() if i.cls.slug() == "trainer-gaussian-avatar")
+    cuda, cpu = images.ImageSpec(impl, "cuda"), images.ImageSpec(impl, "cpu")
+    lock = images.read_lock(cuda.lock, cuda.slug)
+    assert [pin for pin, _ in cuda.sources] == ["gsplat==1.5.3"] and "gsplat==1.5.3" in lock
+    runtime = next(p for p in lock if p.startswith("nvidia-cuda-runtime=="))
+    toolkit = dict(p.split("==") for p in cuda.toolchain)
+    assert set(toolkit) == {"nvidia-cuda-nvcc", "nvidia-cuda-crt", "nvidia-nvvm", "nvidia-cuda-cccl"}
+    release = ".".join(runtime.split("==")[1].split(".")[:2])
+    assert all(v.startswith(release + ".") for v in toolkit.values()), (runtime, toolkit)
+    assert cpu.sources == [] and cpu.toolchain == []
+    assert cuda.dockerfile == cpu.dockerfile == images.package_files("being_trainer_gaussian_avatar") / "image" / "Dockerfile"
+
+
+class _Spec(images.ImageSpec):
+    """An image spec whose files are in a folder of the test's."""
+
+    root: Path = Path()
+
+    @property
+    def folder(self) -> Path:
+        return self.root
+
+
+def test_an_image_that_compiles_needs_its_sources_pinned_and_a_compiler_base(tmp_path):
+    impl = next(i for i in load_registry().all() if i.cls.slug() == "trainer-gaussian-avatar")
+    _Spec.root = tmp_path
+    spec = _Spec(impl, "cuda")
+    (tmp_path / "requirements-cuda.lock").write_text("gsplat==1.5.3\n")
+    (tmp_path / "sources-cuda.txt").write_text("gsplat==1.5.2\n")
+    with pytest.raises(UsageError) as err:
+        images.build(None, spec, "being/base:bookworm", None, force=True)
+    assert str(err.value) == (f"{tmp_path}/sources-cuda.txt: gsplat==1.5.2 not pinned in "
+                              f"{tmp_path}/requirements-cuda.lock; the sources must be the lock's versions")
+    (tmp_path / "sources-cuda.txt").write_text("gsplat==1.5.3\n")
+    with pytest.raises(UsageError) as err:
+        images.build(None, spec, "being/base:bookworm", None, force=True)
+    assert str(err.value) == (f"{spec.tag} compiles gsplat==1.5.3 while it is built and needs a base with a "
+                              "compiler (devel_base)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -138,13 +139,14 @@ def _config(*extra: str, runner: dict | None = None):
 
 
 def _published(root: Path) -> dict[str, bytes]:
-    """Every file the stages published; the metrics without the training time (the rest must be equal)."""
+    """Every file the stages published; the metrics without the timings (the rest must be equal)."""
     manifest = Manifest.load(root)
     rels = [rel for entry in manifest.stages.values() for rel in entry.get("outputs", {})]
     files = {rel: (root / rel).read_bytes() for rel in sorted(rels) if not rel.endswith(".npz")}
     if "avatar/metrics.json" in files:
         metrics = json.loads(files["avatar/metrics.json"])
-        metrics.pop("train_seconds")
+        for timing in ("train_seconds", "setup_seconds", "eval_seconds"):
+            metrics.pop(timing)
         files["avatar/metrics.json"] = json.dumps(metrics, sort_keys=True).encode()
     return files
 
@@ -166,6 +168,8 @@ def test_every_stage_on_ray_writes_the_same_files(cluster, face5, trained_here, 
     assert {e.get("runner") for k, e in manifest.stages.items() if k != "ingest"} == {"ray"}
     assert "trainer 'gaussian-avatar': ran as a Ray task on node" in caplog.text
     assert "run folder shared" in caplog.text
+    assert re.search(r"trainer 'gaussian-avatar': ran as a Ray task on node \S+, run folder shared \(the task began "
+                     r"\d+\.\d s after it was submitted, the stage \d+\.\d s later, and ran \d+\.\d s\)", caplog.text)
     here, there = _published(trained_here), _published(root)
     assert sorted(there) == sorted(here)
     different = [rel for rel in here if here[rel] != there[rel]]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from being_serve.client import Client, ServerError, speak
 from being_serve.timeline import Timeline
+from being_serve.workers import process_tree
 from being_trainer_gaussian_avatar import GaussianAvatar
 
 from being_core.audio import SAMPLE_RATE, frame_edges, read_wav
@@ -369,15 +370,17 @@ def test_a_hundred_connections_at_once(trained):
         proc.wait(timeout=30)
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.add(int(stat.parent.name))
-        except (OSError, ValueError):
-            pass
-    return out
+def test_a_workers_failure_to_load_keeps_its_meaning_in_the_command(tmp_path):
+    """A worker's error crosses to the command with the exit code the command itself would have given it."""
+    from being_serve.workers import _as_being_error
+
+    own = InputError("face5: never trained")
+    assert _as_being_error(own) is own
+    missing = _as_being_error(FileNotFoundError(2, "No such file or directory", str(tmp_path / "model.pt")))
+    assert isinstance(missing, InputError) and str(tmp_path / "model.pt") in str(missing)
+    crash = _as_being_error(RuntimeError("CUDA out of memory"))
+    assert type(crash).__name__ == "BeingError" and crash.exit_code == 1
+    assert str(crash) == "a worker process could not load the avatars: RuntimeError: CUDA out of memory"
 
 
 def test_worker_processes_share_the_port_the_seats_and_the_figures(trained):
@@ -389,7 +392,7 @@ def test_worker_processes_share_the_port_the_seats_and_the_figures(trained):
         while len(json.loads(urllib.request.urlopen(f"{base}/api/stats").read())["workers"]) < 2:
             assert time.monotonic() < deadline, "the second worker did not come up"
             time.sleep(0.5)
-        workers = _children(proc.pid)
+        workers = process_tree(proc.pid) - {proc.pid}
         assert len(workers) >= 2  # and multiprocessing's resource tracker
 
         async def one(opened: asyncio.Event, hold: asyncio.Event):

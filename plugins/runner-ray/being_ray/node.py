@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def sees(root: Path, request_rel: str, sha256: str) -> bool:
 
 
 def run_job(job_data: dict[str, Any], bundle: bytes | None, hub: Any) -> dict[str, Any]:
-    """The Ray task. Returns ``{"visible": False}`` when ``storage`` is ``auto`` and the run folder is not here."""
+    """The Ray task. Returns ``{"visible": False}`` when ``storage`` is ``auto`` and the run folder is not here;
+    ``times``: when the task's body began, when the stage began and ended (``time.time()`` on the node)."""
+    entered = time.time()
     from being_core.plugins import load_registry
     from being_core.progress import JsonLinesReporter
 
@@ -110,10 +113,13 @@ def run_job(job_data: dict[str, Any], bundle: bytes | None, hub: Any) -> dict[st
         inner = registry.runner(job.inner)
         options = inner.cls.Options.model_validate(job.inner_options)
         inner.cls().check(impl, options)  # on the node: its Docker images, its devices
+        began = time.time()
         inner.cls().launch(impl, root / job.request, root, options, JsonLinesReporter(stream, interval_s=0.5))
+        ended = time.time()
         stream.flush()
         back = pack(root, files_below(root, job.work_dir)) if scratch is not None else None
-        return {"visible": True, "node": node, "pid": os.getpid(), "bundle": back, "log": handler.records}
+        return {"visible": True, "node": node, "pid": os.getpid(), "bundle": back, "log": handler.records,
+                "times": [entered, began, ended]}
     finally:
         logger.removeHandler(handler)
         if scratch is not None:

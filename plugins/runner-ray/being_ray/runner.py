@@ -106,15 +106,19 @@ class RayRunner(Runner[RayOptions]):
             out = self._run(job, bundle, resources, options, impl, progress, root)
         for level, name, message in out.get("log", []):  # the stage's own lines, into this run's log
             logging.getLogger(name).log(level, "%s", message)
+        entered, began, ended = out["times"]
+        timing = (f"the task began {entered - out['submitted']:.1f} s after it was submitted, the stage "
+                  f"{began - entered:.1f} s later, and ran {ended - began:.1f} s")
         if bundle is None:
-            log.info("%s '%s': ran as a Ray task on node %s, run folder shared", what, cls.name, out["node"])
+            log.info("%s '%s': ran as a Ray task on node %s, run folder shared (%s)", what, cls.name, out["node"],
+                     timing)
             return
         work = root / req.work_dir
         for sub in ("out", "state"):
             shutil.rmtree(work / sub, ignore_errors=True)
         unpack(out["bundle"], root, under=req.work_dir)
-        log.info("%s '%s': ran as a Ray task on node %s, run folder shipped (%.1f MB in, %.1f MB back)", what,
-                 cls.name, out["node"], len(bundle) / 1e6, len(out["bundle"]) / 1e6)
+        log.info("%s '%s': ran as a Ray task on node %s, run folder shipped (%.1f MB in, %.1f MB back; %s)", what,
+                 cls.name, out["node"], len(bundle) / 1e6, len(out["bundle"]) / 1e6, timing)
 
     def _run(self, job: dict[str, Any], bundle: bytes | None, resources: dict[str, Any], options: RayOptions,
              impl: Implementation, progress: Reporter, root: Path) -> dict[str, Any]:
@@ -127,6 +131,7 @@ class RayRunner(Runner[RayOptions]):
         extra = {"runtime_env": {"env_vars": dict(options.env)}} if options.env else {}
         remote = ray.remote(run_job).options(**resources, **extra, max_retries=options.retries,
                                              retry_exceptions=False, name=f"being {cls.kind} {cls.name}")
+        submitted = time.time()  # node clocks are compared with it: the log's timings assume synchronised clocks
         ref = remote.remote(job, ray.put(bundle) if bundle is not None else None, hub)
         tasks: dict[int, Task] = {}
         started = time.monotonic()
@@ -147,7 +152,7 @@ class RayRunner(Runner[RayOptions]):
                     ray.cancel(ref, force=True)
                     raise timed_out(cls, "on Ray", options.timeout_s, " and was cancelled",
                                     root / job["work_dir"] / "stage.log")
-            return ray.get(ref)
+            return {**ray.get(ref), "submitted": submitted}
         except KeyboardInterrupt:
             ray.cancel(ref, force=True)
             raise

@@ -27,10 +27,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from being_core.errors import BeingError, InputError
+from being_core.errors import BeingError, InputError, os_error_text
 
 log = logging.getLogger("being.serve")
 SLOT = 128 * 1024  # bytes of figures per worker on the board
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every process under it (from ``/proc``; what is not readable is left out)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
 
 
 class Board:
@@ -111,8 +127,8 @@ def _worker(index: int, workers: int, plan: Plan, sock: socket.socket, seats: An
     sys.setswitchinterval(plan.switch_ms / 1000)
     try:
         hosts = load_hosts(plan)
-    except BaseException as exc:  # noqa: BLE001 (the command reports it)
-        events.put(("failed", index, exc if isinstance(exc, BeingError) else InputError(f"{type(exc).__name__}: {exc}")))
+    except BaseException as exc:  # noqa: BLE001 (the command reports it, with the exit code it would have had)
+        events.put(("failed", index, _as_being_error(exc)))
         return
     try:
         server = Server(hosts, plan.settings, plan.token, Seats(plan.settings.max_sessions, seats, index), board, index,
@@ -137,6 +153,18 @@ def _worker(index: int, workers: int, plan: Plan, sock: socket.socket, seats: An
     finally:
         for host in hosts.values():
             host.close()
+
+
+def _as_being_error(exc: BaseException) -> BeingError:
+    """What a worker's failure to load becomes in the command (an exception that crosses processes): its own
+    error when it is Being's, the file system's as bad input (as the command itself reports it), anything else
+    as a failure with its type and message (and its traceback in the worker's log)."""
+    if isinstance(exc, BeingError):
+        return exc
+    if isinstance(exc, OSError):
+        return InputError(os_error_text(exc))
+    log.error("worker failed to load the avatars", exc_info=exc)
+    return BeingError(f"a worker process could not load the avatars: {type(exc).__name__}: {exc}")
 
 
 def serve_workers(plan: Plan, workers: int, sock: socket.socket, console: Any) -> None:
@@ -207,5 +235,5 @@ def _next_event(events: Any, procs: list) -> tuple:
         except queue.Empty:
             dead = [p for p in procs if p.exitcode is not None]
             if dead and events.empty():
-                raise InputError(f"a worker process ({dead[0].name}) exited with {dead[0].exitcode} while loading "
+                raise BeingError(f"a worker process ({dead[0].name}) exited with {dead[0].exitcode} while loading "
                                  "the avatars") from None

@@ -26,6 +26,7 @@ def loop(loader):
 
 def train(ctx, cfg) -> dict:
     """Train on ``ctx.root``; writes avatar/model.pt, avatar/metrics.json, avatar/val.mp4 into ctx.out."""
+    entered = time.monotonic()
     device = pick_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
@@ -138,8 +139,10 @@ def train(ctx, cfg) -> dict:
                 "height": data.height, "audio": {"encoder": data.features.encoder, "dim": data.features.dim,
                                                  "window": data.features.window, "file": data.features.file},
                 "eye_source": data.eye_source, "gaussians": len(av.gauss)}, model_path)
+    evaluated = time.monotonic()
     metrics = evaluate(ctx, av, data, cache, perceptual)
-    metrics.update({"train_seconds": round(seconds, 1), "steps": step, "resumed_from_step": resumed,
+    metrics.update({"train_seconds": round(seconds, 1), "setup_seconds": round(started - entered, 1),
+                    "eval_seconds": round(time.monotonic() - evaluated, 1), "steps": step, "resumed_from_step": resumed,
                     "gaussians": len(av.gauss), "device": str(device), "backend": av.raster.__name__,
                     "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
                     if device.type == "cuda" else None, "history": history[-20:]})
