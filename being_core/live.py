@@ -16,6 +16,7 @@ A live session turns a stream of audio into a stream of frames, one video frame 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -44,6 +45,29 @@ class FeatureStream(Protocol):
     def push(self, samples: Any) -> Any: ...
 
 
+class WindowFilter(Protocol):
+    """What an avatar does to a session's windows before they reach it, across frames (optional: a
+    :class:`LiveAvatar` with ``window_filter()`` returning one per session, or None). ``push(windows)`` takes the
+    encoder's next ``[k, W, D]`` windows and returns the filtered windows of the frames now complete, in order;
+    ``frames_ahead`` is how many frames past a frame its filtered window needs (part of the session's delay)."""
+
+    frames_ahead: int
+
+    def push(self, windows: Any) -> Any: ...
+
+
+class _Filtered:
+    """A :class:`FeatureStream` whose windows go through a :class:`WindowFilter`; its look-ahead grows by the
+    filter's frames."""
+
+    def __init__(self, stream: FeatureStream, window_filter: WindowFilter, fps: float):
+        self.stream, self.filter = stream, window_filter
+        self.lookahead = int(stream.lookahead) + math.ceil(window_filter.frames_ahead * SAMPLE_RATE / fps)
+
+    def push(self, samples: Any) -> Any:
+        return self.filter.push(self.stream.push(samples))
+
+
 class LiveSession(Protocol):
     """One stream's state in a :class:`LiveAvatar`: where its head motion and its blinks are. ``step(quiet)``
     moves it on by one frame (``quiet`` as in :meth:`LiveAvatar.render`: an idle head may move slower) and returns
@@ -70,6 +94,8 @@ class LiveAvatar(Protocol):
     def session(self, seed: int) -> LiveSession: ...
 
     def render(self, steps: list[Any], audio: Any, quiet: Any) -> tuple[Any, Any]: ...
+
+    # optional: ``window_filter() -> WindowFilter | None``, a new filter of one session's windows
 
 
 @dataclass
@@ -149,8 +175,12 @@ def open_run(root: Path, registry: Registry, device: str | None = None, progress
         refiner_name = refiner_cls.name
         refiner = refiner_cls().open(root, refiner_cls.Config.model_validate(refiner_entry.get("config", {})),
                                      avatar.device)
+    make_filter = getattr(avatar, "window_filter", None)
+
     def new_stream() -> FeatureStream:
-        return encoder.stream(enc_ctx, avatar.device)
+        stream = encoder.stream(enc_ctx, avatar.device)
+        window_filter = make_filter() if make_filter is not None else None
+        return stream if window_filter is None else _Filtered(stream, window_filter, avatar.fps)
 
     run = LiveRun(root.name, root, enc_cls.name, trainer_cls.name, refiner_name, avatar, refiner,
                   int(new_stream().lookahead), new_stream)

@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -37,14 +37,22 @@ class DockerOptions(RunnerOptions):
     cpus: float | None = Field(None, gt=0, le=1024, description="CPU limit of the container.")
     memory: str | None = Field(None, description="Memory limit of the container, e.g. '8g'.")
     gpu: bool | None = Field(None, description="Request a GPU; default: what the implementation declares.")
-    image: str | None = Field(None, description="Image to run instead of the implementation's own tag.")
+    variant: Literal["cpu", "cuda"] = Field("cpu", description="Which of the implementation's images: 'cuda' runs "
+                                            "<image>-cuda (`being images build IMPL --variant cuda`).")
+    image: str | None = Field(None, description="Image to run instead of the implementation's own tag (not "
+                              "checked against the installed plugin).")
     pids: int = Field(4096, ge=16, le=1_000_000, description="Most processes and threads the container may run.")
     cache: bool = Field(True, description="Mount a writable cache folder per image (~/.cache/being/containers/"
                         "<image>) at /cache, where e.g. numba keeps compiled kernels between runs.")
 
 
 def image_for(stage: type[Stage[Any]], options: DockerOptions) -> str:
-    return options.image or stage.image()
+    own = stage.image() if options.variant == "cpu" else f"{stage.image()}-{options.variant}"
+    return options.image or own
+
+
+def _build_args(stage: type[Stage[Any]], options: DockerOptions) -> str:
+    return stage.slug() + ("" if options.variant == "cpu" else f" --variant {options.variant}")
 
 
 class DockerRunner(Runner[DockerOptions]):
@@ -63,13 +71,13 @@ class DockerRunner(Runner[DockerOptions]):
             image = c.images.get(tag)
         except docker.errors.ImageNotFound:
             raise UsageError(f"{stage.kind} '{stage.name}' runs in Docker, but the image {tag} is not built; "
-                             f"run `being images build {stage.slug()}`") from None
+                             f"run `being images build {_build_args(stage, options)}`") from None
         if options.image is None:
-            spec = images.ImageSpec(impl)
+            spec = images.ImageSpec(impl, options.variant)
             reason = images.stale_reason(image.labels or {}, spec)
             if reason:
                 raise UsageError(f"image {tag} does not match the installed {stage.kind} '{stage.name}' ({reason}); "
-                                 f"run `being images build {stage.slug()}`")
+                                 f"run `being images build {_build_args(stage, options)}`")
 
     def launch(self, impl: Implementation, request: Path, root: Path, options: DockerOptions,
                progress: Reporter) -> None:

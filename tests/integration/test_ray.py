@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from being_refiner_unet import UNetRefiner
 from being_trainer_gaussian_avatar import GaussianAvatar
 from conftest import EXAMPLE_CONFIG, FAST_FACE
 
@@ -119,10 +120,12 @@ def cluster(tmp_path_factory):
 
 
 def _config_data() -> dict:
-    """What prepared_face5 was made with (the example config, the fast face fit), plus the tiny trainer."""
+    """What prepared_face5 was made with (the example config, the fast face fit), plus the tiny trainer and the
+    tiny learned refiner (every one of the six stages)."""
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     data["stages"]["face_tracker"]["config"] = dict(FAST_FACE)
     data["stages"]["trainer"] = {"impl": "gaussian-avatar", "config": dict(TINY)}
+    data["stages"]["refiner"] = {"impl": "unet", "config": dict(UNetRefiner.test_config)}
     return data
 
 
@@ -191,6 +194,8 @@ def test_a_node_that_cannot_see_the_run_folder_gets_it_shipped(cluster, prepared
     assert "does not see" in caplog.text and "shipping the inputs with the task" in caplog.text
     assert "trainer 'gaussian-avatar': ran as a Ray task on node" in caplog.text and "run folder shipped (" in caplog.text
     assert "trainer:render 'gaussian-avatar': ran as a Ray task" in caplog.text
+    assert "refiner 'unet': ran as a Ray task on node" in caplog.text
+    assert "refiner:refine 'unet': ran as a Ray task on node" in caplog.text
     here, there = _published(trained_here), _published(root)
     assert {rel: there[rel] == here[rel] for rel in here if rel.startswith("avatar/")} == \
         {rel: True for rel in here if rel.startswith("avatar/")}

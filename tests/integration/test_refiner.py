@@ -136,6 +136,35 @@ def test_every_refiner_fits_is_scored_refines_a_render_and_keeps_the_rest(impl, 
     assert line.startswith(f"held-out metrics with refiner '{cls.name}': psnr {scored['psnr']} (")
 
 
+@pytest.mark.parametrize("impl", REFINERS, ids=[i.cls.name for i in REFINERS])
+def test_a_refiner_in_a_subprocess_equals_in_process(impl, trained, tmp_path, being_testdata):
+    """The fit, the refined held-out frames and a refined render of new speech are the same files whether the
+    refiner runs in-process or in a subprocess: frames cross the boundary as files, never as shared memory."""
+    cls = impl.cls
+    config = cls.contract_config(tmp_path / "assets")
+    audio = being_testdata / "audio" / "videoretalking_audio1.wav"
+    outputs = {}
+    for runner in ("subprocess", "inprocess"):
+        root = tmp_path / runner
+        shutil.copytree(trained, root)
+        pipeline = Pipeline(root, _config({"impl": cls.name, "config": config, "runner": runner}), REGISTRY)
+        pipeline.train()
+        pipeline.render(audio, tmp_path / f"{runner}.mp4")
+        stages = Manifest.load(root).stages
+        assert stages["refiner"]["runner"] == stages["refiner:refine"]["runner"] == runner
+        files = sorted(stages["refiner"]["outputs"]) + [REFINED_VAL]
+        sub = next(p for p in (root / "renders").iterdir() if p.is_dir())
+        # videos by their frames (a Matroska file has a random segment id), the rest byte for byte
+        outputs[runner] = ({rel: np.concatenate(list(read_video(root / rel))) if rel.endswith((".mkv", ".mp4"))
+                            else (root / rel).read_bytes() for rel in files},
+                           np.concatenate(list(read_video(sub / "refined.mp4"))))
+    assert outputs["subprocess"][0].keys() == outputs["inprocess"][0].keys()
+    for rel, data in outputs["inprocess"][0].items():
+        there = outputs["subprocess"][0][rel]
+        assert np.array_equal(there, data) if isinstance(data, np.ndarray) else there == data, rel
+    assert np.array_equal(outputs["subprocess"][1], outputs["inprocess"][1])
+
+
 def test_without_a_refiner_nothing_is_replayed_and_a_render_is_the_trainer_s(run, tmp_path, being_testdata):
     pipeline = Pipeline(run, _config(None), REGISTRY)
     pipeline.train()

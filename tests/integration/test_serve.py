@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from being_serve.client import Client, ServerError, speak
 from being_serve.timeline import Timeline
 from being_serve.workers import process_tree
@@ -89,6 +90,28 @@ def test_a_run_that_cannot_go_live_is_named(trained, tmp_path):
     (run / "being.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"was made with audio_encoder 'mel' 0\.0\.1, but 1\.0\.0 is installed"):
         open_run(run, REGISTRY)
+
+
+def test_an_avatar_trained_with_audio_smoothing_goes_live_with_it(trained, speech, tmp_path):
+    """``audio_smooth: 2`` averages each frame's window with 2 frames either side: live, its windows are those of
+    the encoder's stream smoothed the same way, 2 frames (80 ms) later."""
+    from being_trainer_gaussian_avatar.data import smooth_audio
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model = torch.load(run / "avatar" / "model.pt", weights_only=True)
+    model["config"]["audio_smooth"] = 2  # as if trained so (it changes the training data, not the model's shape)
+    torch.save(model, run / "avatar" / "model.pt")
+    plain, smoothed = open_run(trained, REGISTRY, "cpu"), open_run(run, REGISTRY, "cpu")
+    assert smoothed.lookahead == plain.lookahead + 2 * SAMPLE_RATE // 25
+    a, b = plain.stream(), smoothed.stream()
+    raw = np.concatenate([a.push(speech[i:i + 1000]) for i in range(0, 4 * SAMPLE_RATE, 1000)])
+    out = np.concatenate([b.push(speech[i:i + 1000]) for i in range(0, 4 * SAMPLE_RATE, 1000)])
+    assert len(out) == len(raw) - 2
+    assert np.allclose(out, smooth_audio(torch.from_numpy(raw), 2)[:-2].numpy(), atol=1e-5)
+    session = smoothed.avatar.session(0)
+    rgb, alpha = smoothed.avatar.render([session.step(0.0)], out[:1], np.zeros(1, np.float32))
+    assert rgb.shape == (1, 64, 64, 3) and float(alpha.max()) > 0
 
 
 def test_an_idle_head_drifts_slowly_and_speech_speeds_it_up(trained):

@@ -455,6 +455,24 @@ def test_audio_smoothing_averages_neighbouring_windows_only():
     assert torch.allclose(smooth_audio(flat, 3), flat)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_smoothing_a_stream_of_windows_equals_smoothing_them_offline(k):
+    """A live session's windows, pushed in chunks of any size (none too), smoothed as training smoothed them:
+    the same windows except the last k, each given out once the window k frames later is in."""
+    from being_trainer_gaussian_avatar.data import SmoothWindows, smooth_audio
+
+    windows = torch.randn(40, 4, 3, generator=torch.Generator().manual_seed(k))
+    stream, got, pushed = SmoothWindows(k), [], 0
+    for size in [0, 1, 5, 0, 2, 9, 1, 13, 9]:
+        out = stream.push(windows[pushed:pushed + size].numpy())
+        pushed += size
+        assert out.shape[1:] == (4, 3) and len(got) + len(out) == max(0, pushed - k)
+        got.extend(out)
+    assert stream.frames_ahead == k and len(stream.kept) <= 2 * k + 1, "only the windows still needed are kept"
+    offline = smooth_audio(windows, k)[:40 - k].numpy()
+    assert np.allclose(np.stack(got), offline, atol=1e-6)
+
+
 def test_without_the_camera_token_the_deformer_never_sees_the_pose(data):
     av = Avatar(data, AvatarConfig(**{**TINY, "camera_token": False}), torch.device("cpu"))
     seen = {}

@@ -188,10 +188,42 @@ def smooth_audio(windows: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 0 or len(windows) < 2:
         return windows
     offsets = torch.arange(-k, k + 1)
-    weights = torch.exp(-0.5 * (offsets / (k / 2)) ** 2)
-    weights = weights / weights.sum()
     index = (torch.arange(len(windows))[:, None] + offsets[None]).clamp(0, len(windows) - 1)  # [N, 2k+1]
-    return torch.einsum("nkwd,k->nwd", windows[index], weights.to(windows.dtype))
+    return torch.einsum("nkwd,k->nwd", windows[index], smooth_weights(k).to(windows.dtype))
+
+
+def smooth_weights(k: int) -> torch.Tensor:
+    """The ``2k + 1`` weights of :func:`smooth_audio` (Gaussian, sigma ``k / 2``, summing to 1)."""
+    offsets = torch.arange(-k, k + 1)
+    weights = torch.exp(-0.5 * (offsets / (k / 2)) ** 2)
+    return weights / weights.sum()
+
+
+class SmoothWindows:
+    """:func:`smooth_audio` on a stream (a live session's windows, :class:`being_core.live.WindowFilter`): the
+    smoothed window of frame ``i`` comes out once the window of frame ``i + k`` is in, so it needs ``k`` frames
+    more of audio. The same windows as offline except the last ``k`` (offline repeats the last window there; a
+    stream has no last window)."""
+
+    def __init__(self, k: int):
+        self.k = self.frames_ahead = k
+        self.weights = smooth_weights(k).numpy().astype(np.float32)
+        self.kept: list[np.ndarray] = []  # windows from frame self.base on
+        self.base = 0
+        self.next = 0  # the next frame to give out
+
+    def push(self, windows) -> np.ndarray:
+        windows = np.asarray(windows, np.float32)
+        self.kept.extend(windows)
+        out = []
+        while self.next + self.k < self.base + len(self.kept):
+            near = [self.kept[max(self.next + j, 0) - self.base] for j in range(-self.k, self.k + 1)]
+            out.append(np.tensordot(self.weights, np.stack(near), axes=1))
+            self.next += 1
+        drop = max(0, self.next - self.k - self.base)  # windows no frame to come needs
+        del self.kept[:drop]
+        self.base += drop
+        return np.stack(out) if out else np.zeros((0, *windows.shape[1:]), np.float32)
 
 
 class Frames(torch.utils.data.Dataset):

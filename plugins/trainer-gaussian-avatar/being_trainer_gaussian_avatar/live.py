@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .avatar import Avatar
-from .data import RunData, viewmats_from_track
+from .data import RunData, SmoothWindows, viewmats_from_track
 from .render import BLINK, load_avatar_config, pingpong, shut_reference
 
 #: how fast an idle (quiet) head moves through the training poses, against 1 while speaking
@@ -55,9 +55,6 @@ class LiveAvatar:
 
     def __init__(self, ctx, cfg, device: str | None, progress=None):
         model, cfg, picked = load_avatar_config(ctx, cfg)
-        if cfg.audio_smooth:
-            raise ValueError(f"{ctx.root}: this avatar was trained with audio_smooth: {cfg.audio_smooth}, which "
-                             "averages each frame's audio with later frames'; live rendering does not do that yet")
         self.torch_device = torch.device(device) if device else picked
         self.device = str(self.torch_device)
         data = RunData.from_context(ctx, model["width"])
@@ -77,6 +74,12 @@ class LiveAvatar:
 
     def session(self, seed: int) -> Session:
         return Session(self, seed)
+
+    def window_filter(self) -> SmoothWindows | None:
+        """An avatar trained with ``audio_smooth: k`` averages each frame's audio window with its neighbours' up
+        to ``k`` frames away, later ones included: a session's windows go through that (``k`` frames more
+        delay)."""
+        return SmoothWindows(self.cfg.audio_smooth) if self.cfg.audio_smooth else None
 
     @torch.no_grad()
     def render(self, steps: list[tuple[int, int, float, float]], audio, quiet):
