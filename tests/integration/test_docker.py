@@ -425,11 +425,10 @@ def test_the_trainer_trains_and_renders_on_the_cpu_in_its_image(variant, request
     if variant == "cpu":
         request.getfixturevalue("trainer_cpu_image")
     else:
-        tag = f"{registry.get(StageKind.TRAINER, 'gaussian-avatar').image()}-cuda"
-        try:
-            docker_client.images.get(tag)
-        except docker.errors.ImageNotFound:
-            pytest.skip(f"{tag} is not built here (being images build trainer-gaussian-avatar --variant cuda)")
+        spec = images.ImageSpec(registry.implementation(StageKind.TRAINER, "gaussian-avatar"), "cuda")
+        if not images.current(docker_client, spec):
+            pytest.skip(f"{spec.tag} is not built here, or not for this code (being images build "
+                        "trainer-gaussian-avatar --variant cuda)")
     results = {}
     for runner in ("docker", "inprocess"):
         root = tmp_path / runner
