@@ -152,7 +152,8 @@ class RayRunner(Runner[RayOptions]):
                     ray.cancel(ref, force=True)
                     raise timed_out(cls, "on Ray", options.timeout_s, " and was cancelled",
                                     root / job["work_dir"] / "stage.log")
-            return {**ray.get(ref), "submitted": submitted}
+            out: dict[str, Any] = ray.get(ref)
+            return {**out, "submitted": submitted}
         except KeyboardInterrupt:
             ray.cancel(ref, force=True)
             raise
