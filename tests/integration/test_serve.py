@@ -349,13 +349,14 @@ def test_a_session_saying_its_speech_is_not_idle(server, speech):
             with contextlib.suppress(Exception):  # the server closes it in the end
                 while True:
                     frames.append(await c.next_frame())
-            return frames, c.events
+            return frames, c.events, time.monotonic()
 
-    frames, events = asyncio.run(burst())
+    frames, events, closed = asyncio.run(burst())
     assert events[-1] == {"type": "closed", "message": "closed: nothing came from the client for 3 s"}
     spoken = [f for f in frames if f.speech]
     assert abs(len(spoken) - 5 * 25) <= 1, "all the speech was said"
-    assert len(frames) - (frames.index(spoken[-1]) + 1) >= 2.5 * 25, "then the idle timeout ran"
+    # then the idle timeout ran, timed by the clock: a slow server may send fewer than 25 idle frames a second
+    assert closed - spoken[-1].received >= 2.5, "then the idle timeout ran"
 
 
 def test_the_timeline_knows_when_speech_is_still_to_be_said(speech):
