@@ -560,6 +560,49 @@ def test_a_client_that_never_reads_is_let_go(trained):
     assert took < 20 and not server.sessions
 
 
+def test_render_threads_hand_frames_back_in_the_order_they_were_submitted(trained, speech):
+    """A CPU avatar's render threads each render their own frames; a thread that finishes first still waits for
+    the frames submitted before its own. The first render is made slow, so that the second thread finishes
+    first; every frame must equal the avatar's render of that frame alone."""
+    import threading
+
+    from being_serve.host import AvatarHost, Request
+    from being_serve.timeline import FrameJob
+
+    run = open_run(trained, REGISTRY, "cpu")
+    stream = run.stream()
+    windows = stream.push(np.concatenate([speech[:2 * SAMPLE_RATE], np.zeros(stream.lookahead, np.float32)]))
+    render, calls = run.avatar.render, []
+
+    def slow_first(steps, audio, quiet):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:  # the warm-up rendered once: this is the first frame a session asked for
+            time.sleep(1.5)
+        return render(steps, audio, quiet)
+
+    run.avatar.render = slow_first
+    session = run.avatar.session(7)
+    steps = [session.step(0.0) for _ in range(6)]
+    expected = [render([steps[i]], windows[i:i + 1], np.zeros(1, np.float32))[0][0] for i in range(6)]
+    handed: list[tuple[int, np.ndarray]] = []
+    host = AvatarHost(run, threads=2)
+    try:
+        jobs = [FrameJob(i, windows[i], 0.0, np.zeros(0, np.int16), True) for i in range(6)]
+        host.submit([Request(jobs[0], steps[0], True, lambda job, frame, error: handed.append((job.index, frame)))])
+        time.sleep(0.3)  # the first thread has taken frame 0: the other takes the rest
+        host.submit([Request(j, st, True, lambda job, frame, error: handed.append((job.index, frame)))
+                     for j, st in zip(jobs[1:], steps[1:], strict=True)])
+        deadline = time.monotonic() + 60
+        while len(handed) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        host.close()
+    assert [i for i, _ in handed] == list(range(6))
+    assert len(set(calls[1:])) == 2, "both threads rendered"
+    for (i, frame), want in zip(handed, expected, strict=True):
+        assert np.array_equal(frame, (want.clamp(0, 1) * 255).round().byte().numpy()), f"frame {i}"
+
+
 def test_serve_refuses_what_it_cannot_serve(prepared_face5, trained, tmp_path):
     cmd = [sys.executable, "-m", "being_core", "serve"]
     r = subprocess.run([*cmd, str(prepared_face5), "--port", str(free_port())], capture_output=True, text=True)

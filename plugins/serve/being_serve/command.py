@@ -44,6 +44,9 @@ class ServeCommand(Command):
                             help="server processes sharing the port, each with the avatars loaded and batching its "
                                  "own sessions (one Python process serves about 8 to 16 sessions at 25 fps)")
         parser.add_argument("--max-batch", type=int, default=32, help="frames rendered in one batch at most")
+        parser.add_argument("--render-threads", type=int,
+                            help="render threads per avatar (default: 1 on a GPU; on a CPU one per core, each "
+                                 "rendering its own frames with one PyTorch thread)")
         parser.add_argument("--idle-timeout", type=float, default=300.0,
                             help="close a session that sends nothing for this many seconds")
         parser.add_argument("--max-message", type=int, default=256 * 1024,
@@ -63,14 +66,15 @@ class ServeCommand(Command):
                              "so that only your clients can use the avatars")
         for name, value, low in (("--port", args.port, 0), ("--max-sessions", args.max_sessions, 1),
                                  ("--max-batch", args.max_batch, 1), ("--idle-timeout", args.idle_timeout, 0.1),
-                                 ("--max-message", args.max_message, 1024), ("--workers", args.workers, 1)):
+                                 ("--max-message", args.max_message, 1024), ("--workers", args.workers, 1),
+                                 ("--render-threads", 1 if args.render_threads is None else args.render_threads, 1)):
             if value < low:
                 raise UsageError(f"{name} {value}: must be at least {low}")
         if not 0.01 <= args.switch_ms <= 100:
             raise UsageError(f"--switch-ms {args.switch_ms}: give 0.01 to 100")
         plan = Plan(runs=[str(r) for r in args.runs], device=args.device, max_batch=args.max_batch,
                     gpu_jpeg=not args.cpu_jpeg, token=args.token, ws_max_size=args.max_message,
-                    switch_ms=args.switch_ms,
+                    switch_ms=args.switch_ms, render_threads=args.render_threads,
                     settings=Settings(idle_timeout=args.idle_timeout, max_message=args.max_message,
                                       max_sessions=args.max_sessions))
         shown = f"[{args.host}]" if ":" in args.host else args.host

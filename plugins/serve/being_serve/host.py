@@ -5,11 +5,17 @@ sessions), renders it in one batch (deformation, rasterisation and the refiner, 
 hands each frame back through its session's callback, in the order it was submitted. The event loop never waits
 for a render. A frame submitted without ``render`` (a session that fell behind) keeps its place in the order and
 comes back as None.
+
+On a CPU, batching buys nothing (a frame costs the same alone or in a batch) and PyTorch's threads inside one
+frame's operations buy little (most of the rasteriser's steps run on one core), so a CPU avatar gets several
+render threads, each rendering its own frames with one PyTorch thread: the waiting frames are shared out among
+them, and what they render is still handed back in the order it was submitted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -48,19 +54,28 @@ class HostStats:
 
 
 class AvatarHost:
-    """A :class:`LiveRun` with its render thread."""
+    """A :class:`LiveRun` with its render threads (``threads``; one is the rule on a GPU)."""
 
-    def __init__(self, run: LiveRun, max_batch: int = 32, gpu_jpeg: bool = True):
+    def __init__(self, run: LiveRun, max_batch: int = 32, gpu_jpeg: bool = True, threads: int = 1):
+        if threads < 1:
+            raise ValueError(f"render threads: {threads}; give 1 or more")
         self.run, self.max_batch = run, max_batch
         self.name = run.name
         self.stats = HostStats()
         self._queue: deque[Request] = deque()
         self._wake = threading.Condition()
         self._stop = False
+        self._taken = 0  # batches taken, in order
+        self._order = threading.Lock()  # hands back the frames of finished batches in the order they were taken
+        self._next = 0
+        self._finished: dict[int, tuple[list[Request], list, BaseException | None, float]] = {}
+        self._refine = threading.Lock()  # a refiner (a diffusion pipeline's scheduler) is not called twice at once
         self._gpu_jpeg = gpu_jpeg and self._nvjpeg()
         self._warm_up()
-        self._thread = threading.Thread(target=self._loop, name=f"render-{run.name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"render-{run.name}-{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def _nvjpeg(self) -> bool:
         """Whether frames can be JPEG-encoded on the avatar's GPU (torchvision's nvJPEG), off the interpreter."""
@@ -99,25 +114,31 @@ class AvatarHost:
     def close(self) -> None:
         with self._wake:
             self._stop = True
-            self._wake.notify()
-        self._thread.join(timeout=10)
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=10)
 
-    def _take(self) -> list[Request] | None:
+    def _take(self) -> tuple[int, list[Request]] | None:
+        """The next batch and its number: up to ``max_batch`` waiting frames, shared out among the threads."""
         with self._wake:
             while not self._queue and not self._stop:
                 self._wake.wait()
             if self._stop:
                 return None
-            batch: list[Request] = []
-            while self._queue and len(batch) < self.max_batch:
-                batch.append(self._queue.popleft())
-            return batch
+            size = min(self.max_batch, math.ceil(len(self._queue) / len(self._threads)))
+            batch = [self._queue.popleft() for _ in range(size)]
+            if self._queue:
+                self._wake.notify()  # more for another thread
+            self._taken += 1
+            return self._taken - 1, batch
 
     def _loop(self) -> None:
-        while (batch := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            number, batch = taken
             todo = [r for r in batch if r.render]
             frames: list[np.ndarray | bytes | None] = [None] * len(batch)
             error: BaseException | None = None
+            took = 0.0
             if todo:
                 started = time.monotonic()
                 try:
@@ -129,16 +150,25 @@ class AvatarHost:
                     it = iter(frames_u8)
                     frames = [next(it) if r.render else None for r in batch]
                 took = time.monotonic() - started
-                self.stats.batches += 1
-                self.stats.frames += len(todo)
-                self.stats.render_seconds += took
-                self.stats.batch_sizes.append(len(todo))
-                self.stats.render_ms.append(1000 * took)
-            for request, frame in zip(batch, frames, strict=True):
-                try:
-                    request.done(request.job, frame, error)
-                except Exception:  # a session that went away meanwhile
-                    log.debug("frame callback failed", exc_info=True)
+            with self._order:
+                self._finished[number] = (batch, frames, error, took)
+                while self._next in self._finished:
+                    self._hand_back(*self._finished.pop(self._next))
+                    self._next += 1
+
+    def _hand_back(self, batch: list[Request], frames: list, error: BaseException | None, took: float) -> None:
+        rendered = sum(r.render for r in batch)
+        if rendered:
+            self.stats.batches += 1
+            self.stats.frames += rendered
+            self.stats.render_seconds += took
+            self.stats.batch_sizes.append(rendered)
+            self.stats.render_ms.append(1000 * took)
+        for request, frame in zip(batch, frames, strict=True):
+            try:
+                request.done(request.job, frame, error)
+            except Exception:  # a session that went away meanwhile
+                log.debug("frame callback failed", exc_info=True)
 
     def _render(self, todo: list[Request]) -> list[np.ndarray | bytes]:
         """The frames of ``todo``: uint8 ``[H, W, 3]`` arrays, or JPEG bytes for requests that ask for them when
@@ -148,7 +178,8 @@ class AvatarHost:
         quiet = np.array([r.job.quiet for r in todo], np.float32)
         rgb, alpha = avatar.render([r.step for r in todo], audio, quiet)
         if self.run.refiner is not None:
-            rgb = self.run.refiner(rgb, alpha)
+            with self._refine:
+                rgb = self.run.refiner(rgb, alpha)
         u8 = (rgb.clamp(0, 1) * 255).round().byte()
         out: list[np.ndarray | bytes | None] = [None] * len(todo)
         if self._gpu_jpeg:

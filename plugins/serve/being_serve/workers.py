@@ -89,6 +89,15 @@ class Plan:
     token: str | None
     ws_max_size: int
     switch_ms: float
+    render_threads: int | None = None  # per avatar; None: 1 on a GPU, one per core on a CPU
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def load_hosts(plan: Plan, progress: Any = None) -> dict:
@@ -107,7 +116,13 @@ def load_hosts(plan: Plan, progress: Any = None) -> dict:
             while name in hosts:
                 name, n = f"{run.name}-{n}", n + 1
             run.name = name
-            hosts[name] = AvatarHost(run, plan.max_batch, gpu_jpeg=plan.gpu_jpeg)
+            threads = plan.render_threads or (1 if run.avatar.device.startswith("cuda") else cores())
+            if not run.avatar.device.startswith("cuda") and threads > 1:
+                import torch
+
+                # each render thread renders its own frames on one core (docs/serving.md)
+                torch.set_num_threads(max(1, cores() // threads))
+            hosts[name] = AvatarHost(run, plan.max_batch, gpu_jpeg=plan.gpu_jpeg, threads=threads)
     except BaseException:
         for host in hosts.values():
             host.close()

@@ -124,8 +124,7 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
     rx = torch.ceil(torch.sqrt(cov2d[..., 0, 0]) * k)
     ry = torch.ceil(torch.sqrt(cov2d[..., 1, 1]) * k)
     visible = (depth > NEAR) & (det > 0) & (opacities >= ALPHA_MIN)
-    rgb_out = torch.zeros(batch, height * width, 3, device=device, dtype=dtype)
-    a_out = torch.zeros(batch, height * width, device=device, dtype=dtype)
+    out = torch.zeros(batch, 4, height * width, device=device, dtype=dtype)  # rgb and alpha, channel-major
     for b in range(batch):
         m2 = means2d[b]
         x0 = (m2[:, 0] - rx[b] - 0.5).ceil().clamp(min=0)
@@ -140,6 +139,7 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
         starts = (torch.cumsum(n, 0) - n).to(dtype)
         # one gather of everything a pair needs (box origin and width, first pair, centre, conic, opacity), as rows:
         # each field of the pairs then lies contiguous in memory, which the element-wise steps below need to be fast
+        # (index_select throughout: on a CPU it is 2 to 3 times faster than indexing with a tensor)
         pack = torch.stack([x0[g], y0[g], w, starts, m2[g, 0] - 0.5, m2[g, 1] - 0.5, conic[b, g, 0], conic[b, g, 1],
                             conic[b, g, 2], opacities[b, g]])
         gi = torch.repeat_interleave(torch.arange(len(g), device=device), n)
@@ -152,20 +152,24 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
         power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
         a = (op * torch.exp(power)).clamp(max=ALPHA_MAX)
         keep = torch.nonzero((a >= ALPHA_MIN) & (power <= 0))[:, 0]
-        pix = (py * width + px).to(torch.int32)[keep]  # int32: sorted 3 times faster than int64
+        pix = (py * width + px).to(torch.int32).index_select(0, keep)  # int32: sorted 3 times faster than int64
         pix, order = torch.sort(pix, stable=True)
-        sel = keep[order]
-        a, gg = a[sel], g[gi[sel]]
+        sel = keep.index_select(0, order)
+        a = a.index_select(0, sel)
         la = torch.log1p(-a)
-        cs = torch.cumsum(la, 0)
+        before = torch.cumsum(la, 0) - la  # log transmittance in front of each pair, from the first pair on
         first = torch.ones_like(pix, dtype=torch.bool)
         first[1:] = pix[1:] != pix[:-1]
         seg_start = torch.cummax(torch.where(first, torch.arange(len(pix), device=device), 0), 0).values
-        T = torch.exp(cs - la - (cs - la)[seg_start])
-        wt = a * T
-        rgb_out[b].index_add_(0, pix, wt[:, None] * colors[b, gg])
-        a_out[b].index_add_(0, pix, wt)
-    rgb, alpha = rgb_out.reshape(batch, height, width, 3), a_out.reshape(batch, height, width, 1)
+        wt = a * torch.exp(before - before.index_select(0, seg_start))
+        # each pair's colour and 1 (for alpha), weighted, added up per pixel one channel at a time: a 1D index_add_
+        # is several times faster on a CPU than one over [pairs, 3] rows
+        rgb1 = torch.cat([colors[b], torch.ones_like(colors[b, :, :1])], 1).T.index_select(1, g)
+        contrib = rgb1.index_select(1, gi.index_select(0, sel)).mul_(wt)
+        for c in range(4):
+            out[b, c].index_add_(0, pix, contrib[c])
+    rgb = out[:, :3].transpose(1, 2).reshape(batch, height, width, 3)
+    alpha = out[:, 3].reshape(batch, height, width, 1)
     if backgrounds is not None:
         rgb = rgb + (1 - alpha) * backgrounds[:, None, None, :]
     return rgb, alpha, means2d
