@@ -143,7 +143,7 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
         pack = torch.stack([x0[g], y0[g], w, starts, m2[g, 0] - 0.5, m2[g, 1] - 0.5, conic[b, g, 0], conic[b, g, 1],
                             conic[b, g, 2], opacities[b, g]])
         gi = torch.repeat_interleave(torch.arange(len(g), device=device), n)
-        bx, by, bw, first_pair, cx, cy, ca, cb, cc, op = pack.index_select(1, gi).unbind(0)
+        bx, by, bw, first_pair, cx, cy, ca, cb, cc, op = torch.repeat_interleave(pack, n, dim=1).unbind(0)
         local = torch.arange(len(gi), device=device, dtype=dtype) - first_pair
         row = torch.div(local, bw, rounding_mode="floor")
         px = bx + local - row * bw
@@ -158,9 +158,8 @@ def rasterize_pairs(means, quats, scales, opacities, colors, viewmats, Ks, width
         a = a.index_select(0, sel)
         la = torch.log1p(-a)
         before = torch.cumsum(la, 0) - la  # log transmittance in front of each pair, from the first pair on
-        first = torch.ones_like(pix, dtype=torch.bool)
-        first[1:] = pix[1:] != pix[:-1]
-        seg_start = torch.cummax(torch.where(first, torch.arange(len(pix), device=device), 0), 0).values
+        per_pixel = torch.bincount(pix, minlength=height * width)
+        seg_start = (torch.cumsum(per_pixel, 0) - per_pixel).index_select(0, pix)  # each pixel's first pair
         wt = a * torch.exp(before - before.index_select(0, seg_start))
         # each pair's colour and 1 (for alpha), weighted, added up per pixel one channel at a time: a 1D index_add_
         # is several times faster on a CPU than one over [pairs, 3] rows
