@@ -13,6 +13,10 @@ then 1 s of nothing, for ``--seconds``). It measures, per level:
   is reported beside the server's;
 - the server's render batches (frames per batch, milliseconds per batch, p50/p95): the compute part;
 - frames per second each session received after the first second, and dropped frames (repeats and gaps);
+- the clock: how much later each frame arrives than its time on the audio clock; ``clock_drift_ms`` is the trend
+  of that over the session (a least-squares line through it, times the session's length; the largest of any
+  session), ``lateness_ms_per_minute`` its medians per minute for the first session (``--seconds 600`` for the
+  10-minute figure);
 - GPU utilisation (nvidia-smi, sampled every 0.5 s) and the CPU use (cores) of the server's processes (with
   ``--serve-options='--workers N'``, all of them).
 
@@ -96,6 +100,17 @@ async def one_session(url: str, speech: np.ndarray, seconds: float, out: dict) -
             k += 1
     index = [f[0] for f in frames]
     after = [f for f in frames if f[2] - frames[0][2] >= 1.0] if frames else []
+    # the clock: how much later than its time on the audio clock (index / fps) each frame arrives, after the first
+    # second; the trend of that over the session (a least-squares line, times the session's length) is how far the
+    # video fell behind its audio clock, or ran ahead of it; its medians per minute show the shape
+    assert client.ready is not None
+    fps = client.ready.fps
+    if len(after) >= 10 * fps:
+        t = np.array([f[2] - after[0][2] for f in after])
+        late = t - np.array([(f[0] - after[0][0]) / fps for f in after])
+        out["clock_drift_ms"] = 1000 * float(np.polyfit(t, late, 1)[0] * t[-1])
+        out["lateness_ms_per_minute"] = [round(1000 * float(np.median(late[(t >= m) & (t < m + 60)])), 1)
+                                         for m in range(0, int(t[-1]) - 59, 60)]
     span = (after[-1][2] - after[0][2]) if len(after) > 1 else 0.0
     out.update(latencies=latencies, frames=len(frames), repeats=sum(1 for f in frames if f[1] & 2),
                gaps=int((index[-1] - index[0] + 1) - len(index)) if index else 0,
@@ -180,7 +195,10 @@ def level(base: str, n: int, speech: np.ndarray, seconds: float, pid: int, per_c
             "batch_mean": avatar["mean_batch"], "render_ms_p50": avatar["render_ms_p50"],
             "render_ms_p95": avatar["render_ms_p95"], "server_latency_ms_p95": stats["latency_ms_p95"],
             "gpu_util_mean": round(float(np.mean(gpu)), 1) if gpu else None, "server_cpu_cores": round(cpu, 2),
-            "client_cpu_cores": round(client_cpu, 2)}
+            "client_cpu_cores": round(client_cpu, 2),
+            "clock_drift_ms": max((o["clock_drift_ms"] for o in outs if "clock_drift_ms" in o), default=None,
+                                  key=abs),
+            "lateness_ms_per_minute": outs[0].get("lateness_ms_per_minute")}
 
 
 def render_only(run: Path, device: str | None) -> list[dict]:

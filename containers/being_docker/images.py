@@ -19,7 +19,10 @@ kernels, so that nothing compiles on a node): ``image/sources-<variant>.txt`` na
 come as source distributions instead of wheels (``sources-<variant>/`` in the context), and
 ``image/build-<variant>.txt`` the wheels only the compilation needs (a compiler toolkit, ``build-<variant>/``).
 Such an image builds on a second base with a C++ compiler and Python's headers, ``being/base-devel:<suite>``,
-bootstrapped the same way, and the implementation's own Dockerfile does the compiling in a stage of its own.
+bootstrapped the same way, and the template compiles them in its install stage. ``image/check-<variant>.py``
+(``check-<variant>.py`` in the context) runs last with the image's Python, e.g. to prove the compiled kernels import.
+Being's own wheels (``being-<variant>/``) go into the image's last layers, so that a change to Being's code does
+not undo the layers below (the compiled ones least of all).
 """
 
 from __future__ import annotations
@@ -172,6 +175,12 @@ class ImageSpec:
         """Pins of the wheels only the compilation of :attr:`sources` needs (``image/build-<variant>.txt``)."""
         path = self.folder / f"build-{self.variant}.txt"
         return read_lock(path, self.slug) if path.is_file() else []
+
+    @property
+    def check(self) -> Path | None:
+        """``image/check-<variant>.py``: run with the image's Python at the end of its build (None: nothing)."""
+        path = self.folder / f"check-{self.variant}.py"
+        return path if path.is_file() else None
 
     @property
     def dockerfile(self) -> Path:
@@ -520,17 +529,22 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         ctx = Path(tmp)
         shutil.copyfile(spec.dockerfile, ctx / "Dockerfile")
-        dest, tools, src_dir = (ctx / f"{part}-{spec.variant}" for part in ("wheels", "build", "sources"))
-        for folder in (dest, tools, src_dir):
+        dest, tools, src_dir, ours = (ctx / f"{part}-{spec.variant}" for part in ("wheels", "build", "sources", "being"))
+        for folder in (dest, tools, src_dir, ours):
             folder.mkdir()
         for pin, src in wheels.items():
             _link_or_copy(src, (tools if pin in toolchain else dest) / src.name)
         for src in sdists.values():
             _link_or_copy(src, src_dir / src.name)
-        for folder in tools, src_dir:  # an empty folder still makes the Dockerfile's COPY of it work
+        for folder in dest, tools, src_dir, ours:  # an empty folder still makes the Dockerfile's COPY of it work
             (folder / ".keep").touch()
         for folder in from_source.values():
-            build_local_wheel(folder, dest)
+            build_local_wheel(folder, ours)
+        check = ctx / f"check-{spec.variant}.py"
+        if spec.check is not None:
+            shutil.copyfile(spec.check, check)
+        else:
+            check.write_text("")
         labels = spec.labels()
         lines: list[str] = []
         buildargs = {"BASE": base, "DEVEL_BASE": devel_base or base, "VARIANT": spec.variant}

@@ -411,7 +411,7 @@ def trainer_cpu_image(docker_client):
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
 def test_the_trainer_trains_and_renders_on_the_cpu_in_its_image(variant, request, docker_client, prepared_copy,
                                                                  tmp_path, being_testdata):
-    """The trainer's image (its own Dockerfile) trains and renders on the CPU as in-process. The CPU image gives
+    """The trainer's image (the shared template) trains and renders on the CPU as in-process. The CPU image gives
     the same bits. The CUDA image (gsplat compiled in; built by hand, `being images build trainer-gaussian-avatar
     --variant cuda`, 5 GB: not in CI) computes with another build of torch, so its avatar is close, not equal."""
     import shutil

@@ -152,7 +152,8 @@ def test_the_trainers_cuda_image_compiles_gsplat_with_the_toolkit_of_its_torch()
     release = ".".join(runtime.split("==")[1].split(".")[:2])
     assert all(v.startswith(release + ".") for v in toolkit.values()), (runtime, toolkit)
     assert cpu.sources == [] and cpu.toolchain == []
-    assert cuda.dockerfile == cpu.dockerfile == images.package_files("being_trainer_gaussian_avatar") / "image" / "Dockerfile"
+    assert cuda.dockerfile == cpu.dockerfile == images.package_files("being_docker") / "Dockerfile"
+    assert cuda.check is not None and "gsplat.cuda._backend" in cuda.check.read_text() and cpu.check is None
 
 
 class _Spec(images.ImageSpec):

@@ -264,10 +264,85 @@ def test_a_session_lip_syncs_speech_on_the_audio_clock(server, being_testdata, t
     assert len(images) >= 5, "rendered frames, not only repeats (how many is the benchmark's business)"
     assert np.abs(images[0].astype(int) - images[-1].astype(int)).mean() > 0.5, "the avatar moves"
     assert all(len(f.audio) == 640 for f in frames), "each frame carries exactly its audio (40 ms at 16 kHz)"
+    assert not any(np.any(f.audio) for f in frames if not f.speech), "idle frames come with silence"
     audio = np.concatenate([f.audio for f in frames])
     assert np.abs(audio).max() > 1000, "the speech comes back with the frames"
     stats = json.loads(urllib.request.urlopen(f"{server}/api/stats").read())
     assert stats["avatars"]["face5"]["frames"] > 0
+
+
+def test_a_webrtc_client_says_a_wav_and_gets_the_avatar_back(server, being_testdata, tmp_path):
+    """aiortc's peer, as a program would use it (being_serve.rtc_client): the wav goes out on an audio track in real
+    time; the avatar's video comes back at 25 fps on the audio clock (90 kHz timestamps, one frame every 3,600),
+    moving, with the audio it lip-syncs on the other track."""
+    from being_serve.rtc_client import rtc_speak, write_answer
+
+    wav = tmp_path / "speech.wav"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(being_testdata / "audio" / "videoretalking_audio1.wav"),
+                    "-t", "3", "-ac", "1", "-ar", "48000", str(wav)], check=True)
+    answer = asyncio.run(rtc_speak(server, wav, "face5", tail=1.0))
+    frames = answer.frames
+    assert frames and frames[0].image.shape == (64, 64, 3)
+    steps = np.diff([f.pts for f in frames])
+    assert (steps > 0).all() and (steps % 3600 == 0).all(), "timestamps on the audio clock, in order"
+    span = (frames[-1].pts - frames[0].pts) / 90000
+    assert 3.5 <= span <= 5.5 and len(frames) >= 0.5 * 25 * span, ("frames for as long as it spoke, at 25 fps", span,
+                                                                   len(frames), len(answer.audio) / answer.audio_rate)
+    assert np.abs(frames[0].image.astype(int) - frames[-1].image.astype(int)).mean() > 0.5, "the avatar moves"
+    heard = len(answer.audio) / answer.audio_rate
+    assert abs(heard - span) < 0.6, f"{heard:.2f} s of audio against {span:.2f} s of video"
+    assert np.abs(answer.audio).max() > 1000, "the speech comes back with the frames"
+    out = tmp_path / "answer.mp4"
+    write_answer(answer, 25.0, out)
+    assert out.stat().st_size > 1000
+
+
+def test_two_sessions_on_two_avatars_at_once(trained, speech, tmp_path):
+    """One server, two avatars (the second is the first with its colours inverted), one session on each at the
+    same time: each session gets its own avatar's frames, in order, as long as it spoke."""
+    other = tmp_path / "inverted"
+    shutil.copytree(trained, other)
+    model = torch.load(other / "avatar" / "model.pt", weights_only=True)
+    model["model"]["gaussians"]["colour_logits"] = -model["model"]["gaussians"]["colour_logits"]
+    torch.save(model, other / "avatar" / "model.pt")
+    proc, base = start_server([trained, other])
+    pcm = (speech[:2 * SAMPLE_RATE] * 32767).astype("<i2")
+
+    async def one(avatar: str):
+        frames = []
+        async with Client(ws_url(base), SAMPLE_RATE, avatar=avatar) as c:
+            async def send():
+                t0 = time.monotonic()
+                for i, lo in enumerate(range(0, len(pcm), 320)):
+                    await c.send(pcm[lo:lo + 320])
+                    await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.monotonic()))
+
+            sender = asyncio.create_task(send())
+            while not frames or frames[-1].index < 3 * 25:
+                frames.append(await c.next_frame())
+            await sender
+            return c.ready.avatar, frames
+
+    async def both():
+        return await asyncio.gather(one("face5"), one("inverted"))
+
+    try:
+        (name_a, a), (name_b, b) = asyncio.run(both())
+        stats = json.loads(urllib.request.urlopen(f"{base}/api/stats").read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (name_a, name_b) == ("face5", "inverted")
+    for frames in (a, b):  # (a machine too busy to send every frame drops the oldest waiting: gaps, not disorder)
+        index = [f.index for f in frames]
+        assert index == sorted(set(index)) and len(frames) >= 0.5 * 3 * 25, index
+        assert 0.5 * 2 * 25 <= sum(f.speech for f in frames) <= 2.3 * 25
+    from PIL import Image
+
+    last_a = np.asarray(Image.open(io.BytesIO(next(f.jpeg for f in reversed(a) if f.jpeg))), np.float32)
+    last_b = np.asarray(Image.open(io.BytesIO(next(f.jpeg for f in reversed(b) if f.jpeg))), np.float32)
+    assert np.abs(last_a - last_b).mean() > 5, "each session sees its own avatar"
+    assert stats["avatars"]["face5"]["frames"] > 0 and stats["avatars"]["inverted"]["frames"] > 0
 
 
 async def _error_of(url: str, start: dict | None, payload: bytes | str | None = None) -> tuple[int, str]:
@@ -357,6 +432,29 @@ def test_a_session_saying_its_speech_is_not_idle(server, speech):
     assert abs(len(spoken) - 5 * 25) <= 1, "all the speech was said"
     # then the idle timeout ran, timed by the clock: a slow server may send fewer than 25 idle frames a second
     assert closed - spoken[-1].received >= 2.5, "then the idle timeout ran"
+
+
+def test_an_interrupt_over_the_websocket_stops_the_speech_at_once(server, speech):
+    """5 s of speech sent at once, an interrupt 1 s later: the server says how much it dropped, and the avatar
+    says only what was on the timeline by then (at most 0.3 s past the clock), then idles."""
+    async def interrupted():
+        frames = []
+        async with Client(ws_url(server), 16000) as c:
+            await c.send((speech[:5 * SAMPLE_RATE] * 32767).astype("<i2"))
+            began = time.monotonic()
+            while time.monotonic() - began < 1.0:
+                frames.append(await c.next_frame())
+            await c.control("interrupt")
+            while time.monotonic() - began < 3.0:
+                frames.append(await c.next_frame())
+            return frames, c.events
+
+    frames, events = asyncio.run(interrupted())
+    said = [e for e in events if e["type"] == "interrupted"]
+    assert len(said) == 1 and 3000 <= said[0]["dropped_ms"] <= 4700, events
+    spoken = sum(f.speech for f in frames)
+    assert spoken <= (5000 - said[0]["dropped_ms"]) / 40 + 1, "nothing of the dropped speech is said"
+    assert not any(f.speech for f in frames[-15:]), "then it idles"
 
 
 def test_the_timeline_knows_when_speech_is_still_to_be_said(speech):

@@ -1,10 +1,11 @@
 """A small client of ``being serve``'s WebSocket protocol (:mod:`being_serve.wire`).
 
-    being-serve-client ws://127.0.0.1:8000/ws speech.wav -o answer.mp4 [--avatar NAME] [--token T]
+    being-serve-client ws://127.0.0.1:8000/ws speech.wav -o answer.mp4 [--avatar NAME] [--token T] [--webrtc]
 
 streams a 16-bit PCM wav in real time (as a voice agent would), receives the avatar's frames with the audio they
 lip-sync, and writes them into ``answer.mp4`` (the frames at their presentation times, the server's audio muxed
-in). :class:`Client` is the same in a program.
+in). :class:`Client` is the same in a program. ``--webrtc`` does it over WebRTC instead
+(:mod:`being_serve.rtc_client`).
 """
 
 from __future__ import annotations
@@ -158,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True, help=".mp4 to write")
     p.add_argument("--avatar", help="avatar name (needed when the server has several)")
     p.add_argument("--token", help="the server's token, if it has one")
+    p.add_argument("--webrtc", action="store_true", help="over WebRTC (POST /api/offer) instead of the WebSocket")
     args = p.parse_args(argv)
+    if args.webrtc:
+        return _main_webrtc(args)
     try:
         ready, frames = asyncio.run(speak(args.url, args.wav, args.avatar, args.token))
     except (OSError, ValueError, ServerError) as exc:
@@ -168,6 +172,30 @@ def main(argv: list[str] | None = None) -> int:
     lat = ready.lookahead_ms
     print(f"{len(frames)} frames ({sum(f.jpeg is None for f in frames)} repeated) from '{ready.avatar}' at "
           f"{ready.fps:g} fps, look-ahead {lat:.0f} ms: {args.output}")
+    return 0
+
+
+def _main_webrtc(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    from .rtc_client import http_base, rtc_speak, write_answer
+
+    base = http_base(args.url)
+    try:
+        query = f"?token={args.token}" if args.token else ""
+        with urllib.request.urlopen(f"{base}/api/avatars{query}", timeout=30) as response:
+            avatars = {a["name"]: a for a in json.loads(response.read())}
+        name = args.avatar or next(iter(avatars))
+        if name not in avatars:
+            raise ValueError(f"no avatar {name!r} at {base}; it has {', '.join(avatars)}")
+        answer = asyncio.run(rtc_speak(base, args.wav, name, args.token))
+    except (OSError, ValueError) as exc:
+        print(f"being-serve-client: {exc}", file=sys.stderr)
+        return 1
+    fps = avatars[name]["fps"]
+    write_answer(answer, fps, args.output)
+    print(f"{len(answer.frames)} frames and {len(answer.audio) / answer.audio_rate:.1f} s of audio from '{name}' "
+          f"over WebRTC: {args.output}")
     return 0
 
 

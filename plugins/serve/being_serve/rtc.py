@@ -138,7 +138,12 @@ async def answer(server, body: Any) -> dict[str, str]:
         if track.kind == "audio":
             tasks.append(asyncio.ensure_future(_consume(track, session)))
 
-    async def close() -> None:
+    closing: list[bool] = []
+
+    async def close() -> None:  # once: the connection's end and the session's end both come here
+        if closing:
+            return
+        closing.append(True)
         server.end_session(session)
         for task in tasks:
             if task is not asyncio.current_task():
