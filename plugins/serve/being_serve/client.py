@@ -132,21 +132,30 @@ def write_video(frames: list[Frame], ready: Ready, output: Path) -> None:
 
     from PIL import Image
 
-    from being_core.frames import VideoWriter
+    def images():
+        image = np.zeros((ready.height, ready.width, 3), np.uint8)
+        for f in frames:
+            if f.jpeg:
+                image = np.asarray(Image.open(io.BytesIO(f.jpeg)).convert("RGB"))
+            yield image
 
     audio = np.concatenate([f.audio for f in frames]) if frames else np.zeros(0, np.int16)
+    mux(output, ready.fps, images(), audio, ready.sample_rate)
+
+
+def mux(output: Path, fps: float, images, audio: np.ndarray, rate: int) -> None:
+    """RGB ``images`` (uint8 ``[H, W, 3]``, one per frame) and mono int16 ``audio`` at ``rate`` into an .mp4."""
+    from being_core.frames import VideoWriter
+
     wav = output.with_suffix(".wav.tmp")
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(ready.sample_rate)
+        w.setframerate(rate)
         w.writeframes(audio.astype("<i2").tobytes())
     try:
-        image = np.zeros((ready.height, ready.width, 3), np.uint8)
-        with VideoWriter(output, ready.fps, audio=wav) as writer:
-            for f in frames:
-                if f.jpeg:
-                    image = np.asarray(Image.open(io.BytesIO(f.jpeg)).convert("RGB"))
+        with VideoWriter(output, fps, audio=wav) as writer:
+            for image in images:
                 writer.write(image[None])
     finally:
         wav.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .client import read_wav
+from .client import mux, read_wav
 
 PACKET = 0.02  # seconds of audio per packet sent
 
@@ -45,7 +45,8 @@ class Answer:
 
 
 def _wav_track(pcm: np.ndarray, rate: int):
-    """An audio track that plays ``pcm`` (int16 ``[T, C]``) at real-time pace, then silence until it is stopped."""
+    """An audio track that plays ``pcm`` (int16 ``[T]``, mono) at real-time pace, then silence until it is
+    stopped."""
     from aiortc import MediaStreamTrack
     from av import AudioFrame
 
@@ -64,8 +65,8 @@ def _wav_track(pcm: np.ndarray, rate: int):
             await asyncio.sleep(max(0.0, self.start + self.sent / rate - time.monotonic()))
             piece = pcm[self.sent:self.sent + self.step]
             if len(piece) < self.step:
-                piece = np.concatenate([piece, np.zeros((self.step - len(piece), pcm.shape[1]), np.int16)])
-            frame = AudioFrame(format="s16", layout="stereo" if pcm.shape[1] == 2 else "mono", samples=self.step)
+                piece = np.concatenate([piece, np.zeros(self.step - len(piece), np.int16)])
+            frame = AudioFrame(format="s16", layout="mono", samples=self.step)
             frame.planes[0].update(np.ascontiguousarray(piece, "<i2").tobytes())
             frame.sample_rate, frame.pts, frame.time_base = rate, self.sent, Fraction(1, rate)
             self.sent += self.step
@@ -98,6 +99,7 @@ async def rtc_speak(base: str, wav: Path, avatar: str | None = None, token: str 
     from aiortc.mediastreams import MediaStreamError
 
     pcm, rate, _ = read_wav(wav)
+    pcm = pcm.mean(1).round().astype(np.int16)  # mono, whatever the file has (the server hears mono)
     seconds = len(pcm) / rate + tail
     pc = RTCPeerConnection()
     frames: list[VideoFrame] = []
@@ -152,28 +154,18 @@ async def rtc_speak(base: str, wav: Path, avatar: str | None = None, token: str 
 
 def write_answer(answer: Answer, fps: float, output: Path) -> None:
     """The received frames at their timestamps (a missing frame shows the one before it) and audio into an .mp4."""
-    import wave
+    def images():
+        if not answer.frames:
+            return
+        step, origin = 90000 / fps, answer.frames[0].pts
+        slots = [round((f.pts - origin) / step) for f in answer.frames]
+        k = 0
+        for slot in range(slots[-1] + 1):
+            while k + 1 < len(slots) and slots[k + 1] <= slot:
+                k += 1
+            yield answer.frames[k].image
 
-    from being_core.frames import VideoWriter
-
-    wav = output.with_suffix(".wav.tmp")
-    with wave.open(str(wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(answer.audio_rate)
-        w.writeframes(answer.audio.astype("<i2").tobytes())
-    try:
-        with VideoWriter(output, fps, audio=wav) as writer:
-            if answer.frames:
-                step, origin = 90000 / fps, answer.frames[0].pts
-                slots = [round((f.pts - origin) / step) for f in answer.frames]
-                k = 0
-                for slot in range(slots[-1] + 1):
-                    while k + 1 < len(slots) and slots[k + 1] <= slot:
-                        k += 1
-                    writer.write(answer.frames[k].image[None])
-    finally:
-        wav.unlink(missing_ok=True)
+    mux(output, fps, images(), answer.audio, answer.audio_rate)
 
 
 def http_base(url: str) -> str:

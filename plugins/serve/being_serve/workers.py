@@ -116,8 +116,9 @@ def load_hosts(plan: Plan, progress: Any = None) -> dict:
             while name in hosts:
                 name, n = f"{run.name}-{n}", n + 1
             run.name = name
-            threads = plan.render_threads or (1 if run.avatar.device.startswith("cuda") else cores())
-            if not run.avatar.device.startswith("cuda") and threads > 1:
+            on_gpu = run.avatar.device.startswith("cuda")
+            threads = plan.render_threads or (1 if on_gpu else cores())
+            if not on_gpu and threads > 1:
                 import torch
 
                 # each render thread renders its own frames on one core (docs/serving.md)
