@@ -10,12 +10,13 @@ There (a GPU box without network: Python 3.12 and a CUDA torch, nothing else of 
     python3 -P -m benchmarks.ray_batch run .gpu $OUT --modes sequential:8,ray:8:4 [--kill]
 
 ``run`` trains copies of the carried subjects with the real CLI: ``sequential:N`` is ``being batch`` of the
-first N subjects without Ray (in-process, one GPU); ``ray:N:G`` the same N with ``--ray local`` on G GPUs
-(``CUDA_VISIBLE_DEVICES``). Every mode trains fresh copies with the same seeds; ``nvidia-smi`` samples every
-card's utilisation once a second. ``--kill`` then trains on Ray again and SIGKILLs the Ray worker process of one
-trainer once it has written a checkpoint: the batch must still finish, that trainer resuming. Results go to
-``OUT/ray_batch.json``: wall time and throughput per mode, per-subject held-out metrics (identical across modes
-is the claim), utilisation per card over time.
+first N subjects without Ray (in-process, one GPU; ``sequential:A-B`` the subjects A to B-1, to split a long
+baseline over calls); ``ray:N:G`` the same N with ``--ray local`` on G GPUs (``CUDA_VISIBLE_DEVICES``), and
+``ray:N:G:F`` with F GPUs per trainer (``runner_options.gpus``: 0.5 puts two trainers on a card). Every mode
+trains fresh copies with the same seeds; ``nvidia-smi`` samples every card's utilisation once a second. ``--kill``
+then trains on Ray again and SIGKILLs the Ray worker process of one trainer once it has written a checkpoint: the
+batch must still finish, that trainer resuming. Results go to ``OUT/ray_batch.json``: wall time and throughput
+per mode, per-subject held-out metrics (identical across modes is the claim), utilisation per card over time.
 
 On a machine without a GPU, the whole job (prepare and train) of a few clips on a two-node Ray cluster of this
 machine (one CPU per node), against the same batch without Ray:
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,7 +44,7 @@ import threading
 import time
 from pathlib import Path
 
-TRAIN = {"coarse_iterations": 800, "fine_iterations": 700, "device": "cuda", "tensorboard": False}
+TRAIN = {"device": "cuda", "tensorboard": False}  # the trainer's default schedule unless --schedule
 RAY_DROP = ("ray/jars", "ray/rllib", "ray/data", "ray/serve", "ray/tune", "ray/train", "ray/llm")
 RAY_DEPS = ("click", "filelock", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "attrs",
             "protobuf==4.25.9", "msgpack", "packaging", "requests", "urllib3", "idna", "charset-normalizer",
@@ -210,19 +212,24 @@ def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path
         (work / "warm.done").write_text("")
     for mode in modes:
         kind, n, *g = mode.split(":")
-        subjects = fresh(base, names[: int(n)], work / mode.replace(":", "-"))
+        first, last = (int(v) for v in n.split("-")) if "-" in n else (0, int(n))
+        subjects = fresh(base, names[first:last], work / mode.replace(":", "-"))
         args = ["batch", *map(str, subjects), "-o", str(work / f"{mode.replace(':', '-')}-out"), "-c", str(config)]
         menv = dict(env)
         if kind == "ray":
             args += ["--ray", "local"]
             menv["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(int(g[0])))
+            if len(g) > 1:  # the trainer already on Ray with its share of a card; --ray leaves its options alone
+                args += ["--set", "stages.trainer.runner=ray", "--set", "stages.trainer.runner_options.address=local",
+                         "--set", f"stages.trainer.runner_options.gpus={g[1]}"]
         else:
             menv["CUDA_VISIBLE_DEVICES"] = "0"
         with GpuSampler() as sampler:
             code, seconds = being(menv, *args, log=out / f"{mode.replace(':', '-')}.log")
         summary = json.loads((work / f"{mode.replace(':', '-')}-out" / "batch.json").read_text())
         report["modes"][mode] = {
-            "exit": code, "seconds": seconds, "subjects_per_hour": round(int(n) / seconds * 3600, 1),
+            "exit": code, "seconds": seconds, "subjects_per_hour": round((last - first) / seconds * 3600, 1),
+            "task_timing": {s.name: _task_timing(s) for s in subjects},
             "gpu_utilisation": sampler.summary(),
             "subjects": {s["name"]: {"status": s["status"], "seconds": s["seconds"],
                                      **{k: s["metrics"].get(k) for k in ("psnr", "ssim", "lmd", "steps",
@@ -234,6 +241,16 @@ def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path
     if kill:
         report["kill"] = kill_one_trainer(env, base, names, work, config, out)
         report_path.write_text(json.dumps(report, indent=1))
+
+
+def _task_timing(root: Path) -> list[float] | None:
+    """[seconds from submission to the task's start, from there to the stage's start, the stage's run] of the
+    subject's trainer task, from its run log (None without Ray)."""
+    log = root / ".being" / "log.txt"
+    found = re.findall(r"trainer 'gaussian-avatar': ran as a Ray task on node \S+, run folder \S+ \(the task began "
+                       r"(\S+) s after it was submitted, the stage (\S+) s later, and ran (\S+) s\)",
+                       log.read_text() if log.is_file() else "")
+    return [float(v) for v in found[-1]] if found else None
 
 
 def kill_one_trainer(env: dict[str, str], base: Path, names: list[str], work: Path, config: Path,
@@ -311,8 +328,7 @@ def main() -> None:
     r.add_argument("--kill", action="store_true")
     r.add_argument("--extra", type=Path, action="append", default=[], help="more carried subjects/ folders")
     r.add_argument("--smoke", action="store_true", help="a tiny CPU run here, to check the script")
-    r.add_argument("--schedule", help=f"COARSE,FINE trainer steps (default: {TRAIN['coarse_iterations']},"
-                                      f"{TRAIN['fine_iterations']})")
+    r.add_argument("--schedule", help="COARSE,FINE trainer steps (default: the trainer's own)")
     lo = sub.add_parser("local")
     lo.add_argument("clips", nargs="+", type=Path)
     lo.add_argument("--out", type=Path, required=True)

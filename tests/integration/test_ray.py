@@ -245,6 +245,20 @@ def test_a_stage_that_needs_a_gpu_the_cluster_lacks_is_a_clear_error(cluster, pr
     assert not (prepared_copy / "avatar").exists()
 
 
+def test_a_task_given_a_gpu_gets_a_worker_process_of_its_own(cluster):
+    """Ray reuses idle workers and sets CUDA_VISIBLE_DEVICES anew for each task, but a process that has initialised
+    CUDA keeps the cards it saw first: a stage given a GPU in a reused worker would use another task's card."""
+    import ray
+    from being_ray.runner import task_function
+
+    def pid() -> int:
+        return os.getpid()
+
+    gpu = {"num_cpus": 1, "num_gpus": 1, "resources": {"near": 1}}
+    pids = [ray.get(task_function(pid, gpu).options(**gpu).remote(), timeout=120) for _ in range(3)]
+    assert len(set(pids)) == 3, pids
+
+
 def _batch(*args: str) -> subprocess.Popen:
     return subprocess.Popen([str(Path(sys.executable).parent / "being"), "batch", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

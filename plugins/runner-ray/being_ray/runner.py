@@ -129,8 +129,8 @@ class RayRunner(Runner[RayOptions]):
         cls = impl.cls
         hub = _hub()
         extra = {"runtime_env": {"env_vars": dict(options.env)}} if options.env else {}
-        remote = ray.remote(run_job).options(**resources, **extra, max_retries=options.retries,
-                                             retry_exceptions=False, name=f"being {cls.kind} {cls.name}")
+        remote = task_function(run_job, resources).options(**resources, **extra, max_retries=options.retries,
+                                                           retry_exceptions=False, name=f"being {cls.kind} {cls.name}")
         submitted = time.time()  # node clocks are compared with it: the log's timings assume synchronised clocks
         ref = remote.remote(job, ray.put(bundle) if bundle is not None else None, hub)
         tasks: dict[int, Task] = {}
@@ -172,6 +172,16 @@ class RayRunner(Runner[RayOptions]):
         finally:
             for task in tasks.values():
                 task.close()
+
+
+def task_function(fn: Any, resources: dict[str, Any]) -> Any:
+    """``fn`` as a Ray remote function for a task of these resources. A task given GPUs gets a worker process of
+    its own (``max_calls=1``, Ray's own default for functions declared with GPUs, which ``.options()`` does not
+    apply): Ray reuses idle workers and sets ``CUDA_VISIBLE_DEVICES`` anew for each task, but a process that has
+    initialised CUDA keeps the cards it saw first, so a reused worker would train on another task's GPU."""
+    import ray
+
+    return ray.remote(max_calls=1 if resources.get("num_gpus") else 0)(fn)
 
 
 _connect_lock = threading.Lock()
