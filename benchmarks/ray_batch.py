@@ -176,7 +176,7 @@ def fresh(base: Path, names: list[str], dest: Path) -> list[Path]:
 
 
 def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path], smoke: bool = False,
-        schedule: tuple[int, int] | None = None) -> None:
+        schedule: tuple[int, int] | None = None, stop_after: float | None = None) -> None:
     """``smoke``: the same steps on this machine's CPU with a tiny schedule and nothing installed, to check the
     script before spending GPU time."""
     env = setup(carried) if not smoke else {**os.environ, "PYTHONPATH": str(Path.cwd()), "RAY_USAGE_STATS_ENABLED": "0",
@@ -210,7 +210,11 @@ def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path
                                              "--set", "stages.trainer.config.fine_iterations=5",
                                              log=out / "warm.log"), flush=True)
         (work / "warm.done").write_text("")
+    began = time.monotonic()
     for mode in modes:
+        if stop_after is not None and time.monotonic() - began > stop_after:
+            print(f"{mode}: not started ({stop_after:g} s had passed)", flush=True)
+            continue
         kind, n, *g = mode.split(":")
         first, last = (int(v) for v in n.split("-")) if "-" in n else (0, int(n))
         subjects = fresh(base, names[first:last], work / mode.replace(":", "-"))
@@ -328,6 +332,7 @@ def main() -> None:
     r.add_argument("--kill", action="store_true")
     r.add_argument("--extra", type=Path, action="append", default=[], help="more carried subjects/ folders")
     r.add_argument("--smoke", action="store_true", help="a tiny CPU run here, to check the script")
+    r.add_argument("--stop-after", type=float, help="start no further mode after this many seconds")
     r.add_argument("--schedule", help="COARSE,FINE trainer steps (default: the trainer's own)")
     lo = sub.add_parser("local")
     lo.add_argument("clips", nargs="+", type=Path)
@@ -341,7 +346,7 @@ def main() -> None:
     else:
         schedule = tuple(int(v) for v in args.schedule.split(",")) if args.schedule else None
         run(args.carried, args.out, [m for m in args.modes.split(",") if m], args.kill, args.extra, args.smoke,
-            schedule)  # type: ignore[arg-type]
+            schedule, args.stop_after)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
