@@ -190,9 +190,11 @@ class ImageSpec:
 
     def identity(self) -> dict[str, str]:
         """The labels an image must match to count as current for the installed plugin: its version and code
-        digest, and the core's version (an edit of the core's own code does not force every image to be rebuilt)."""
+        digest, the core's version (an edit of the core's own code does not force every image to be rebuilt), and
+        the digest of the Dockerfile it is built from (the shared template, which is not the plugin's code)."""
         return {"being.version": self.impl.cls.version, "being.plugin-digest": code_digest(self.impl.distribution),
-                "being.core-version": __version__}
+                "being.core-version": __version__,
+                "being.recipe-digest": hashlib.sha256(self.dockerfile.read_bytes()).hexdigest()[:16]}
 
     def labels(self) -> dict[str, str]:
         """Every label a built image carries: its identity, what it is, and the core's code digest (a record)."""
@@ -222,7 +224,7 @@ def stale_reason(image_labels: dict[str, str], spec: ImageSpec) -> str | None:
     """Why an image does not match the installed plugin (None when it does); see :meth:`ImageSpec.identity`."""
     want = spec.identity()
     for key, what in (("being.version", "version"), ("being.plugin-digest", "plugin code"),
-                      ("being.core-version", "core version")):
+                      ("being.core-version", "core version"), ("being.recipe-digest", "Dockerfile")):
         if image_labels.get(key) != want[key]:
             return f"{what} differs (image {image_labels.get(key) or 'unknown'}, installed {want[key]})"
     return None

@@ -230,6 +230,11 @@ def test_a_changed_plugin_makes_its_image_stale(built):
     edited = {**image.labels, "being.plugin-digest": "0" * 16}
     assert images.stale_reason(edited, spec) == (f"plugin code differs (image {'0' * 16}, installed "
                                                  f"{spec.labels()['being.plugin-digest']})")
+    # the shared template is not the plugin's code, and an image built from another one is stale too
+    assert spec.dockerfile == images.package_files("being_docker") / "Dockerfile"
+    older = {**image.labels, "being.recipe-digest": "1" * 16}
+    assert images.stale_reason(older, spec) == (f"Dockerfile differs (image {'1' * 16}, installed "
+                                                f"{spec.labels()['being.recipe-digest']})")
 
 
 def test_prepare_in_docker_equals_in_process(built, face5, tmp_path):

@@ -51,7 +51,23 @@ def test_a_shifted_video_scores_its_shift():
         assert m["av_offset"] == shift
         assert (m["mouth_corr"] == 1.0) == (shift == 0)
     exact = lipsync.against_real(mouths(real), mouths(real))
-    assert exact == {"mouth_corr": 1.0, "mouth_bias_pct": 0.0, "lmd": 0.0, "av_offset": 0}
+    assert exact == {"mouth_corr": 1.0, "mouth_bias_pct": 0.0, "lmd": 0.0, "av_offset": 0, "av_offset_frames": 0.0}
+
+
+def test_a_video_half_a_frame_late_scores_half_a_frame():
+    """Whole frames cannot tell a mouth half a frame late from one in time or a frame late: the fine lag can."""
+    rng = np.random.default_rng(3)
+    periods, phases = rng.uniform(4, 20, 6), rng.uniform(0, 2 * np.pi, 6)
+
+    def mouth_at(t):  # a talking mouth's opening as a smooth function of time (frames), not periodic
+        return 0.08 + 0.02 * np.sin(2 * np.pi * t[:, None] / periods + phases).sum(-1)
+
+    t = np.arange(200.0)
+    real = mouth_at(t)
+    for shift in (-0.5, 0.25, 0.5, 2.5):
+        m = lipsync.against_real(mouths(mouth_at(t - shift)), mouths(real))
+        assert m["av_offset_frames"] == pytest.approx(shift, abs=0.1), (shift, m)
+        assert m["av_offset"] in (int(np.floor(shift)), int(np.ceil(shift)))
 
 
 def test_a_mouth_twice_as_open_is_biased_by_100_percent():
