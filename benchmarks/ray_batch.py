@@ -7,11 +7,12 @@ Here (prepared subjects, e.g. ``being batch clips/*.mp4 -o subjects --prepare-on
 There (a GPU box without network: Python 3.12 and a CUDA torch, nothing else of ours), with the command
 ``carry`` prints:
 
-    python3 -P -m benchmarks.ray_batch run .gpu $OUT --modes sequential:8,ray:8:4 [--kill]
+    PYTHONPATH=$PWD python3 -P -m benchmarks.ray_batch run .gpu $OUT --modes sequential:8,ray:8:4 [--kill]
 
 ``run`` trains copies of the carried subjects with the real CLI: ``sequential:N`` is ``being batch`` of the
 first N subjects without Ray (in-process, one GPU; ``sequential:A-B`` the subjects A to B-1, to split a long
-baseline over calls); ``ray:N:G`` the same N with ``--ray local`` on G GPUs (``CUDA_VISIBLE_DEVICES``), and
+baseline over calls; ``sequential:N:T`` with ``OMP_NUM_THREADS=T``, the threads Ray gives a trainer task);
+``ray:N:G`` the same N with ``--ray local`` on G GPUs (``CUDA_VISIBLE_DEVICES``), and
 ``ray:N:G:F`` with F GPUs per trainer (``runner_options.gpus``: 0.5 puts two trainers on a card). Every mode
 trains fresh copies with the same seeds; ``nvidia-smi`` samples every card's utilisation once a second. ``--kill``
 then trains on Ray again and SIGKILLs the Ray worker process of one trainer once it has written a checkpoint: the
@@ -74,7 +75,7 @@ def carry(runs: list[Path], dest: Path) -> None:
     print(f"{dest}: {total / 2 ** 20:.1f} MiB")
     if total > base.LIMIT:
         sys.exit(f"{dest} is over the 64 MiB a device call carries")
-    print(f'carry: ["{dest}"]; command:\npython3 -P -m benchmarks.ray_batch run {dest} $OUT '
+    print(f'carry: ["{dest}"]; command:\nPYTHONPATH=$PWD python3 -P -m benchmarks.ray_batch run {dest} $OUT '
           f'--modes sequential:{len(runs)},ray:{len(runs)}:4 --kill')
 
 
@@ -228,6 +229,8 @@ def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path
                          "--set", f"stages.trainer.runner_options.gpus={g[1]}"]
         else:
             menv["CUDA_VISIBLE_DEVICES"] = "0"
+            if g:  # sequential:N:T: torch's CPU threads, as Ray gives a trainer task (OMP_NUM_THREADS = its CPUs)
+                menv["OMP_NUM_THREADS"] = g[0]
         with GpuSampler() as sampler:
             code, seconds = being(menv, *args, log=out / f"{mode.replace(':', '-')}.log")
         summary = json.loads((work / f"{mode.replace(':', '-')}-out" / "batch.json").read_text())
