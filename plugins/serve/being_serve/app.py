@@ -51,6 +51,11 @@ class Seats:
         with self._lock:
             self._counts[self._index] -= 1
 
+    def counts(self) -> list[int]:
+        """The sessions open now in each process (live: the shared counter, not a published figure)."""
+        with self._lock:
+            return list(self._counts[:])
+
 
 class Server:
     """The avatars, the settings and the sessions open now (all avatars together).
@@ -133,11 +138,14 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """``/api/stats``: of every worker process of this server."""
         own = self.counts()
+        seats = self.seats.counts()
         if self.board is None:
-            parts = [own]
-        else:  # every worker's, in order (this one's fresh, the others' of the last second)
-            parts = [own if i == self.worker else c for i, c in enumerate(self.board.read())]
-            parts = [p for p in parts if p is not None]
+            parts, live = [own], [own["sessions"]]
+        else:  # every worker's that is up, in order (this one's fresh, the others' of the last second), with the
+            # sessions open now from the shared counter
+            board = self.board.read()
+            up = [i for i, c in enumerate(board) if i == self.worker or c is not None]
+            parts, live = [own if i == self.worker else board[i] for i in up], [seats[i] for i in up]
         avatars = {}
         for name in self.hosts:
             mine = [p["avatars"][name] for p in parts if name in p.get("avatars", {})]
@@ -148,7 +156,7 @@ class Server:
                              "render_ms_p50": _pct([x for m in mine for x in m["render_ms"]], 50),
                              "render_ms_p95": _pct([x for m in mine for x in m["render_ms"]], 95)}
         latencies = [x for p in parts for x in p["latencies"]]
-        return {"sessions": sum(p["sessions"] for p in parts), "workers": [p["sessions"] for p in parts],
+        return {"sessions": sum(seats) if self.board is not None else own["sessions"], "workers": live,
                 "avatars": avatars,
                 "frames": sum(p["frames"] for p in parts), "dropped": sum(p["dropped"] for p in parts),
                 "latency_ms_p50": _pct(latencies, 50), "latency_ms_p95": _pct(latencies, 95)}
