@@ -36,8 +36,9 @@ def train(ctx, cfg) -> dict:
     entered = time.monotonic()
     device = pick_device(cfg.device)
     threads = torch.get_num_threads()
-    if device.type == "cuda":
-        torch.set_num_threads(min(threads, GPU_CPU_THREADS))
+    if device.type != "cuda" or threads <= GPU_CPU_THREADS:  # the CPU path: every thread, nothing changed
+        return _train(ctx, cfg, device, entered)
+    torch.set_num_threads(GPU_CPU_THREADS)
     try:
         return _train(ctx, cfg, device, entered)
     finally:
