@@ -71,10 +71,7 @@ def carry(runs: list[Path], dest: Path) -> None:
     for run in runs:
         if not (dest / "subjects" / run.name / "being.json").is_file():
             packing.pack(run, dest / "subjects" / run.name)
-    total = base.size(dest)
-    print(f"{dest}: {total / 2 ** 20:.1f} MiB")
-    if total > base.LIMIT:
-        sys.exit(f"{dest} is over the 64 MiB a device call carries")
+    base.check_fits(dest)
     print(f'carry: ["{dest}"]; command:\nPYTHONPATH=$PWD python3 -P -m benchmarks.ray_batch run {dest} $OUT '
           f'--modes sequential:{len(runs)},ray:{len(runs)}:4 --kill')
 

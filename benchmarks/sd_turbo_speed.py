@@ -43,10 +43,7 @@ def carry(dest: Path) -> None:
     base.download([f"{n}=={importlib.metadata.version(n)}" for n in ("diffusers", "importlib-metadata",
                                                                        *base.PACKAGES)], wheels)
     base.being_wheels(wheels)
-    total = base.size(dest)
-    print(f"{dest}: {total / 2 ** 20:.1f} MiB")
-    if total > base.LIMIT:
-        sys.exit(f"{dest} is over the 64 MiB a device call carries")
+    base.check_fits(dest)
     print(f'carry: ["{dest}"]; command:\nPYTHONPATH=$PWD python3 -P -m benchmarks.sd_turbo_speed run $OUT '
           f'--carried {dest}')
 

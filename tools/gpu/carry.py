@@ -44,6 +44,14 @@ def size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def check_fits(dest: Path, detail: str = "") -> None:
+    """Print what ``dest`` weighs; exit when it is over the 64 MiB a device call carries."""
+    total = size(dest)
+    print(f"{dest}: {total / 2 ** 20:.1f} MiB{detail}")
+    if total > LIMIT:
+        sys.exit(f"{dest} is over the 64 MiB a device call carries")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a prepared run folder (being prepare)")
@@ -80,10 +88,7 @@ def main() -> None:
                 packing.pack(more, args.dest / f"pack-{more.name}")
             if args.speech:
                 speech(args.speech, more, args.dest / f"pack-{more.name}" / "speech")
-    total = size(args.dest)
-    print(f"{args.dest}: {total / 2 ** 20:.1f} MiB (wheels {size(wheels) / 2 ** 20:.1f})")
-    if total > LIMIT:
-        sys.exit(f"{args.dest} is over the 64 MiB a device call carries")
+    check_fits(args.dest, f" (wheels {size(wheels) / 2 ** 20:.1f})")
     rel = args.dest.resolve().relative_to(CHECKOUT) if args.dest.resolve().is_relative_to(CHECKOUT) else args.dest
     setup = (f"set -e; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {rel}/whl/*.whl; "
              f"cp -r {rel}/py/imageio_ffmpeg /tmp/site/; python3 -c \"import lzma,shutil;"

@@ -138,14 +138,16 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """``/api/stats``: of every worker process of this server."""
         own = self.counts()
-        seats = self.seats.counts()
         if self.board is None:
             parts, live = [own], [own["sessions"]]
+            sessions = own["sessions"]
         else:  # every worker's that is up, in order (this one's fresh, the others' of the last second), with the
             # sessions open now from the shared counter
             board = self.board.read()
             up = [i for i, c in enumerate(board) if i == self.worker or c is not None]
+            seats = self.seats.counts()
             parts, live = [own if i == self.worker else board[i] for i in up], [seats[i] for i in up]
+            sessions = sum(seats)
         avatars = {}
         for name in self.hosts:
             mine = [p["avatars"][name] for p in parts if name in p.get("avatars", {})]
@@ -156,7 +158,7 @@ class Server:
                              "render_ms_p50": _pct([x for m in mine for x in m["render_ms"]], 50),
                              "render_ms_p95": _pct([x for m in mine for x in m["render_ms"]], 95)}
         latencies = [x for p in parts for x in p["latencies"]]
-        return {"sessions": sum(seats) if self.board is not None else own["sessions"], "workers": live,
+        return {"sessions": sessions, "workers": live,
                 "avatars": avatars,
                 "frames": sum(p["frames"] for p in parts), "dropped": sum(p["dropped"] for p in parts),
                 "latency_ms_p50": _pct(latencies, 50), "latency_ms_p95": _pct(latencies, 95)}

@@ -100,7 +100,10 @@ def best_lag(moved: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -
     """The lag ``k`` (frames, within ``±max_lag``) that best aligns ``moved[t + k]`` with ``reference[t]``: how
     many frames later ``moved`` does what ``reference`` does. Ties go to the smallest ``|k|``; None when
     nothing correlates."""
-    scores = lag_scores(moved, reference, max_lag)
+    return _best(lag_scores(moved, reference, max_lag))
+
+
+def _best(scores: dict[int, float]) -> int | None:
     if not scores or max(scores.values()) <= 0:
         return None
     top = max(scores.values())
@@ -111,10 +114,10 @@ def fine_lag(moved: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -
     """:func:`best_lag` to a fraction of a frame: the peak of the parabola through the correlations at the best
     lag and its two neighbours (a mouth half a frame late scores about 0.5, where the whole-frame lag is 0 or 1
     by a hair). The best lag itself where a neighbour is missing; None when nothing correlates."""
-    k = best_lag(moved, reference, max_lag)
+    scores = lag_scores(moved, reference, max_lag)
+    k = _best(scores)
     if k is None:
         return None
-    scores = lag_scores(moved, reference, max_lag)
     if k - 1 not in scores or k + 1 not in scores:
         return float(k)
     left, mid, right = scores[k - 1], scores[k], scores[k + 1]
