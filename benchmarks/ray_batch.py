@@ -13,7 +13,7 @@ There (a GPU box without network: Python 3.12 and a CUDA torch, nothing else of 
 first N subjects without Ray (in-process, one GPU; ``sequential:A-B`` the subjects A to B-1, to split a long
 baseline over calls; ``sequential:N:T`` with ``OMP_NUM_THREADS=T``, the threads Ray gives a trainer task);
 ``ray:N:G`` the same N with ``--ray local`` on G GPUs (``CUDA_VISIBLE_DEVICES``), and
-``ray:N:G:F`` with F GPUs per trainer (``runner_options.gpus``: 0.5 puts two trainers on a card). Every mode
+``ray:N:G:F`` with F GPUs per trainer (0.5: ``--trainers-per-gpu 2``). Every mode
 trains fresh copies with the same seeds; ``nvidia-smi`` samples every card's utilisation once a second. ``--kill``
 then trains on Ray again and SIGKILLs the Ray worker process of one trainer once it has written a checkpoint: the
 batch must still finish, that trainer resuming. Results go to ``OUT/ray_batch.json``: wall time and throughput
@@ -221,9 +221,8 @@ def run(carried: Path, out: Path, modes: list[str], kill: bool, extra: list[Path
         if kind == "ray":
             args += ["--ray", "local"]
             menv["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(int(g[0])))
-            if len(g) > 1:  # the trainer already on Ray with its share of a card; --ray leaves its options alone
-                args += ["--set", "stages.trainer.runner=ray", "--set", "stages.trainer.runner_options.address=local",
-                         "--set", f"stages.trainer.runner_options.gpus={g[1]}"]
+            if len(g) > 1:  # F GPUs per trainer: 1/F trainers share a card
+                args += ["--trainers-per-gpu", str(round(1 / float(g[1])))]
         else:
             menv["CUDA_VISIBLE_DEVICES"] = "0"
             if g:  # sequential:N:T: torch's CPU threads, as Ray gives a trainer task (OMP_NUM_THREADS = its CPUs)

@@ -264,6 +264,30 @@ def _batch(*args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def test_trainers_per_gpu_gives_the_trainer_its_share_of_a_card():
+    from being_ray.batch import on_ray
+
+    config = on_ray(_config(), load_registry(), "local", trainers_per_gpu=3)
+    trainer = config.stages[StageKind.TRAINER]
+    assert (trainer.runner.cls.name, trainer.runner_options.gpus, trainer.runner_options.inner) == ("ray", 0.3333,
+                                                                                                  "inprocess")
+    assert all(config.stages[k].runner_options.gpus is None for k in config.stages if k != StageKind.TRAINER)
+    assert config.source == "ray test config (every stage on Ray, 3 trainers per GPU)"
+    # a trainer the config already puts on Ray keeps its other options
+    mine = on_ray(_config(runner={"address": "head:6379", "cpus": 4}), load_registry(), "local", 2)
+    options = mine.stages[StageKind.TRAINER].runner_options
+    assert (options.address, options.cpus, options.gpus) == ("head:6379", 4, 0.5)
+
+
+def test_trainers_per_gpu_without_ray_is_a_usage_error(face5, tmp_path):
+    proc = _batch(str(face5), "-o", str(tmp_path / "out"), "--trainers-per-gpu", "2")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, output
+    assert ("--trainers-per-gpu shares the GPUs of a Ray cluster; give --ray too (without it the batch trains one "
+            "subject at a time)") in " ".join(output.split())
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_batch_survives_a_lost_node_and_a_bad_clip(cluster, face5, tmp_path):
     config = tmp_path / "batch.yaml"
     data = _config_data()
