@@ -36,19 +36,34 @@ def read_wav(path: Path):
 def frame_windows(feats, n_frames: int, fps: float, window: int, rate: float = FEATURE_RATE):
     """Cut ``[T, D]`` features at ``rate`` Hz into ``[n_frames, window, D]``, one window per video frame.
 
-    Video frame ``i`` is centred at ``(i + 0.5) / fps`` seconds, i.e. feature index ``c = round((i + 0.5) *
-    rate / fps)``; its window is ``c - window // 2 ... c + window - window // 2 - 1`` (at 50 Hz and 25 fps,
-    ``window=2`` gives the pair ``2i, 2i + 1``), with the first/last feature repeated beyond the ends.
-    Returns the windows and the frame-count mismatch (audio length in video frames minus ``n_frames``).
+    Video frame ``i`` is shown at ``i / fps`` seconds (its presentation time, when the audio that goes with it
+    plays), i.e. at feature index ``c = round(i * rate / fps)`` (feature ``j`` is centred at ``j / rate``); its
+    window is ``c - window // 2 ... c + window - window // 2 - 1``, with the first/last feature repeated beyond
+    the ends. At 50 Hz and 25 fps ``window=16`` gives ``2i - 8 ... 2i + 7``, the windows of the reference trainers'
+    DeepSpeech and wav2vec2 features (AD-NeRF, RAD-NeRF, ER-NeRF; they pad with zeros where we repeat), and
+    ``window=2`` the pair ``2i - 1, 2i``. Returns the windows and the frame-count mismatch (audio length in video
+    frames minus ``n_frames``).
     """
     import numpy as np
 
     per_frame = rate / fps
     audio_frames = int(round(len(feats) / per_frame))
-    centres = np.round((np.arange(n_frames) + 0.5) * per_frame).astype(int)
+    centres = np.round(np.arange(n_frames) * per_frame).astype(int)
     offsets = np.arange(window) - window // 2
     index = np.clip(centres[:, None] + offsets[None, :], 0, len(feats) - 1)
     return np.ascontiguousarray(feats[index]), audio_frames - n_frames
+
+
+def frame_pairs(feats, n_frames: int, fps: float, rate: float = FEATURE_RATE):
+    """``[n_frames, 2, D]``: the two features from frame ``i``'s presentation time on (``c, c + 1`` with ``c =
+    round(i * rate / fps)``; at 50 Hz and 25 fps ``2i, 2i + 1``), the last repeated beyond the end. The layout of
+    the reference trainers' HuBERT file (``aud_hu.npy``: the 50 Hz states reshaped two by two), which differs from
+    a centred window of 2 (:func:`frame_windows`)."""
+    import numpy as np
+
+    starts = np.round(np.arange(n_frames) * rate / fps).astype(int)
+    index = np.clip(starts[:, None] + np.arange(2)[None, :], 0, len(feats) - 1)
+    return np.ascontiguousarray(feats[index])
 
 
 def check_mismatch(mismatch: int, limit: int, n_samples: int, n_frames: int, fps: float) -> None:
@@ -108,7 +123,7 @@ class FrameWindows:
     def centre(self, i: int) -> int:
         import numpy as np
 
-        return int(np.round((i + 0.5) * self.rate / self.fps))
+        return int(np.round(i * self.rate / self.fps))
 
     def last_needed(self, i: int) -> int:
         """The index of the last feature frame ``i``'s window holds."""

@@ -20,7 +20,7 @@ def test_manifest_records_every_stage(prepared_face5):
     assert data["kind"] == "being.manifest" and data["schema_version"] == 1
     assert data["dataset"]["n_frames"] == 122 and data["dataset"]["val_start"] == 110
     audio = data["stages"]["audio_encoder"]
-    assert audio["impl"] == "mel" and audio["version"] == "1.0.0" and audio["distribution"] == "being-audio-mel"
+    assert audio["impl"] == "mel" and audio["version"] == "1.1.0" and audio["distribution"] == "being-audio-mel"
     assert audio["info"]["dim"] == 80 and audio["info"]["window"] == 16 and audio["info"]["file"] == "aud_mel.npy"
     assert list(audio["inputs"]) == ["aud.wav"] and list(audio["outputs"]) == ["aud_mel.npy"]
     assert len(data["stages"]["teeth_segmenter"]["outputs"]) == 122

@@ -1,7 +1,8 @@
 """Being audio_encoder ``hubert``: HuBERT hidden states per video frame.
 
 With ``facebook/hubert-large-ls960-ft``, the last layer and ``window: 2`` this is the reference
-``aud_hu.npy`` ``[N, 2, 1024]`` (the pair of 50 Hz states of each 25 fps frame), written under that name too.
+``aud_hu.npy`` ``[N, 2, 1024]``, written under that name too in the reference's layout (the 50 Hz states two by
+two: frame ``i`` gets ``2i, 2i + 1``); ``aud_hubert.npy`` holds Being's centred pair ``2i - 1, 2i``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class HubertEncoder(AudioEncoder[HubertConfig]):
     """HuBERT hidden states per video frame (transformers; local models only)."""
 
     name = "hubert"
-    version = "0.1.0"
+    version = "0.2.0"
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
     #: live, the model sees 2 s before and 160 ms after (offline: 2 s either side, the clip's normalisation)
@@ -45,7 +46,8 @@ class HubertEncoder(AudioEncoder[HubertConfig]):
         cfg = ctx.config
         also = REFERENCE_FILE if reference_name(cfg.model, REFERENCE_MODEL.split("/")[1]) and cfg.layer == -1 \
             and cfg.window == 2 else None
-        return encode(ctx, cfg, HubertModel, lambda o: o.hidden_states[cfg.layer], self.name, FEATURE_FILE, also)
+        return encode(ctx, cfg, HubertModel, lambda o: o.hidden_states[cfg.layer], self.name, FEATURE_FILE, also,
+                      reference_pairs=True)
 
     def stream(self, ctx: StageContext[HubertConfig], device: str | None = None):
         from transformers import HubertModel

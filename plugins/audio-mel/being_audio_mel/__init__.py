@@ -1,10 +1,10 @@
 """Being audio_encoder ``mel``: log-mel features, the weightless default.
 
 Timing (shared with the wav2vec2 layout the public trainers use): features at 50 Hz (hop 320 samples at
-16 kHz); video frame ``i`` (centre time ``(i + 0.5) / fps``) takes the ``window`` 50 Hz frames centred on it,
-edge frames repeated at the clip's ends. The feature count is matched to the ingested frame count ``N``:
-a difference of up to ``max_mismatch_frames`` (audio and video tracks rarely end together) is padded or
-trimmed at the end, a larger one is an error.
+16 kHz); video frame ``i`` (shown at ``i / fps``) takes the ``window`` 50 Hz frames centred on that time
+(``being_core.audio.frame_windows``), edge frames repeated at the clip's ends. The feature count is matched to
+the ingested frame count ``N``: a difference of up to ``max_mismatch_frames`` (audio and video tracks rarely end
+together) is padded or trimmed at the end, a larger one is an error.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class MelEncoder(AudioEncoder[MelConfig]):
     """Log-mel spectrogram windows per video frame (librosa; no weights)."""
 
     name = "mel"
-    version = "1.0.0"
+    version = "1.1.0"
     outputs = (FEATURE_FILE,)
 
     def run(self, ctx: StageContext[MelConfig]) -> StageReport:

@@ -43,7 +43,7 @@ class Wav2Vec2Encoder(AudioEncoder[Wav2Vec2Config]):
     """wav2vec2 CTC logits or hidden states per video frame (transformers; local models only)."""
 
     name = "wav2vec2"
-    version = "0.1.0"
+    version = "0.2.0"
     outputs = (FEATURE_FILE,)
     optional_outputs = (REFERENCE_FILE,)
     #: live, the model sees 2 s before and 160 ms after (offline: 2 s either side, the clip's normalisation)
@@ -89,11 +89,12 @@ def open_stream(ctx: StageContext, cfg, model_cls, pick, device: str | None):
 
 
 def encode(ctx: StageContext, cfg, model_cls, pick, encoder: str, feature_file: str,
-           reference_file: str | None) -> StageReport:
-    """Shared by the wav2vec2 and HuBERT encoders: load, run chunked, window per frame, save."""
+           reference_file: str | None, reference_pairs: bool = False) -> StageReport:
+    """Shared by the wav2vec2 and HuBERT encoders: load, run chunked, window per frame, save. The reference file
+    holds the same windows, or with ``reference_pairs`` the reference's pairs (``being_core.audio.frame_pairs``)."""
     import numpy as np
 
-    from being_core.audio import SAMPLE_RATE, check_mismatch, frame_windows, read_wav
+    from being_core.audio import SAMPLE_RATE, check_mismatch, frame_pairs, frame_windows, read_wav
 
     from .inference import chunked, load, n_chunks, normalise, pick_device, runner
 
@@ -111,7 +112,8 @@ def encode(ctx: StageContext, cfg, model_cls, pick, encoder: str, feature_file: 
     windows = windows.astype(np.float32)
     np.save(ctx.output(feature_file), windows)
     if reference_file:
-        np.save(ctx.output(reference_file), windows)
+        np.save(ctx.output(reference_file),
+                frame_pairs(states, n_frames, fps).astype(np.float32) if reference_pairs else windows)
     return StageReport(
         metrics={"seconds_of_audio": round(len(audio) / SAMPLE_RATE, 3), "frame_mismatch": mismatch,
                  "device": str(device)},
