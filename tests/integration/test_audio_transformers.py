@@ -84,6 +84,19 @@ def test_reference_name_for_the_esperanto_logits(prepared_copy, being_run_stage,
     json.dumps(hidden)
 
 
+def test_the_reference_hubert_file_keeps_the_reference_pairs(prepared_copy, being_run_stage, tmp_path):
+    """aud_hu.npy is the 50 Hz states two by two (frame i: 2i, 2i + 1) as the reference trainers cut it; Being's own
+    aud_hubert.npy is the pair centred on the frame's time (2i - 1, 2i)."""
+    model = save_tiny_model(tmp_path / "hubert-large-ls960-ft", "hubert")
+    entry = being_run_stage(prepared_copy, "audio_encoder", "hubert", {"model": model})
+    assert set(entry["outputs"]) == {"aud_hubert.npy", "aud_hu.npy"}
+    ours, reference = np.load(prepared_copy / "aud_hubert.npy"), np.load(prepared_copy / "aud_hu.npy")
+    assert ours.shape == reference.shape == (122, 2, 32)
+    np.testing.assert_array_equal(reference[:, 0], ours[:, 1])  # state 2i
+    np.testing.assert_array_equal(reference[:-1, 1], ours[1:, 0])  # state 2i + 1
+    assert not np.array_equal(reference, ours)
+
+
 def test_deterministic(prepared_copy, being_run_stage, tiny_models):
     being_run_stage(prepared_copy, "audio_encoder", "hubert", {"model": tiny_models["hubert"]})
     first = np.load(prepared_copy / "aud_hubert.npy")
