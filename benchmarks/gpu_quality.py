@@ -18,6 +18,10 @@ once over the GPUs.
 by ``tools/gpu/carry.py --speech``): each trained avatar also says that speech with the trainer's own render,
 into ``OUT/<NAME>-stage/says.mp4`` (``silence: model``) and ``says-close.mp4`` (``silence: close``), for
 ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
+
+``--slim``: leave in OUT only what a device call brings back (at most 8 files): ``results.json`` with every
+variant's result and each variant's videos (``OUT/<NAME>-stage/avatar/val.mp4``, ``says*.mp4``); checkpoints
+always stay in the box's temporary folder.
 """
 
 from __future__ import annotations
@@ -53,7 +57,10 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
     from being_trainer_gaussian_avatar.train import train
 
     cfg = AvatarConfig(**{"num_workers": workers, "tensorboard": False, "log_every": 500, **overrides})
-    ctx = trainer_context(run, out / f"{name}-stage", cfg, out / f"{name}-state")
+    import tempfile
+
+    # checkpoints stay on the box: a device call brings back at most 8 files
+    ctx = trainer_context(run, out / f"{name}-stage", cfg, Path(tempfile.gettempdir()) / "gpu_quality" / name)
     t = time.perf_counter()
     metrics = train(ctx, cfg)
     metrics.pop("history", None)
@@ -96,6 +103,9 @@ def main() -> None:
 
     args = sys.argv[1:]
     speech = None
+    slim = "--slim" in args
+    if slim:
+        args.remove("--slim")
     if "--speech" in args:
         at = args.index("--speech")
         speech = args[at + 1]
@@ -119,6 +129,23 @@ def main() -> None:
         for p in procs:
             p.join()
     summarise(out, [name for _, name, _ in jobs])
+    if slim:
+        slim_down(out, [name for _, name, _ in jobs])
+
+
+def slim_down(out: Path, names: list[str]) -> None:
+    """What a device call can bring back (8 files): every variant's result in ``results.json``, and of its
+    stage folder only the videos (``avatar/val.mp4``, the ``says*.mp4``) for ``benchmarks.lipsync returned``."""
+    results = {}
+    for name in names:
+        path = out / f"{name}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+            path.unlink()
+        for kept in (out / f"{name}-stage").rglob("*"):
+            if kept.is_file() and kept.suffix != ".mp4":
+                kept.unlink()
+    (out / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def trainings(runs: list[Path], variants: list[tuple[str, dict]]) -> list[tuple[Path, str, dict]]:
