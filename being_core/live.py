@@ -133,6 +133,16 @@ def _done(manifest: Manifest, kind: StageKind) -> dict[str, Any] | None:
     return entry if entry.get("status") == "done" else None
 
 
+def made_with_installed(root: Path, used: Any) -> None:
+    """InputError when a trained run was made with another version of an implementation than the one installed
+    (``used``: ``(class, its being.json stage entry)`` pairs): new audio through a changed encoder, or an avatar
+    through a changed trainer, would not be what it was trained on."""
+    for cls, entry in used:
+        if cls.version != entry.get("version"):
+            raise InputError(f"{root} was made with {cls.kind} '{cls.name}' {entry.get('version')}, but "
+                             f"{cls.version} is installed; retrain it (`being train {root}`) or install that version")
+
+
 def open_run(root: Path, registry: Registry, device: str | None = None, progress: Reporter | None = None) -> LiveRun:
     """Load the trained run in ``root`` for live use on ``device`` (None: where its trainer's config says).
 
@@ -153,10 +163,7 @@ def open_run(root: Path, registry: Registry, device: str | None = None, progress
         raise InputError(f"{root} has no audio features, so its encoder is unknown; prepare it with audio")
     enc_cls = cast(type[AudioEncoder[Any]], registry.get(StageKind.AUDIO_ENCODER, enc_entry["impl"]))
     trainer_cls = cast(type[Trainer[Any]], registry.get(StageKind.TRAINER, trainer_entry["impl"]))
-    for cls, entry in ((enc_cls, enc_entry), (trainer_cls, trainer_entry)):
-        if cls.version != entry.get("version"):
-            raise InputError(f"{root} was made with {cls.kind} '{cls.name}' {entry.get('version')}, but "
-                             f"{cls.version} is installed; retrain it (`being train {root}`) or install that version")
+    made_with_installed(root, ((enc_cls, enc_entry), (trainer_cls, trainer_entry)))
     if not enc_cls.can_stream():
         raise InputError(f"{root}: its audio encoder '{enc_cls.name}' cannot stream audio (no stream()), so it "
                          "cannot be served live")

@@ -38,6 +38,7 @@ from .ingest import (
     probe,
     sample_frames,
 )
+from .live import made_with_installed
 from .manifest import INTERNAL_DIR, Manifest, match_patterns, matches_any, sha256_file, sha256_json
 from .plugins import load_registry
 from .progress import Reporter
@@ -162,6 +163,10 @@ class Pipeline:
         enc = manifest.stages.get(str(StageKind.AUDIO_ENCODER)) or {}
         if enc.get("status") != "done":
             raise InputError(f"{self.root} has no audio features, so its encoder is unknown; prepare it with audio")
+        trained = manifest.stages[str(StageKind.TRAINER)]
+        encoder = self.registry.implementation(StageKind.AUDIO_ENCODER, enc["impl"]).cls
+        made_with_installed(self.root, [(encoder, enc)] + ([(trainer.impl.cls, trained)]
+                                                           if trained.get("impl") == trainer.impl.cls.name else []))
         provided = provided_by_run(manifest.stages, self.registry)
         problem = unmet(trainer.impl.cls, provided, self.registry, "render")
         if problem:

@@ -198,6 +198,24 @@ def test_interrupt_drops_the_queued_speech(speech):
     assert speech_frames <= 0.3 * 25 + 1  # what was already on the timeline plays, nothing more
 
 
+def test_a_render_of_a_run_made_with_another_encoder_version_is_refused(trained, tmp_path, being_testdata):
+    """being render checks what going live checks: new audio through a changed encoder would not be what the
+    avatar was trained on (e.g. windows placed differently)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    data = json.loads((run / "being.json").read_text())
+    data["stages"]["audio_encoder"]["version"] = "0.0.1"
+    (run / "being.json").write_text(json.dumps(data))
+    out = tmp_path / "says.mp4"
+    proc = subprocess.run([sys.executable, "-m", "being_core", "render", str(run), "--audio",
+                           str(being_testdata / "audio" / "videoretalking_audio1.wav"), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert (f"{run.resolve()} was made with audio_encoder 'mel' 0.0.1, but {MelEncoder.version} is installed; retrain "
+            f"it (`being train {run.resolve()}`) or install that version") in " ".join((proc.stdout + proc.stderr).split())
+    assert not out.exists() and not (run / "renders").exists()
+
+
 # --- a real server --------------------------------------------------------------------------------------------
 
 
