@@ -264,6 +264,16 @@ def _batch(*args: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def test_local_starts_a_ray_instance_of_its_own_beside_a_running_cluster(cluster):
+    """`ray start` left a cluster running on this machine (the fixture's): 'local' must not join it."""
+    probe = ("import json, ray; from being_ray.runner import connect; connect('local'); "
+             "print(json.dumps([len([n for n in ray.nodes() if n['Alive']]), ray.cluster_resources().get('near', 0)]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, 0]
+
+
 def test_trainers_per_gpu_gives_the_trainer_its_share_of_a_card():
     from being_ray.batch import on_ray
 

@@ -199,8 +199,9 @@ def connect(address: str | None) -> None:
             return
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         try:
-            ray.init(address=None if address == "local" else address, log_to_driver=False, include_dashboard=False,
-                     configure_logging=False)
+            # "local" goes to Ray as such: given None, Ray would join a cluster that `ray start` left running here
+            # (or RAY_ADDRESS) instead of starting an instance of its own
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
         except ConnectionError as exc:
             raise UsageError(f"cannot reach a Ray cluster at {address!r}: {str(exc).splitlines()[0]}; start one "
                              f"with `ray start --head`, or use 'local' for a Ray instance of this machine") from None
