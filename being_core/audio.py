@@ -46,12 +46,8 @@ def frame_windows(feats, n_frames: int, fps: float, window: int, rate: float = F
     """
     import numpy as np
 
-    per_frame = rate / fps
-    audio_frames = int(round(len(feats) / per_frame))
-    centres = np.round(np.arange(n_frames) * per_frame).astype(int)
-    offsets = np.arange(window) - window // 2
-    index = np.clip(centres[:, None] + offsets[None, :], 0, len(feats) - 1)
-    return np.ascontiguousarray(feats[index]), audio_frames - n_frames
+    audio_frames = int(round(len(feats) / (rate / fps)))
+    return _cut(feats, n_frames, fps, rate, np.arange(window) - window // 2), audio_frames - n_frames
 
 
 def frame_pairs(feats, n_frames: int, fps: float, rate: float = FEATURE_RATE):
@@ -61,8 +57,21 @@ def frame_pairs(feats, n_frames: int, fps: float, rate: float = FEATURE_RATE):
     a centred window of 2 (:func:`frame_windows`)."""
     import numpy as np
 
-    starts = np.round(np.arange(n_frames) * rate / fps).astype(int)
-    index = np.clip(starts[:, None] + np.arange(2)[None, :], 0, len(feats) - 1)
+    return _cut(feats, n_frames, fps, rate, np.arange(2))
+
+
+def frame_centre(i, fps: float, rate: float = FEATURE_RATE):
+    """The feature index at which video frame(s) ``i`` are shown: ``round(i * rate / fps)``."""
+    import numpy as np
+
+    return np.round(np.asarray(i) * rate / fps).astype(int)
+
+
+def _cut(feats, n_frames: int, fps: float, rate: float, offsets):
+    """``feats[frame_centre(i) + offsets]`` for every frame ``i``, the first/last feature repeated beyond the ends."""
+    import numpy as np
+
+    index = np.clip(frame_centre(np.arange(n_frames), fps, rate)[:, None] + offsets[None, :], 0, len(feats) - 1)
     return np.ascontiguousarray(feats[index])
 
 
@@ -121,9 +130,7 @@ class FrameWindows:
         self.next_frame = 0
 
     def centre(self, i: int) -> int:
-        import numpy as np
-
-        return int(np.round(i * self.rate / self.fps))
+        return int(frame_centre(i, self.fps, self.rate))
 
     def last_needed(self, i: int) -> int:
         """The index of the last feature frame ``i``'s window holds."""

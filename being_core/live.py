@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -133,7 +134,7 @@ def _done(manifest: Manifest, kind: StageKind) -> dict[str, Any] | None:
     return entry if entry.get("status") == "done" else None
 
 
-def made_with_installed(root: Path, used: Any) -> None:
+def made_with_installed(root: Path, used: Iterable[tuple[Any, dict[str, Any]]]) -> None:
     """InputError when a trained run was made with another version of an implementation than the one installed
     (``used``: ``(class, its being.json stage entry)`` pairs): new audio through a changed encoder, or an avatar
     through a changed trainer, would not be what it was trained on."""

@@ -26,9 +26,11 @@ always stay in the box's temporary folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,8 +59,6 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
     from being_trainer_gaussian_avatar.train import train
 
     cfg = AvatarConfig(**{"num_workers": workers, "tensorboard": False, "log_every": 500, **overrides})
-    import tempfile
-
     # checkpoints stay on the box: a device call brings back at most 8 files
     ctx = trainer_context(run, out / f"{name}-stage", cfg, Path(tempfile.gettempdir()) / "gpu_quality" / name)
     t = time.perf_counter()
@@ -76,9 +76,6 @@ def say(run: Path, speech: str, trained, silence: str) -> dict:
     """Render the avatar that ``trained`` (a trainer context) wrote, saying ``run/speech/aud.wav`` with the
     ``silence`` setting, into ``says.mp4`` (``says-close.mp4``) beside it, with the trainer's own render on a view
     of the run whose ``avatar/`` is that one."""
-    import dataclasses
-    import tempfile
-
     import numpy as np
     from being_trainer_gaussian_avatar.render import render
 

@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [row for folder in args.folders for row in score_returned(args.run, args.speech, folder)]
     else:
         rows = [score_video(v, args.audio, args.reference) for v in args.videos]
-    keys = [k for k in ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "av_offset_frames", "silent_frames", "silent_closed",
-                        "silent_closed_real", "envelope_corr", "envelope_corr_real") if any(k in r for r in rows)]
+    from being_trainer_gaussian_avatar.lipsync import KEYS
+
+    keys = [k for k in KEYS if any(k in r for r in rows)]
     print(" | ".join(["what", *keys]))
     for r in rows:
         print(" | ".join([r["what"], *(str(r.get(k, "")) for k in keys)]))

@@ -145,8 +145,7 @@ def lip_sync(root: Path, ids: list[int], fps: float, pred: np.ndarray, gt: np.nd
 
     from . import lipsync
 
-    keys = ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "av_offset_frames", "silent_frames", "silent_closed",
-            "silent_closed_real", "envelope_corr", "envelope_corr_real")
+    keys = lipsync.KEYS
     try:
         rendered, real = lipsync.mouth_points(pred), lipsync.mouth_points(gt)
     except ImportError:

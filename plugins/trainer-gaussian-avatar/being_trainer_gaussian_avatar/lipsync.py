@@ -23,6 +23,9 @@ MOUTH = [61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91, 78, 81, 13, 311, 30
 UPPER, LOWER, LEFT, RIGHT = (MOUTH.index(k) for k in (13, 14, 61, 291))
 #: an opening (inner-lip gap / mouth width) below this is a closed mouth; speaking mouths sit around 0.07-0.12
 CLOSED = 0.05
+#: every lip-sync metric, in the order the trainer's metrics and the benchmark's tables show them
+KEYS = ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "av_offset_frames", "silent_frames", "silent_closed",
+        "silent_closed_real", "envelope_corr", "envelope_corr_real")
 #: the audio-video offset is searched within this many frames either way
 MAX_LAG = 5
 #: speech quieter than the clip's loud level (95th percentile of frame RMS) by this many dB is silence
