@@ -13,6 +13,14 @@ or a real recording as a reference point): its mouth against its own audio track
 reference's size, offset). ``returned`` scores what ``benchmarks.gpu_quality --speech`` brought back from a
 GPU box (which has no mediapipe): each DIR's ``avatar/val.mp4`` against RUN's held-out speech, and its
 ``says.mp4`` against SPEECH.wav. Needs mediapipe (FaceMesh finds the mouth).
+
+    python -m benchmarks.lipsync baseline RUN [RUN ...] [--json OUT.json]
+
+``baseline`` tells how much of a held-out ``av_offset`` the stretch of frames reads by itself: a ridge
+regression from each frame's audio window (the run's own features) to the real mouth opening, fitted at lag 0 on
+the training frames, scored on the held-out frames as a render is; then the same over every stretch of the
+held-out length across the clip, each predicted by a fit on the rest, whose spread is how far a predictor without
+lag reads off on one stretch.
 """
 
 from __future__ import annotations
@@ -86,6 +94,59 @@ def score_returned(run: Path, speech: Path, folder: Path) -> list[dict]:
     return rows
 
 
+def audio_baseline(windows: np.ndarray, opening: np.ndarray, fit_ids, ids, ridge: float = 1e3) -> np.ndarray:
+    """The mouth openings of frames ``ids`` as predicted from each frame's audio window (``[N, W, D]``, the run's
+    features) by a ridge regression fitted at lag 0 on frames ``fit_ids`` (those whose opening is known): a
+    predictor that knows only the audio under a frame, to score a stretch of frames with."""
+    x = windows.reshape(len(windows), -1).astype(np.float64)
+    fit = np.asarray([i for i in fit_ids if np.isfinite(opening[i])])
+    mean, scale = x[fit].mean(0), x[fit].std(0) + 1e-6
+    a = (x[fit] - mean) / scale
+    y = opening[fit] - opening[fit].mean()
+    if a.shape[1] <= len(fit):
+        w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ y)
+    else:  # wider windows than frames (a large encoder, a short clip): the same solution in the frames' space
+        w = a.T @ np.linalg.solve(a @ a.T + ridge * np.eye(len(fit)), y)
+    return (x[np.asarray(ids)] - mean) / scale @ w + opening[fit].mean()
+
+
+def stretch_lags(windows: np.ndarray, opening: np.ndarray, length: int, margin: int = 8) -> list[float | None]:
+    """:func:`~being_trainer_gaussian_avatar.lipsync.fine_lag` of :func:`audio_baseline` against the real
+    openings on each stretch of ``length`` frames in turn, each predicted by a fit on the frames outside it (less
+    ``margin`` frames either side, whose audio windows overlap the stretch)."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    n = len(opening)
+    lags = []
+    for start in range(0, n - length + 1, length):
+        ids = np.arange(start, start + length)
+        fit = np.r_[0:max(0, start - margin), min(n, start + length + margin):n]
+        lags.append(lipsync.fine_lag(audio_baseline(windows, opening, fit, ids), opening[ids]))
+    return lags
+
+
+def score_baseline(run: Path) -> list[dict]:
+    """The audio baseline of a prepared run: on its held-out frames, and the spread over stretches as long."""
+    import cv2
+    from being_trainer_gaussian_avatar import lipsync
+
+    manifest = json.loads((run / "being.json").read_text())
+    facts, info = manifest["dataset"], manifest["stages"]["audio_encoder"]["info"]
+    windows = np.load(run / info["file"])
+    frames = (cv2.cvtColor(cv2.imread(str(run / "ori_imgs" / f"{i}.jpg")), cv2.COLOR_BGR2RGB)
+              for i in range(facts["n_frames"]))
+    opening = lipsync.opening(lipsync.mouth_points(frames))
+    val = np.arange(facts["val_start"], facts["n_frames"])
+    pred = audio_baseline(windows, opening, range(facts["val_start"]), val)
+    lags = [v for v in stretch_lags(windows, opening, len(val)) if v is not None]
+    spread = (f"{np.mean(lags):+.2f} ± {np.std(lags):.2f} ({min(lags):+.2f} to {max(lags):+.2f})" if lags else None)
+    corr = lipsync.correlation(pred, opening[val])
+    return [{"what": f"{run.name} audio baseline (held out)", "mouth_corr": None if corr is None else round(corr, 3),
+             "av_offset": lipsync.best_lag(pred, opening[val]), "av_offset_frames": lipsync.fine_lag(pred, opening[val])},
+            {"what": f"{run.name} audio baseline, {len(lags)} stretches of {len(val)} frames",
+             "av_offset_frames": spread}]
+
+
 def score_video(video: Path, audio: Path | None, reference: Path | None) -> dict:
     """A video's mouth against its speech and, given a real ``reference`` video, against that one's mouth."""
     from being_trainer_gaussian_avatar import lipsync
@@ -116,11 +177,15 @@ def main(argv: list[str] | None = None) -> None:
     returned.add_argument("run", type=Path)
     returned.add_argument("speech", type=Path)
     returned.add_argument("folders", nargs="+", type=Path)
-    for p in (runs, videos, returned):
+    baseline = sub.add_parser("baseline", help="what a predictor from the audio alone scores on a run's frames")
+    baseline.add_argument("runs", nargs="+", type=Path)
+    for p in (runs, videos, returned, baseline):
         p.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.what == "run":
         rows = [row for run in args.runs for row in score_run(run)]
+    elif args.what == "baseline":
+        rows = [row for run in args.runs for row in score_baseline(run)]
     elif args.what == "returned":
         rows = [row for folder in args.folders for row in score_returned(args.run, args.speech, folder)]
     else:

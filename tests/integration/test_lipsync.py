@@ -132,3 +132,55 @@ def test_on_a_real_clip_a_video_two_frames_late_scores_two(face5):
     late = lipsync.mouth_points([frames[0], frames[0], *frames[:-2]])
     assert lipsync.against_real(late, real)["av_offset"] == 2
     assert lipsync.against_real(real, real)["mouth_corr"] == 1.0
+
+
+def audio_and_mouth(rng, n_frames, lead=None):
+    """Audio windows ``[n, 16, 4]`` cut from smooth 50 Hz features (frame ``i``: features ``2i ... 2i + 15``) and a
+    mouth opening driven by the feature at each window's centre; from frame ``lead`` on, the mouth moves one frame
+    before its audio (the opening of frame ``i`` is that of frame ``i + 1``)."""
+    raw = np.apply_along_axis(lambda c: np.convolve(c, np.ones(5) / 5, "same"), 0,
+                              rng.standard_normal((2 * n_frames + 18, 4)))
+    windows = np.stack([raw[2 * i:2 * i + 16] for i in range(n_frames + 1)])
+    drive = 0.08 + 0.05 * np.tanh(3 * windows[:, 8, 0] - windows[:, 8, 1])
+    opening = drive[:n_frames] + 0.003 * rng.standard_normal(n_frames)
+    if lead is not None:
+        opening[lead:] = drive[lead + 1:n_frames + 1]
+    return windows[:n_frames], opening
+
+
+def test_the_audio_baseline_follows_a_mouth_the_audio_drives_without_lag():
+    from benchmarks.lipsync import audio_baseline, stretch_lags
+
+    windows, opening = audio_and_mouth(np.random.default_rng(0), 400)
+    held = np.arange(340, 400)
+    pred = audio_baseline(windows, opening, range(340), held)
+    assert lipsync.correlation(pred, opening[held]) > 0.9
+    assert abs(lipsync.fine_lag(pred, opening[held])) < 0.2
+    lags = stretch_lags(windows, opening, 60)
+    assert len(lags) == 6 and all(abs(v) < 0.2 for v in lags)
+
+
+def test_a_stretch_whose_mouth_moves_before_its_audio_reads_its_lead():
+    from benchmarks.lipsync import audio_baseline, stretch_lags
+
+    windows, opening = audio_and_mouth(np.random.default_rng(1), 400, lead=340)
+    held = np.arange(340, 400)
+    pred = audio_baseline(windows, opening, range(340), held)
+    assert lipsync.best_lag(pred, opening[held]) == 1  # the baseline does a frame later what this mouth does
+    assert lipsync.fine_lag(pred, opening[held]) > 0.7
+    # the other stretches, fitted on frames that are mostly in sync, read no lag
+    assert all(abs(v) < 0.3 for v in stretch_lags(windows, opening, 60)[:5])
+
+
+def test_the_audio_baseline_solves_wide_windows_in_the_frames_space_alike():
+    from benchmarks.lipsync import audio_baseline
+
+    rng = np.random.default_rng(2)
+    windows, opening = audio_and_mouth(rng, 300)
+    wide = np.concatenate([windows, rng.standard_normal((300, 16, 12))], axis=2)  # 256 values per frame
+    fit, held = np.arange(200), np.arange(250, 300)  # fewer frames to fit on than values: the dual form
+    x = wide.reshape(300, -1)
+    a = (x[fit] - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+    w = np.linalg.solve(a.T @ a + 1e3 * np.eye(a.shape[1]), a.T @ (opening[fit] - opening[fit].mean()))
+    primal = (x[held] - x[fit].mean(0)) / (x[fit].std(0) + 1e-6) @ w + opening[fit].mean()
+    np.testing.assert_allclose(audio_baseline(wide, opening, fit, held), primal, rtol=1e-6, atol=1e-9)
