@@ -42,12 +42,18 @@ class IngestConfig(_Strict):
     truncated: Literal["refuse", "accept"] = Field(
         "refuse", description="A video whose frames end well before its container's duration (a cut-off "
         "download): 'refuse' it, or 'accept' what decodes with a warning.")
+    audio_shift_ms: float = Field(0.0, ge=-2000, le=2000, description="Move the sound against the picture by this "
+                                  "much: positive plays it later (silence before it), negative earlier (its start cut). "
+                                  "For a clip whose sound is out of sync; `being train` warns when it looks so.")
     val_split: int = Field(11, ge=2, le=1000, description="The last 1/val_split of the frames is held out (the val "
                            "split every stage reads); the reference datasets hold out 1/11.")
 
     def decoding(self) -> dict[str, Any]:
         """The settings that change the decoded frames and audio (the split does not)."""
-        return self.model_dump(mode="json", exclude={"val_split", "truncated"})
+        settings = self.model_dump(mode="json", exclude={"val_split", "truncated"})
+        if not self.audio_shift_ms:  # unshifted: the key of runs prepared before the setting existed
+            del settings["audio_shift_ms"]
+        return settings
 
 
 class StageSelection(_Strict):

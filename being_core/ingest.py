@@ -314,7 +314,7 @@ def ingest(video: Path, root: Path, cfg: IngestConfig, progress: Reporter | None
         log.warning("%s; keeping the %d frames that decode (ingest.truncated: accept)", message, len(frames))
     audio_seconds = None
     if want_audio:
-        audio_seconds = extract_audio(video, staging, progress)
+        audio_seconds = extract_audio(video, staging, progress, cfg.audio_shift_ms)
     with open(frames_tmp / frames[0], "rb") as f:
         width, height = _jpeg_size(f.read(), frames_tmp / frames[0])
 
@@ -335,16 +335,23 @@ def ingest(video: Path, root: Path, cfg: IngestConfig, progress: Reporter | None
     return IngestResult(len(frames), width, height, want_audio, audio_seconds, outputs)
 
 
-def extract_audio(source: Path, folder: Path, progress: Reporter) -> float:
+def extract_audio(source: Path, folder: Path, progress: Reporter, shift_ms: float = 0.0) -> float:
     """Write the first audio stream of ``source`` as ``folder/aud.wav`` (16 kHz mono s16, written to a
-    temporary name first); returns its duration in seconds."""
+    temporary name first), ``shift_ms`` later (silence before it) or, negative, earlier (its start cut); returns
+    its duration in seconds."""
     tmp = folder / f".{AUDIO_FILE}.tmp.wav"
     _run_ffmpeg(["-i", str(source), "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(AUDIO_RATE),
                  "-c:a", "pcm_s16le", str(tmp)], source, progress, "ingest: audio", None)
     with wave.open(str(tmp), "rb") as wav:
-        seconds = wav.getnframes() / wav.getframerate()
+        params, samples = wav.getparams(), wav.readframes(wav.getnframes())
+    shift = round(shift_ms * AUDIO_RATE / 1000) * params.sampwidth  # in bytes of the mono samples
+    if shift:  # the samples themselves, untouched: only where they start
+        samples = bytes(shift) + samples if shift > 0 else samples[-shift:]
+        with wave.open(str(tmp), "wb") as wav:
+            wav.setparams(params)
+            wav.writeframes(samples)
     os.replace(tmp, folder / AUDIO_FILE)
-    return seconds
+    return len(samples) / params.sampwidth / params.framerate
 
 
 def _jpeg_size(data: bytes, path: Path) -> tuple[int, int]:

@@ -96,3 +96,12 @@ def test_every_core_number_has_a_range(registry):
     assert unbounded_settings(IngestConfig) == []
     for runner in registry.runners():
         assert unbounded_settings(runner.cls.Options) == [], runner.cls.name
+
+
+def test_an_audio_shift_changes_what_ingest_decodes_and_none_keeps_earlier_runs_keys():
+    from being_core.config import IngestConfig
+
+    plain = IngestConfig().decoding()
+    assert "audio_shift_ms" not in plain  # runs prepared before the setting existed keep their cache
+    assert IngestConfig(audio_shift_ms=-90).decoding() == {**plain, "audio_shift_ms": -90.0}
+    assert IngestConfig(val_split=5).decoding() == plain

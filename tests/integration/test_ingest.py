@@ -122,3 +122,24 @@ def test_reingest_replaces_frames(being_testdata, being_run_dir):
                     IngestConfig(size=128, crop="center"))
     assert len(list(being_run_dir.glob("ori_imgs/*.jpg"))) == result.n_frames == 122
     assert np.asarray(Image.open(being_run_dir / "ori_imgs" / "121.jpg")).shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("shift_ms", [120, -120])
+def test_the_sound_moves_against_the_picture_sample_for_sample(being_testdata, tmp_path, shift_ms):
+    from being_core.audio import read_wav
+    from being_core.ingest import extract_audio
+    from being_core.progress import Reporter
+
+    clip = being_testdata / "videos" / "videoretalking_face5.mp4"
+    plain, moved = tmp_path / "plain", tmp_path / "moved"
+    plain.mkdir(), moved.mkdir()
+    seconds = extract_audio(clip, plain, Reporter())
+    assert extract_audio(clip, moved, Reporter(), shift_ms) == pytest.approx(seconds + shift_ms / 1000)
+    a, b = read_wav(plain / "aud.wav"), read_wav(moved / "aud.wav")
+    n = 16 * abs(shift_ms)  # samples at 16 kHz
+    if shift_ms > 0:  # later: silence before the same samples
+        assert not b[:n].any() and np.array_equal(b[n:], a)
+    else:  # earlier: its start cut
+        assert np.array_equal(b, a[n:])
+    assert wav_facts(moved / "aud.wav")[:3] == (16000, 1, 2)
+    assert not list(moved.glob(".*"))  # no temporary file left

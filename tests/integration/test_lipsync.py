@@ -184,3 +184,45 @@ def test_the_audio_baseline_solves_wide_windows_in_the_frames_space_alike():
     w = np.linalg.solve(a.T @ a + 1e3 * np.eye(a.shape[1]), a.T @ (opening[fit] - opening[fit].mean()))
     primal = (x[held] - x[fit].mean(0)) / (x[fit].std(0) + 1e-6) @ w + opening[fit].mean()
     np.testing.assert_allclose(audio_baseline(wide, opening, fit, held), primal, rtol=1e-6, atol=1e-9)
+
+
+def speech_like(opening, rate=SAMPLE_RATE, fps=25.0, seed=0):
+    """Noise whose loudness in each frame follows ``opening`` (louder when the mouth is open), silent below 0.05."""
+    rng = np.random.default_rng(seed)
+    per = rate // int(fps)
+    gain = np.clip(np.asarray(opening) - 0.05, 0, None) * 5
+    return (rng.standard_normal(len(gain) * per) * np.repeat(gain, per)).astype(np.float32)
+
+
+def test_a_clip_whose_mouth_moves_three_frames_before_its_sound_is_out_of_sync():
+    open_ = speech(np.random.default_rng(3), 300)
+    sound = speech_like(np.r_[np.full(3, 0.0), open_[:-3]])  # the sound 3 frames (120 ms) after the mouth
+    lag, warning = lipsync.clip_sync(mouths(open_), sound, SAMPLE_RATE, 25.0)
+    assert abs(lag + 3) < 0.3
+    assert warning.startswith("the clip's mouth follows its own speech best 3.0 frames before it (r = 0.")
+    assert warning.endswith("real speakers' lips lead by about half a frame): its sound looks out of sync with its "
+                            "picture, and the avatar learns the offset. Check the clip, and if so prepare it again "
+                            "with its sound moved by -120 ms (--set ingest.audio_shift_ms=..., added to any shift "
+                            "already set)")
+    lag, warning = lipsync.clip_sync(mouths(open_), speech_like(open_), SAMPLE_RATE, 25.0)
+    assert abs(lag) < 0.3 and warning is None
+
+
+def test_frames_past_the_end_of_the_sound_are_left_out_of_the_clips_sync():
+    open_ = speech(np.random.default_rng(4), 300)
+    sound = speech_like(open_)[:-10 * SAMPLE_RATE // 25]  # the last 10 frames have no sound
+    lag, warning = lipsync.clip_sync(mouths(open_), sound, SAMPLE_RATE, 25.0)
+    assert abs(lag) < 0.3 and warning is None
+
+
+def test_a_real_clip_with_its_sound_moved_120_ms_earlier_is_out_of_sync(prepared_copy, face5):
+    from being_trainer_gaussian_avatar.evaluate import clip_sync
+
+    from being_core.ingest import extract_audio
+    from being_core.progress import Reporter
+
+    lag, warning = clip_sync(prepared_copy, 25.0)
+    assert abs(lag) <= lipsync.SYNC_WARN_FRAMES and warning is None  # as recorded
+    extract_audio(face5, prepared_copy, Reporter(), shift_ms=-120)
+    moved, warning = clip_sync(prepared_copy, 25.0)
+    assert moved > lag + 2 and "its sound looks out of sync" in warning and "sound moved by +" in warning

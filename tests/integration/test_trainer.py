@@ -165,6 +165,8 @@ def test_trains_renders_and_follows_the_audio_width(prepared_copy, being_run_sta
     assert model["model"]["deformer"]["audio.0.weight"].shape == (TINY.get("width", 64), 80)
     metrics = json.loads((prepared_copy / "avatar" / "metrics.json").read_text())
     assert metrics["val_frames"] == 12 and metrics["psnr"] > 8 and metrics["steps"] == 18
+    # how the real clip's mouth follows its own speech: this clip is in sync
+    assert metrics["clip_av_offset_frames"] is not None and abs(metrics["clip_av_offset_frames"]) <= 1.5
     assert entry["metrics"]["backend"] == "rasterize_reference"
     assert imageio_ffmpeg.count_frames_and_secs(str(prepared_copy / "avatar" / "val.mp4"))[0] == 12
 

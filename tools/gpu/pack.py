@@ -48,7 +48,8 @@ def pack(run: Path, dest: Path) -> None:
                         euler_convention=np.array(track.get("euler_convention", "")),
                         mean=head["mean"], basis=head["basis"], dense=head["dense_weights"])
     np.savez_compressed(dest / "audio.npz", aud_mel=np.load(run / "aud_mel.npy"))
-    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json"):
+    # aud.wav too: the trainer reads it (the clip's own sync, the held-out speech, `silence: close`'s pauses)
+    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json", "aud.wav"):
         shutil.copy(run / name, dest / name)
 
 
@@ -87,8 +88,9 @@ def unpack(src: Path, run: Path) -> None:
     np.save(run / "aud_mel.npy", np.load(src / "audio.npz")["aud_mel"])
     if (src / "speech").is_dir():  # new speech for the avatars to say (tools/gpu/carry.py --speech)
         shutil.copytree(src / "speech", run / "speech", dirs_exist_ok=True)
-    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json"):
-        shutil.copy(src / name, run / name)
+    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json", "aud.wav"):
+        if (src / name).is_file():  # packs made before aud.wav travelled lack it
+            shutil.copy(src / name, run / name)
 
 
 _JOB = None

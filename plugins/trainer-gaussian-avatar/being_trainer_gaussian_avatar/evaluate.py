@@ -137,6 +137,21 @@ def score(ctx, cfg) -> dict:
     return out
 
 
+def clip_sync(root: Path, fps: float) -> tuple[float | None, str | None]:
+    """:func:`.lipsync.clip_sync` of the run's tracked mouth (``face/landmarks.npy``, every frame) against its
+    ``aud.wav``: how the real clip's own mouth follows its speech, and a warning when it looks out of sync;
+    ``(None, None)`` without the speech."""
+    from being_core.audio import SAMPLE_RATE, read_wav
+
+    from . import lipsync
+
+    wav = root / "aud.wav"
+    if not wav.is_file():
+        return None, None
+    points = np.load(root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
+    return lipsync.clip_sync(points, read_wav(wav), SAMPLE_RATE, fps)
+
+
 def lip_sync(root: Path, ids: list[int], fps: float, pred: np.ndarray, gt: np.ndarray) -> dict:
     """The mouth of the held-out renders against the real frames and against the speech under them
     (:mod:`.lipsync`; ``*_real`` is the real frames' own score, for reference). All None when mediapipe is

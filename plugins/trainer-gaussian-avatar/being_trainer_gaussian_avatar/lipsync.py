@@ -28,6 +28,9 @@ KEYS = ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "av_offset_frames", 
         "silent_closed_real", "envelope_corr", "envelope_corr_real")
 #: the audio-video offset is searched within this many frames either way
 MAX_LAG = 5
+#: a clip whose mouth follows its own speech more than this many frames early or late (real speakers' lips move
+#: about half a frame before the sound) is probably out of sync; below :data:`SYNC_MIN_R` the lag is not trusted
+SYNC_WARN_FRAMES, SYNC_MIN_R = 1.5, 0.2
 #: speech quieter than the clip's loud level (95th percentile of frame RMS) by this many dB is silence
 SILENCE_DB = 25.0
 #: a pause is silence that lasts this many seconds at least; its first and last frames are left out
@@ -184,3 +187,25 @@ def against_speech(points: np.ndarray, samples: np.ndarray, rate: int, fps: floa
     return {"silent_frames": int(silent.sum()),
             "silent_closed": round(float((o[silent] < CLOSED).mean()), 3) if silent.any() else None,
             "envelope_corr": None if r is None else round(r, 3)}
+
+
+def clip_sync(points: np.ndarray, samples: np.ndarray, rate: int, fps: float) -> tuple[float | None, str | None]:
+    """How a real clip's mouth (:func:`mouth_points` of every frame) follows its own speech (over the frames it
+    covers, its silent stretches counted as 60 dB under its loud level at most): the lag in frames
+    (:func:`fine_lag` of the opening against the loudness; negative: the lips move first), and a warning when it
+    is more than :data:`SYNC_WARN_FRAMES` either way with a correlation of :data:`SYNC_MIN_R` or more, naming the
+    ``ingest.audio_shift_ms`` that would bring it to 0. ``(None, None)`` when nothing correlates."""
+    o = opening(points)[:int(len(samples) * fps / rate)]  # the frames the speech covers
+    level = loudness(samples, rate, len(o), fps)
+    level = np.maximum(level, np.percentile(level, 95) - 60)  # digital silence is no quieter than a quiet room
+    lag = fine_lag(o, level)
+    if lag is None:
+        return None, None
+    peak = lag_scores(o, level).get(round(lag), 0.0)
+    if abs(lag) <= SYNC_WARN_FRAMES or peak < SYNC_MIN_R:
+        return lag, None
+    shift = int(round(lag * 1000 / fps, -1))
+    return lag, (f"the clip's mouth follows its own speech best {abs(lag):.1f} frames {'before' if lag < 0 else 'after'} "
+                 f"it (r = {peak:.2f}; real speakers' lips lead by about half a frame): its sound looks out of sync with "
+                 f"its picture, and the avatar learns the offset. Check the clip, and if so prepare it again with its "
+                 f"sound moved by {shift:+d} ms (--set ingest.audio_shift_ms=..., added to any shift already set)")

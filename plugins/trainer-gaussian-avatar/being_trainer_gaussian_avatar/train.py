@@ -14,7 +14,7 @@ import torch
 from .avatar import Avatar
 from .data import FrameCache, Frames, RunData, load_tensors, pick_device, smooth_audio
 from .densify import densify_and_prune
-from .evaluate import evaluate
+from .evaluate import clip_sync, evaluate
 from .losses import composite, losses, psnr
 from .perceptual import load_lpips
 
@@ -51,6 +51,9 @@ def _train(ctx, cfg, device: torch.device, entered: float) -> dict:
     np.random.seed(cfg.seed)
     data = RunData.from_context(ctx, cfg.resolution)
     data.audio = smooth_audio(data.audio, cfg.audio_smooth)
+    clip_lag, out_of_sync = clip_sync(data.root, data.fps)
+    if out_of_sync:
+        ctx.log.warning("%s", out_of_sync)
     perceptual = load_lpips(cfg.lpips_weights, device) if cfg.lpips_weights else None
     av = Avatar(data, cfg, device)
     ckpt_path = ctx.state / "checkpoint.pt"
@@ -159,6 +162,7 @@ def _train(ctx, cfg, device: torch.device, entered: float) -> dict:
                 "eye_source": data.eye_source, "gaussians": len(av.gauss)}, model_path)
     evaluated = time.monotonic()
     metrics = evaluate(ctx, av, data, cache, perceptual)
+    metrics["clip_av_offset_frames"] = clip_lag
     metrics.update({"train_seconds": round(seconds, 1), "setup_seconds": round(started - entered, 1),
                     "eval_seconds": round(time.monotonic() - evaluated, 1), "steps": step, "resumed_from_step": resumed,
                     "gaussians": len(av.gauss), "device": str(device), "backend": av.raster.__name__,
