@@ -226,3 +226,8 @@ def test_a_real_clip_with_its_sound_moved_120_ms_earlier_is_out_of_sync(prepared
     extract_audio(face5, prepared_copy, Reporter(), shift_ms=-120)
     moved, warning = clip_sync(prepared_copy, 25.0)
     assert moved > lag + 2 and "its sound looks out of sync" in warning and "sound moved by +" in warning
+
+
+def test_a_clip_with_less_sound_than_three_frames_has_no_sync():
+    assert lipsync.clip_sync(mouths(speech(np.random.default_rng(5), 50)), np.zeros(1000, np.float32),
+                             SAMPLE_RATE, 25.0) == (None, None)

@@ -196,6 +196,8 @@ def clip_sync(points: np.ndarray, samples: np.ndarray, rate: int, fps: float) ->
     is more than :data:`SYNC_WARN_FRAMES` either way with a correlation of :data:`SYNC_MIN_R` or more, naming the
     ``ingest.audio_shift_ms`` that would bring it to 0. ``(None, None)`` when nothing correlates."""
     o = opening(points)[:int(len(samples) * fps / rate)]  # the frames the speech covers
+    if len(o) < 3:
+        return None, None
     level = loudness(samples, rate, len(o), fps)
     level = np.maximum(level, np.percentile(level, 95) - 60)  # digital silence is no quieter than a quiet room
     lag = fine_lag(o, level)
