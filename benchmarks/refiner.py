@@ -1,7 +1,7 @@
 """What a refiner buys: the trainer's held-out metrics with and without it, on the same frames, and its cost
 (run by hand; results in docs/benchmarks.md).
 
-    python -m benchmarks.refiner RUN OUT [--refiner unet] [--set KEY=VALUE ...]
+    python -m benchmarks.refiner RUN OUT [--refiner unet] [--set KEY=VALUE ...] [--throughput]
 
 RUN is a prepared run folder (on a GPU box without mediapipe: unpacked by ``tools/gpu/pack.py``). With the run's
 own config plus ``stages.refiner.impl`` and the ``--set`` overrides (the CLI's syntax), it runs what ``being
@@ -10,6 +10,9 @@ refiner's fit and the trainer's score of the refined held-out frames. Writes OUT
 metrics and seconds) and OUT/val-refined.mp4 (render | refined | real, the held-out frames), and prints the
 side-by-side table: every protocol's PSNR, SSIM, LPIPS when weights were given, the mouth, and flicker (the mean
 change between consecutive frames: a refiner must not add any beyond the real frames').
+
+``--throughput``: then the live render path's frames per second at batch 1 to 64 (``benchmarks.serve``'s timing:
+deformation, rasterisation, the frames on the host), without the refiner and with it, on the same opened run.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--refiner", default="unet")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--throughput", action="store_true", help="also time the live render path with and without it")
     args = ap.parse_args()
 
     from being_core.config import load
@@ -49,6 +53,13 @@ def main() -> None:
 
     result = {"run": str(args.run), "refiner": args.refiner, "sets": args.sets, "wall_seconds": round(wall, 1),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "steps": steps}
+    if args.throughput:
+        from being_core.live import open_run
+        from benchmarks.serve import time_batches
+
+        live = open_run(args.run, registry)
+        result["throughput"] = {"renderer": time_batches(live, refine=False),
+                                "renderer + refiner": time_batches(live, refine=True)}
     (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
     side_by_side(args.run, args.out / "val-refined.mp4")
     before, after = stages["trainer"]["metrics"], stages["trainer:score"]["metrics"]
@@ -59,6 +70,8 @@ def main() -> None:
             print(f"| {key} | {before.get(key)} | {after.get(key)} |")
     for name, step in steps.items():
         print(f"{name}: {step['seconds']} s")
+    for what, rows in result.get("throughput", {}).items():
+        print(f"{what}: " + ", ".join(f"batch {r['batch']} {r['frames_per_s']} frames/s" for r in rows))
 
 
 def side_by_side(run: Path, path: Path) -> None:

@@ -206,18 +206,24 @@ def render_only(run: Path, device: str | None) -> list[dict]:
     from being_core.live import open_run
     from being_core.plugins import load_registry
 
-    live = open_run(run, load_registry(), device)
+    return time_batches(open_run(run, load_registry(), device))
+
+
+def time_batches(live, refine: bool = True, batches=(1, 4, 8, 16, 32, 64)) -> list[dict]:
+    """Milliseconds per batch of B frames of the live render path of ``live`` (an opened run): the deformation
+    and the rasterisation, then the run's refiner when it has one and ``refine``, then the frames as bytes on the
+    host (which waits for the device); the median of 10 batches after 2 of warm-up."""
     stream = live.stream()
     windows = stream.push(np.zeros(16000 * 3, np.float32))
-    sessions = [live.avatar.session(i) for i in range(64)]
+    sessions = [live.avatar.session(i) for i in range(max(batches))]
     rows = []
-    for b in (1, 4, 8, 16, 32, 64):
+    for b in batches:
         times = []
         for rep in range(12):
             steps = [sessions[i].step() for i in range(b)]
             t = time.perf_counter()
             rgb, alpha = live.avatar.render(steps, windows[np.arange(b) % len(windows)], np.zeros(b, np.float32))
-            if live.refiner is not None:
+            if refine and live.refiner is not None:
                 rgb = live.refiner(rgb, alpha)
             (rgb.clamp(0, 1) * 255).round().byte().cpu()
             if rep >= 2:
