@@ -99,7 +99,8 @@ def audio_baseline(windows: np.ndarray, opening: np.ndarray, fit_ids, ids, ridge
     features) by a ridge regression fitted at lag 0 on frames ``fit_ids`` (those whose opening is known): a
     predictor that knows only the audio under a frame, to score a stretch of frames with."""
     x = windows.reshape(len(windows), -1).astype(np.float64)
-    fit = np.asarray([i for i in fit_ids if np.isfinite(opening[i])])
+    fit = np.asarray(fit_ids)
+    fit = fit[np.isfinite(opening[fit])]
     mean, scale = x[fit].mean(0), x[fit].std(0) + 1e-6
     a = (x[fit] - mean) / scale
     y = opening[fit] - opening[fit].mean()

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 COLOURS = [(255, 255, 255), (255, 0, 0), (0, 255, 0), (0, 0, 255)]  # bg, head, neck, torso (cv2 order)
+#: files that travel as they are; aud.wav too: the trainer reads it (the clip's own sync, the held-out speech,
+#: `silence: close`'s pauses)
+COPIED = ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json", "aud.wav")
 
 
 def pack(run: Path, dest: Path) -> None:
@@ -48,8 +51,7 @@ def pack(run: Path, dest: Path) -> None:
                         euler_convention=np.array(track.get("euler_convention", "")),
                         mean=head["mean"], basis=head["basis"], dense=head["dense_weights"])
     np.savez_compressed(dest / "audio.npz", aud_mel=np.load(run / "aud_mel.npy"))
-    # aud.wav too: the trainer reads it (the clip's own sync, the held-out speech, `silence: close`'s pauses)
-    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json", "aud.wav"):
+    for name in COPIED:
         shutil.copy(run / name, dest / name)
 
 
@@ -88,8 +90,8 @@ def unpack(src: Path, run: Path) -> None:
     np.save(run / "aud_mel.npy", np.load(src / "audio.npz")["aud_mel"])
     if (src / "speech").is_dir():  # new speech for the avatars to say (tools/gpu/carry.py --speech)
         shutil.copytree(src / "speech", run / "speech", dirs_exist_ok=True)
-    for name in ("bc.jpg", "being.json", "config.yaml", "transforms_train.json", "transforms_val.json", "aud.wav"):
-        if (src / name).is_file():  # packs made before aud.wav travelled lack it
+    for name in COPIED:
+        if name != "aud.wav" or (src / name).is_file():  # packs made before aud.wav travelled lack it
             shutil.copy(src / name, run / name)
 
 

@@ -120,7 +120,10 @@ def fine_lag(moved: np.ndarray, reference: np.ndarray, max_lag: int = MAX_LAG) -
     """:func:`best_lag` to a fraction of a frame: the peak of the parabola through the correlations at the best
     lag and its two neighbours (a mouth half a frame late scores about 0.5, where the whole-frame lag is 0 or 1
     by a hair). The best lag itself where a neighbour is missing; None when nothing correlates."""
-    scores = lag_scores(moved, reference, max_lag)
+    return _fine(lag_scores(moved, reference, max_lag))
+
+
+def _fine(scores: dict[int, float]) -> float | None:
     k = _best(scores)
     if k is None:
         return None
@@ -200,10 +203,11 @@ def clip_sync(points: np.ndarray, samples: np.ndarray, rate: int, fps: float) ->
         return None, None
     level = loudness(samples, rate, len(o), fps)
     level = np.maximum(level, np.percentile(level, 95) - 60)  # digital silence is no quieter than a quiet room
-    lag = fine_lag(o, level)
+    scores = lag_scores(o, level)
+    lag = _fine(scores)
     if lag is None:
         return None, None
-    peak = lag_scores(o, level).get(round(lag), 0.0)
+    peak = max(scores.values())  # the correlation at the best whole-frame lag
     if abs(lag) <= SYNC_WARN_FRAMES or peak < SYNC_MIN_R:
         return lag, None
     shift = int(round(lag * 1000 / fps, -1))
