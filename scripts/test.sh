@@ -2,7 +2,8 @@
 # Every check CI runs, in the order that fails fastest (run scripts/setup.sh first):
 # the linter and the type checker, the core tests (seconds, no torch, no clips), then Docker and the
 # integration tests on real clips with the real plugins (needs ../shared/testdata; as root it installs and
-# starts Docker and builds the preprocessing images the Docker tests use).
+# starts Docker and builds the preprocessing images the Docker tests use, and the trainer's CUDA image beside
+# the integration tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "test: ruff"
@@ -14,5 +15,20 @@ echo "test: core tests"
 bash scripts/docker.sh
 bash scripts/browser.sh
 .venv/bin/being images build -q --preprocess
+# The trainer's CUDA image (5 GB; compiling gsplat for the GPUs takes most of 40 minutes on two cores) builds
+# beside the integration tests; its own test runs once it is built.
+cuda_log="${TMPDIR:-/tmp}/being-cuda-image.log"
+echo "test: building the trainer's CUDA image in the background (log: $cuda_log)"
+.venv/bin/being images build -q trainer-gaussian-avatar --variant cuda >"$cuda_log" 2>&1 &
+cuda_build=$!
+trap 'kill "$cuda_build" 2>/dev/null || true' EXIT
 echo "test: integration tests"
-.venv/bin/python -m pytest -q tests/integration
+.venv/bin/python -m pytest -q -m "not cuda_image" tests/integration
+echo "test: waiting for the trainer's CUDA image"
+if ! wait "$cuda_build"; then
+  echo "building the trainer's CUDA image failed; last lines of $cuda_log:" >&2
+  tail -n 40 "$cuda_log" >&2
+  exit 1
+fi
+echo "test: the trainer's CUDA image"
+.venv/bin/python -m pytest -q -m cuda_image tests/integration

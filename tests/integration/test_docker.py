@@ -413,12 +413,13 @@ def trainer_cpu_image(docker_client):
     return "trainer-gaussian-avatar"
 
 
-@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+@pytest.mark.parametrize("variant", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda_image)])
 def test_the_trainer_trains_and_renders_on_the_cpu_in_its_image(variant, request, docker_client, prepared_copy,
                                                                  tmp_path, being_testdata):
     """The trainer's image (the shared template) trains and renders on the CPU as in-process. The CPU image gives
-    the same bits. The CUDA image (gsplat compiled in; built by hand, `being images build trainer-gaussian-avatar
-    --variant cuda`, 5 GB: not in CI) computes with another build of torch, so its avatar is close, not equal."""
+    the same bits. The CUDA image (gsplat compiled in, 5 GB: `being images build trainer-gaussian-avatar --variant
+    cuda`, which scripts/test.sh runs beside the other tests) computes with another build of torch, so its avatar
+    is close, not equal."""
     import shutil
 
     import torch
@@ -432,6 +433,8 @@ def test_the_trainer_trains_and_renders_on_the_cpu_in_its_image(variant, request
     else:
         spec = images.ImageSpec(registry.implementation(StageKind.TRAINER, "gaussian-avatar"), "cuda")
         if not images.current(docker_client, spec):
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI builds {spec.tag} before this test (scripts/test.sh); it is missing or stale")
             pytest.skip(f"{spec.tag} is not built here, or not for this code (being images build "
                         "trainer-gaussian-avatar --variant cuda)")
     results = {}
