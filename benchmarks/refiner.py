@@ -53,6 +53,7 @@ def main() -> None:
 
     result = {"run": str(args.run), "refiner": args.refiner, "sets": args.sets, "wall_seconds": round(wall, 1),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "steps": steps}
+    (args.out / "refiner.json").write_text(json.dumps(result, indent=1))  # kept should the timing fail
     if args.throughput:
         from being_core.live import open_run
         from benchmarks.serve import time_batches
@@ -60,7 +61,7 @@ def main() -> None:
         live = open_run(args.run, registry)
         result["throughput"] = {"renderer": time_batches(live, refine=False),
                                 "renderer + refiner": time_batches(live, refine=True)}
-    (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
+        (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
     side_by_side(args.run, args.out / "val-refined.mp4")
     before, after = stages["trainer"]["metrics"], stages["trainer:score"]["metrics"]
     print(f"| metric | {stages['trainer']['impl']} | + refiner '{args.refiner}' |")

@@ -203,6 +203,43 @@ def test_the_unet_starts_as_the_identity_and_its_fit_learns(run, tmp_path):
     assert metrics["loss_last"] < 0.9 * metrics["loss_first"], metrics
     net, dilate = load(run, torch.device("cpu"))
     assert dilate == config["dilate"] and net.levels == 2
+    assert REGISTRY.get(StageKind.REFINER, "unet")().open(run, UNetConfig(**config), "cpu").bf16 is False, \
+        "bf16 is for the GPU only"
+
+
+@pytest.mark.parametrize("levels", [2, 3, 4])
+def test_the_unet_corrects_the_head_as_it_would_on_the_whole_frame(levels):
+    """The network sees only the head's box (plus its reach): every pixel comes out as when the whole frame goes
+    through it, for heads inside the frame, at its edges, and for none."""
+    from being_refiner_unet.net import head_box, region
+    from torch.nn import functional as F
+
+    torch.manual_seed(levels)
+    net = UNet(4, levels)
+    for param in net.out.parameters():
+        torch.nn.init.normal_(param, std=0.3)
+    h, w_ = 330, 362  # not multiples of the network's grid: padded
+    rgb = torch.rand(2, h, w_, 3)
+    rows, cols = torch.arange(h)[:, None], torch.arange(w_)[None]
+    heads = {"inside": (165, 180, 30, 40), "edge": (10, 350, 25, 30), "none": None}
+    for name, head in heads.items():
+        alpha = torch.zeros(2, h, w_)
+        if head is not None:
+            r, c, hr, hc = head
+            alpha[0] = (((rows - r) / hr) ** 2 + ((cols - c) / hc) ** 2 < 1).float() * 0.9
+            alpha[1] = alpha[0].roll(7, 1)
+        w = region(alpha, 3)
+        box = head_box(w, levels)
+        if name == "inside":
+            assert box[1] - box[0] < h and box[3] - box[2] < w_, box
+        x = rgb.permute(0, 3, 1, 2)
+        step = 2 ** (levels - 1)
+        inp = F.pad(torch.cat([x, alpha[:, None]], 1), (0, (-w_) % step, 0, (-h) % step), mode="replicate")
+        whole = torch.where(w > 0, (x + w * net(inp)[:, :, :h, :w_]).clamp(0, 1), x).permute(0, 2, 3, 1)
+        with torch.no_grad():
+            out = refine(net, rgb, alpha, 3)
+        assert (out - whole).abs().max() < 1e-5, (name, box)
+        assert torch.equal(out[w[:, 0] == 0], rgb[w[:, 0] == 0]), name
 
 
 def test_lpips_joins_the_unet_fit_from_a_local_file_only(run, tmp_path):

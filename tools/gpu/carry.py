@@ -2,6 +2,7 @@
 
     python -m tools.gpu.carry RUN [--dest .gpu]                      # then benchmarks.gpu_quality there
     python -m tools.gpu.carry RUN --trainer-benchmark [--dest .gpu]  # then benchmarks.gpu_trainer there
+    python -m tools.gpu.carry RUN --refiner-benchmark [--dest .gpu]  # then benchmarks.refiner --throughput there
     python -m tools.gpu.carry RUN --cli --audio A.wav [--dest .gpu]  # then `being train` and `being render`
 
 Writes into DEST: wheels of being-core and every plugin (installed there with ``--no-deps``: what they import
@@ -35,6 +36,8 @@ PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection",
 # scikit-learn, numba, joblib, lazy_loader, msgpack); versions as installed here
 CLI_PACKAGES = ("librosa", "soundfile", "soxr", "audioread", "pooch", "decorator", "cffi", "pycparser",
                 "platformdirs", "requests", "urllib3", "idna", "charset-normalizer", "certifi")
+# --refiner-benchmark: what the live path's mel stream imports (librosa.filters, not its audio I/O)
+LIVE_PACKAGES = ("librosa", "pooch", "decorator", "cffi", "pycparser", "platformdirs")
 FFMPEG = "imageio-ffmpeg==0.4.9"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux2010_x86_64", "manylinux1_x86_64", "any")
@@ -59,6 +62,8 @@ def main() -> None:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--cli", action="store_true", help="carry the run folder and run the real CLI there")
     mode.add_argument("--trainer-benchmark", action="store_true", help="print benchmarks.gpu_trainer's command")
+    mode.add_argument("--refiner-benchmark", action="store_true", help="carry the live path's audio needs too "
+                      "and print `benchmarks.refiner --throughput`'s command")
     ap.add_argument("--audio", type=Path, help="with --cli: the audio that `being render` gets there")
     ap.add_argument("--speech", type=Path, nargs="+", help="without --cli: speech files joined with pauses of "
                     f"{PAUSE_S} s into the packed run's speech/ (wav + mel features) for gpu_quality --speech")
@@ -70,7 +75,7 @@ def main() -> None:
     if not (args.run / "being.json").is_file():
         sys.exit(f"{args.run} is not a prepared run folder (no being.json)")
     wheels = args.dest / "whl"
-    names = PACKAGES + (CLI_PACKAGES if args.cli else ())
+    names = PACKAGES + (CLI_PACKAGES if args.cli else LIVE_PACKAGES if args.refiner_benchmark else ())
     pins = ["gsplat==1.5.3"] + [f"{name}=={importlib.metadata.version(name)}" for name in names]
     download(pins, wheels)
     being_wheels(wheels)
@@ -108,6 +113,7 @@ def main() -> None:
                        [f"python3 -P -m tools.gpu.pack unpack {rel}/pack-{m.name} /tmp/{m.name}" for m in args.more])
     runs = ",".join(["/tmp/run", *(f"/tmp/{m.name}" for m in args.more)])
     bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
+             "python3 -P -m benchmarks.refiner /tmp/run $OUT --throughput" if args.refiner_benchmark else
              f"python3 -P -m benchmarks.gpu_quality {runs} $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2" +
              (" --speech speech" if args.speech else ""))
     print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")

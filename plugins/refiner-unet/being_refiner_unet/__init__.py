@@ -34,6 +34,9 @@ class UNetConfig(StageConfig):
         "LPIPS(net='alex')); never downloaded. When set, lambda_lpips x LPIPS joins the loss.")
     lambda_lpips: float = Field(0.1, ge=0, le=100, description="Weight of LPIPS (with lpips_weights).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes the GPU when there is one.")
+    gpu_precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="Arithmetic of refining on a GPU (the fit is always fp32): bf16 convolutions (the "
+        "correction is small, so bf16's rounding stays far below one 8-bit step) or fp32. On the CPU always fp32.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed (crops, initial weights).")
     log_every: int = Field(100, ge=1, le=1_000_000, description="Steps between progress notes.")
 
@@ -50,12 +53,13 @@ def pick_device(want: str) -> str:
 class _Filter:
     """The fitted U-Net on one device (:class:`being_core.FrameFilter`)."""
 
-    def __init__(self, folder: Path, device: str):
+    def __init__(self, folder: Path, device: str, precision: str = "fp32"):
         import torch
 
         from .fit import load
 
         self.device = device
+        self.bf16 = precision == "bf16" and torch.device(device).type == "cuda"
         self.net, self.dilate = load(folder, torch.device(device))
 
     def __call__(self, rgb, alpha):
@@ -63,7 +67,7 @@ class _Filter:
 
         from .net import refine
 
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             return refine(self.net, rgb, alpha, self.dilate)
 
     def refine_frames(self, rgb, alpha):
@@ -104,7 +108,7 @@ class UNetRefiner(Refiner[UNetConfig]):
                            info={"weights": WEIGHTS, "history": metrics["history"]})
 
     def open(self, folder: Path, config: UNetConfig, device: str | None = None) -> _Filter:
-        return _Filter(folder, device or pick_device(config.device))
+        return _Filter(folder, device or pick_device(config.device), config.gpu_precision)
 
 
 @hookimpl

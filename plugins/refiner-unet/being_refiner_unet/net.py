@@ -57,17 +57,42 @@ def region(alpha: torch.Tensor, dilate: int) -> torch.Tensor:
     return a.clamp(0, 1)
 
 
+def head_box(w: torch.Tensor, levels: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the part of the frame the network must see for the blend weight ``w``
+    ``[B, 1, H, W]``: the box around every pixel where ``w > 0`` in the batch, grown by more than the network's
+    reach (a U-Net of ``levels`` levels sees fewer than ``5 * 2 ** levels`` pixels to each side), its corner on the
+    network's grid (a multiple of ``2 ** (levels - 1)``), so every corrected pixel comes out as computed on the
+    whole frame. The whole frame when ``w`` is 0 everywhere."""
+    h, width = w.shape[-2:]
+    step = 2 ** (levels - 1)
+    margin = 16 * step
+    rows = torch.nonzero(w.amax(dim=(0, 1, 3)) > 0)
+    if len(rows) == 0:
+        return 0, h, 0, width
+    cols = torch.nonzero(w.amax(dim=(0, 1, 2)) > 0)
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    left, right = int(cols[0]), int(cols[-1]) + 1
+    return (max(0, top - margin) // step * step, min(h, bottom + margin),
+            max(0, left - margin) // step * step, min(width, right + margin))
+
+
 def refine(net: UNet, rgb: torch.Tensor, alpha: torch.Tensor, dilate: int, clamp: bool = True) -> torch.Tensor:
     """``rgb`` ``[B, H, W, 3]`` and ``alpha`` ``[B, H, W]`` in [0, 1] to refined ``[B, H, W, 3]``: ``rgb`` plus the
-    network's correction weighted by :func:`region` (pixels where it is 0 come back bit for bit). Training
-    leaves the result unclamped (a clamped pixel would pass no gradient back)."""
+    network's correction weighted by :func:`region` (pixels where it is 0 come back bit for bit). The network runs
+    on :func:`head_box` only (the head of a 512² frame is a third of it). Training leaves the result unclamped (a
+    clamped pixel would pass no gradient back)."""
     x = rgb.permute(0, 3, 1, 2)
     w = region(alpha, dilate)
-    pad_h, pad_w = (-x.shape[2]) % 2 ** (net.levels - 1), (-x.shape[3]) % 2 ** (net.levels - 1)
-    inp = F.pad(torch.cat([x, alpha[:, None]], 1), (0, pad_w, 0, pad_h), mode="replicate")
-    delta = net(inp)[:, :, :x.shape[2], :x.shape[3]]
-    y = x + w * delta
-    return torch.where(w > 0, y.clamp(0, 1) if clamp else y, x).permute(0, 2, 3, 1)
+    top, bottom, left, right = head_box(w, net.levels)
+    xc, wc = x[:, :, top:bottom, left:right], w[:, :, top:bottom, left:right]
+    step = 2 ** (net.levels - 1)
+    pad_h, pad_w = (-xc.shape[2]) % step, (-xc.shape[3]) % step
+    inp = F.pad(torch.cat([xc, alpha[:, None, top:bottom, left:right]], 1), (0, pad_w, 0, pad_h), mode="replicate")
+    delta = net(inp)[:, :, :xc.shape[2], :xc.shape[3]]
+    y = xc + wc * delta
+    out = x.clone()
+    out[:, :, top:bottom, left:right] = torch.where(wc > 0, y.clamp(0, 1) if clamp else y, xc)
+    return out.permute(0, 2, 3, 1)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
