@@ -79,8 +79,8 @@ def head_box(w: torch.Tensor, levels: int) -> tuple[int, int, int, int]:
 def refine(net: UNet, rgb: torch.Tensor, alpha: torch.Tensor, dilate: int, clamp: bool = True) -> torch.Tensor:
     """``rgb`` ``[B, H, W, 3]`` and ``alpha`` ``[B, H, W]`` in [0, 1] to refined ``[B, H, W, 3]``: ``rgb`` plus the
     network's correction weighted by :func:`region` (pixels where it is 0 come back bit for bit). The network runs
-    on :func:`head_box` only (the head of a 512² frame is a third of it). Training leaves the result unclamped (a
-    clamped pixel would pass no gradient back)."""
+    on :func:`head_box` only (less work where the head is small in the frame). Training leaves the result
+    unclamped (a clamped pixel would pass no gradient back)."""
     x = rgb.permute(0, 3, 1, 2)
     w = region(alpha, dilate)
     top, bottom, left, right = head_box(w, net.levels)
