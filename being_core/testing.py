@@ -10,14 +10,15 @@ Fixtures:
 * ``being_run_stage`` - run one stage on a run folder and return its manifest entry.
 
 Helpers: :func:`unbounded_settings` lists the numeric settings of a config model that lack a lower or an upper
-bound (every number a user can set should have a sane range, so ``fps=1e308`` fails validation).
+bound (every number a user can set should have a sane range, so ``fps=1e308`` fails validation);
+:func:`missing` skips a test whose prerequisite is absent, or fails it under ``CI=true``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from pydantic import BaseModel
@@ -85,14 +86,19 @@ def find_testdata() -> Path | None:
     return next((c for c in candidates if (c / "MANIFEST.md").is_file()), None)
 
 
+def missing(message: str, in_ci: str | None = None) -> NoReturn:
+    """A test's prerequisite is absent: skip it with ``message``, or, under ``CI=true`` (where everything a test
+    needs must be there), fail it with ``in_ci`` (``message`` when not given)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(in_ci or message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def being_testdata() -> Path:
     found = find_testdata()
     if found is None:
-        message = "../shared/testdata is missing (set BEING_TESTDATA to its path)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("../shared/testdata is missing (set BEING_TESTDATA to its path)")
     return found
 
 

@@ -25,6 +25,7 @@ from being_core.plugins import load_registry
 from being_core.progress import Reporter
 from being_core.registry import Registry
 from being_core.stage import PREPARE_STAGES, StageKind
+from being_core.testing import missing
 from being_docker import images
 from being_docker.runner import DockerOptions, DockerRunner, container_env, image_for, limits
 
@@ -36,9 +37,7 @@ def _daemon():
     try:
         return images.client()
     except UsageError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs a Docker daemon: {exc}")
-        pytest.skip(str(exc))
+        missing(str(exc), f"CI needs a Docker daemon: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -433,10 +432,9 @@ def test_the_trainer_trains_and_renders_on_the_cpu_in_its_image(variant, request
     else:
         spec = images.ImageSpec(registry.implementation(StageKind.TRAINER, "gaussian-avatar"), "cuda")
         if not images.current(docker_client, spec):
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"CI builds {spec.tag} before this test (scripts/test.sh); it is missing or stale")
-            pytest.skip(f"{spec.tag} is not built here, or not for this code (being images build "
-                        "trainer-gaussian-avatar --variant cuda)")
+            missing(f"{spec.tag} is not built here, or not for this code (being images build "
+                    "trainer-gaussian-avatar --variant cuda)",
+                    f"CI builds {spec.tag} before this test (scripts/test.sh); it is missing or stale")
     results = {}
     for runner in ("docker", "inprocess"):
         root = tmp_path / runner
