@@ -27,6 +27,7 @@ not undo the layers below (the compiled ones least of all).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -40,6 +41,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from importlib import resources
@@ -418,6 +420,16 @@ def _local_sources() -> dict[str, Path]:
     return found
 
 
+@contextlib.contextmanager
+def _staged(cache: Path, pattern: str) -> Iterator[Path]:
+    """A temporary folder inside ``cache`` for pip to write into; what matches ``pattern`` is then renamed into
+    ``cache``, so a build running at the same time (CI builds images in parallel) never sees a half-written file."""
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
+        yield Path(tmp)
+        for path in Path(tmp).glob(pattern):
+            os.replace(path, cache / path.name)
+
+
 def fetch_wheels(pins: list[str], progress: Reporter) -> dict[str, Path]:
     """Wheels for ``pins`` in the shared cache, fetched with the host's pip settings when missing."""
     cache = cache_dir() / "wheels"
@@ -432,19 +444,15 @@ def fetch_wheels(pins: list[str], progress: Reporter) -> dict[str, Path]:
 
     missing = [p for p in pins if want(p) not in index()]
     if missing:
-        # fetched beside the cache, then renamed into it: a build running at the same time (CI builds images
-        # in parallel) never sees a half-written wheel
-        with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
-            req = Path(tmp) / "requirements.txt"
+        with _staged(cache, "*.whl") as tmp:
+            req = tmp / "requirements.txt"
             # "===": exactly that version, never a local build of it ("2.13.0" must not take "2.13.0+cpu")
             req.write_text("\n".join(p if "+" in p else p.replace("==", "===", 1) for p in missing) + "\n")
             with progress.task(f"fetching {len(missing)} wheels (host pip settings)", total=None):
                 proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                                       "--wheel-dir", tmp, "-r", str(req)], capture_output=True, text=True)
+                                       "--wheel-dir", str(tmp), "-r", str(req)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise BeingError(f"pip could not fetch wheels for the image:\n{proc.stderr[-2000:]}")
-            for wheel in Path(tmp).glob("*.whl"):
-                os.replace(wheel, cache / wheel.name)
     have = index()
     absent = [p for p in pins if want(p) not in have]
     if absent:
@@ -466,15 +474,13 @@ def fetch_sources(sources: list[tuple[str, dict[str, str]]], progress: Reporter)
     out = {}
     for pin, env in sources:
         if find(pin) is None:
-            with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp, \
+            with _staged(cache, "*.tar.gz") as tmp, \
                     progress.task(f"fetching the source of {pin} (host pip settings)", total=None):
                 proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                       "--no-build-isolation", "--quiet", "--dest", tmp, pin],
+                                       "--no-build-isolation", "--quiet", "--dest", str(tmp), pin],
                                       capture_output=True, text=True, env={**os.environ, **env})
                 if proc.returncode != 0:
                     raise BeingError(f"pip could not fetch the source distribution of {pin}:\n{proc.stderr[-2000:]}")
-                for archive in Path(tmp).glob("*.tar.gz"):
-                    os.replace(archive, cache / archive.name)
         found = find(pin)
         if found is None:
             raise BeingError(f"after fetching, no source distribution of {pin} (.tar.gz) is in {cache}")
