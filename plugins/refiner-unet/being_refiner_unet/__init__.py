@@ -53,7 +53,7 @@ def pick_device(want: str) -> str:
 class _Filter:
     """The fitted U-Net on one device (:class:`being_core.FrameFilter`)."""
 
-    def __init__(self, folder: Path, device: str, precision: str = "fp32"):
+    def __init__(self, folder: Path, device: str, precision: str):
         import torch
 
         from .fit import load
