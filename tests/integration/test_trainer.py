@@ -519,6 +519,25 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
     assert not torch.allclose(fading, audio[40 - FADE:40 + FADE + 1])
 
 
+def test_the_pauses_reference_is_a_mouth_that_stays_shut_not_one_about_to_open():
+    from being_trainer_gaussian_avatar.render import SHUT_MARGIN, most_settled
+
+    assert SHUT_MARGIN == 2
+    #                  0     1     2      3      4      5      6      7      8     9     10
+    opening = np.array([0.3, 0.2, 0.04, 0.003, 0.001, 0.002, 0.004, 0.002, 0.03, 0.2, 0.001])
+    shut = np.array([2, 3, 4, 5, 6, 7, 8, 10])
+    # 5 stays shut from 3 to 7 (widest 0.004); 4 and 6 see 0.04 and 0.03 (within the tie of 0.01 of each other,
+    # not of 5's); 2, 3, 7 and 8 border an open mouth; 10 is the clip's last frame
+    assert most_settled(opening, shut).tolist() == [5]
+    opening[[3, 7]] = 0.011  # 4, 5, 6: widest 0.04, 0.011, 0.03; only 5 within 0.01 of the smallest
+    assert most_settled(opening, shut).tolist() == [5]
+    opening[[2, 8]] = 0.005  # 4, 5, 6: widest 0.011 each
+    assert most_settled(opening, shut).tolist() == [4, 5, 6]
+    # no frame stays shut that long: every candidate stays in
+    flicker = np.array([0.001, 0.3, 0.001, 0.3, 0.001])
+    assert most_settled(flicker, np.array([0, 2, 4])).tolist() == [0, 2, 4]
+
+
 def test_densifying_keeps_the_optimiser_state_of_surviving_gaussians(data):
     from being_trainer_gaussian_avatar.densify import densify_and_prune
 

@@ -98,13 +98,33 @@ def blinks(data: RunData, blink: str, ids: np.ndarray, seed: int) -> torch.Tenso
 FADE = 3
 
 
+#: the reference for the pauses is chosen among frames whose mouth stays shut this many frames either side: at
+#: the edge of a shut stretch the mouth is about to open (or still closing), and the avatar renders it half open
+#: (docs/benchmarks.md, lip sync)
+SHUT_MARGIN = 2
+#: openings this close to the most settled candidate's count as equally shut (the tracker's noise on shut lips)
+SHUT_TIE = 0.01
+
+
+def most_settled(opening: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Of frames ``ids`` (whose mouth ``opening`` is shut), those where it stays shut most firmly over
+    :data:`SHUT_MARGIN` frames either side: the smallest widest opening over that stretch, within
+    :data:`SHUT_TIE` (frames beyond the clip's ends count as open). ``ids`` itself when none stays shut."""
+    padded = np.pad(opening, SHUT_MARGIN, constant_values=np.inf)
+    widest = np.lib.stride_tricks.sliding_window_view(padded, 2 * SHUT_MARGIN + 1).max(1)[ids]
+    if not (widest < lipsync.CLOSED).any():
+        return ids
+    return ids[widest <= widest.min() + SHUT_TIE]
+
+
 def shut_reference(data: RunData) -> int | None:
-    """A training frame whose tracked mouth is shut while the speech pauses (the one with the most typical pose
-    among them), or else the quietest frame with a shut mouth (the most typical pose when the run has no
-    ``aud.wav`` to tell); None when the tracked mouth never shuts."""
+    """A training frame whose tracked mouth is shut while the speech pauses (of those, the :func:`most_settled`,
+    and of those the one with the most typical pose), or else the quietest frame with a shut mouth (the most
+    typical pose when the run has no ``aud.wav`` to tell); None when the tracked mouth never shuts."""
     lm = np.load(data.root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
-    shut = np.asarray(data.train_ids)
-    shut = shut[lipsync.opening(lm)[shut] < lipsync.CLOSED]
+    opening = lipsync.opening(lm)
+    train = np.asarray(data.train_ids)
+    shut = train[opening[train] < lipsync.CLOSED]
     if not len(shut):
         return None
     wav = data.root / "aud.wav"
@@ -112,7 +132,9 @@ def shut_reference(data: RunData) -> int | None:
         return most_typical(data, shut)
     level = lipsync.loudness(read_wav(wav), SAMPLE_RATE, data.n, data.fps)
     silent = shut[lipsync.pauses(level, data.fps)[shut]]
-    return most_typical(data, silent) if len(silent) else int(shut[level[shut].argmin()])
+    if not len(silent):
+        return int(shut[level[shut].argmin()])
+    return most_typical(data, most_settled(opening, silent))
 
 
 def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, samples: np.ndarray):
