@@ -13,6 +13,18 @@ def test_every_shipped_config_keeps_every_promise(being_registry):
         assert resolved.source == str(path)
 
 
+def test_the_refiner_block_cpu_small_carries_commented_out_is_a_valid_config(being_registry, tmp_path):
+    text = shipped_configs()["cpu-small"].read_text()
+    block = [line for line in text.splitlines() if line.startswith("  # refiner:") or line.startswith("  #   ")]
+    assert len(block) == 3, "cpu-small.yaml no longer carries the commented refiner block the docs point to"
+    path = tmp_path / "cpu-small-refined.yaml"
+    path.write_text(text.replace("\n".join(block), "\n".join(line.replace("# ", "", 1) for line in block)))
+    resolved = load(path, being_registry)
+    refiner = resolved.stages["refiner"]
+    assert refiner.impl.cls.name == "unet" and refiner.config.steps == 500 and refiner.config.width == 16
+    assert check_chain([rs.impl.cls for rs in resolved.stages.values()], being_registry) == []
+
+
 def test_default_config_matches_the_built_in_defaults(being_registry):
     data = yaml.safe_load(shipped_configs()["default"].read_text())
     assert RunConfig.model_validate(data).ingest == RunConfig().ingest
