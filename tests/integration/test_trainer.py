@@ -533,6 +533,8 @@ def test_the_pauses_reference_is_a_mouth_that_stays_shut_not_one_about_to_open()
     assert most_settled(opening, shut).tolist() == [5]
     opening[[2, 8]] = 0.005  # 4, 5, 6: widest 0.011 each
     assert most_settled(opening, shut).tolist() == [4, 5, 6]
+    opening[7] = np.nan  # a frame without a face counts as open
+    assert most_settled(opening, shut).tolist() == [4]
     # no frame stays shut that long: every candidate stays in
     flicker = np.array([0.001, 0.3, 0.001, 0.3, 0.001])
     assert most_settled(flicker, np.array([0, 2, 4])).tolist() == [0, 2, 4]

@@ -109,8 +109,9 @@ SHUT_TIE = 0.01
 def most_settled(opening: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Of frames ``ids`` (whose mouth ``opening`` is shut), those where it stays shut most firmly over
     :data:`SHUT_MARGIN` frames either side: the smallest widest opening over that stretch, within
-    :data:`SHUT_TIE` (frames beyond the clip's ends count as open). ``ids`` itself when none stays shut."""
-    padded = np.pad(opening, SHUT_MARGIN, constant_values=np.inf)
+    :data:`SHUT_TIE` (frames beyond the clip's ends, or without a face, count as open). ``ids`` itself when
+    none stays shut."""
+    padded = np.pad(np.nan_to_num(opening, nan=np.inf), SHUT_MARGIN, constant_values=np.inf)
     widest = np.lib.stride_tricks.sliding_window_view(padded, 2 * SHUT_MARGIN + 1).max(1)[ids]
     if not (widest < lipsync.CLOSED).any():
         return ids
