@@ -45,7 +45,7 @@ class AvatarConfig(StageConfig):
     silence: Literal["model", "close"] = Field(
         "close", description="In the pauses of new speech (render): 'model' lets the deformer read the silence "
         "like any audio; 'close' gives it, there, the inputs of a training frame whose mouth is shut in silence "
-        "(faded in and out over a few frames), so the mouth closes.")
+        "(the most settled one; faded in and out over a few frames), so the mouth closes.")
     width: int = Field(64, ge=8, le=1024, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")
