@@ -7,9 +7,10 @@ RUN is a prepared run folder (on a GPU box without mediapipe: unpacked by ``tool
 own config plus ``stages.refiner.impl`` and the ``--set`` overrides (the CLI's syntax), it runs what ``being
 train`` runs: the trainer (cached when already trained the same way), its replay of the run's frames, the
 refiner's fit and the trainer's score of the refined held-out frames. Writes OUT/refiner.json (every step's
-metrics and seconds) and OUT/val-refined.mp4 (render | refined | real, the held-out frames), and prints the
-side-by-side table: every protocol's PSNR, SSIM, LPIPS when weights were given, the mouth, and flicker (the mean
-change between consecutive frames: a refiner must not add any beyond the real frames').
+metrics and seconds, and ``benchmarks.error_map``'s split of the held-out error with and without the refiner)
+and OUT/val-refined.mp4 (render | refined | real, the held-out frames), and prints the side-by-side table:
+every protocol's PSNR, SSIM, LPIPS when weights were given, the mouth, and flicker (the mean change between
+consecutive frames: a refiner must not add any beyond the real frames').
 
 ``--throughput``: then the live render path's frames per second at batch 1 to 64 (``benchmarks.serve``'s timing:
 deformation, rasterisation, the frames on the host), without the refiner and with it, on the same opened run.
@@ -63,6 +64,8 @@ def main() -> None:
                                 "renderer + refiner": time_batches(live, refine=True)}
         (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
     side_by_side(args.run, args.out / "val-refined.mp4")
+    result["error_map"] = where_the_error_is(args.out / "val-refined.mp4")
+    (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
     before, after = stages["trainer"]["metrics"], stages["trainer:score"]["metrics"]
     print(f"| metric | {stages['trainer']['impl']} | + refiner '{args.refiner}' |")
     print("|---|---|---|")
@@ -71,8 +74,22 @@ def main() -> None:
             print(f"| {key} | {before.get(key)} | {after.get(key)} |")
     for name, step in steps.items():
         print(f"{name}: {step['seconds']} s")
+    for name, r in result["error_map"].items():
+        print(f"{name} vs real frames: constant over the frames {r['constant_share']:.1%}"
+              + (f", mouth region {r['mouth_share']:.1%}" if "mouth_share" in r else ""))
     for what, rows in result.get("throughput", {}).items():
         print(f"{what}: " + ", ".join(f"batch {r['batch']} {r['frames_per_s']} frames/s" for r in rows))
+
+
+def where_the_error_is(video: Path) -> dict:
+    """``benchmarks.error_map`` of the side-by-side video, without the mouth region where mediapipe is missing
+    (a GPU box)."""
+    import importlib.util
+
+    from benchmarks.error_map import error_map
+
+    result, _ = error_map(video, panels=3, mouth=importlib.util.find_spec("mediapipe") is not None)
+    return result
 
 
 def side_by_side(run: Path, path: Path) -> None:
