@@ -488,7 +488,7 @@ def test_without_the_camera_token_the_deformer_never_sees_the_pose(data):
     assert seen["camera"].abs().sum() == 0
 
 
-def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
+def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
     import logging
 
     from being_trainer_gaussian_avatar import lipsync
@@ -496,10 +496,12 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
 
     from being_core.audio import SAMPLE_RATE
 
-    ref = shut_reference(data)
+    found = shut_reference(data)
+    ref = found.frame
     assert ref in data.train_ids
     lm = np.load(data.root / "face" / "landmarks.npy")[:, lipsync.MOUTH, :2]
     assert lipsync.opening(lm)[ref] < lipsync.CLOSED
+    assert found.how.startswith("shut in a pause") or found.how.startswith("the quietest shut frame")
     n = 100  # 4 s of loud noise with a pause of frames 40 to 69
     rng = np.random.default_rng(0)
     samples = (0.3 * rng.standard_normal(n * SAMPLE_RATE // 25)).astype(np.float32)
@@ -509,7 +511,9 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
     class Ctx:
         log = logging.getLogger("test")
 
-    new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, samples)
+    with caplog.at_level(logging.INFO, logger="test"):
+        new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, samples)
+    assert f"they take the inputs of training frame {ref} ({found.how})" in caplog.text
     inside = slice(40 + FADE, 70 - FADE)
     assert torch.allclose(new_audio[inside], data.audio[ref].expand_as(new_audio[inside]))
     assert torch.allclose(new_camera[inside], data.camera[ref].expand_as(new_camera[inside]))
@@ -520,7 +524,7 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data):
 
 
 def test_the_pauses_reference_is_a_mouth_that_stays_shut_not_one_about_to_open():
-    from being_trainer_gaussian_avatar.render import SHUT_MARGIN, most_settled
+    from being_trainer_gaussian_avatar.render import SHUT_MARGIN, most_settled, widest_opening
 
     assert SHUT_MARGIN == 2
     #                  0     1     2      3      4      5      6      7      8     9     10
@@ -538,6 +542,7 @@ def test_the_pauses_reference_is_a_mouth_that_stays_shut_not_one_about_to_open()
     # no frame stays shut that long: every candidate stays in
     flicker = np.array([0.001, 0.3, 0.001, 0.3, 0.001])
     assert most_settled(flicker, np.array([0, 2, 4])).tolist() == [0, 2, 4]
+    assert widest_opening(flicker).tolist() == [np.inf, np.inf, 0.3, np.inf, np.inf]  # the ends count as open
 
 
 def test_densifying_keeps_the_optimiser_state_of_surviving_gaussians(data):

@@ -66,7 +66,8 @@ class LiveAvatar:
         self.cycle = pingpong(len(data.train_ids), 2 * len(data.train_ids))[:max(1, 2 * len(data.train_ids) - 2)]
         eyes = data.eye[self.train]
         self.rest_eye, self.shut_eye = float(eyes.median()), float(torch.quantile(eyes, 0.98))
-        self.reference = shut_reference(data) if cfg.silence == "close" else None
+        ref = shut_reference(data) if cfg.silence == "close" else None
+        self.reference = None if ref is None else ref.frame
         ids = list(data.train_ids)
         with ThreadPoolExecutor(4) as pool:
             backgrounds = list(pool.map(lambda i: data.pixels_u8(int(i))[2], ids))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -106,19 +107,30 @@ SHUT_MARGIN = 2
 SHUT_TIE = 0.01
 
 
-def most_settled(opening: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Of frames ``ids`` (whose mouth ``opening`` is shut), those where it stays shut most firmly over
-    :data:`SHUT_MARGIN` frames either side: the smallest widest opening over that stretch, within
-    :data:`SHUT_TIE` (frames beyond the clip's ends, or without a face, count as open). ``ids`` itself when
-    none stays shut."""
+def widest_opening(opening: np.ndarray) -> np.ndarray:
+    """``[T]``: per frame, the widest mouth ``opening`` over :data:`SHUT_MARGIN` frames either side (frames beyond
+    the clip's ends, or without a face, count as open)."""
     padded = np.pad(np.nan_to_num(opening, nan=np.inf), SHUT_MARGIN, constant_values=np.inf)
-    widest = np.lib.stride_tricks.sliding_window_view(padded, 2 * SHUT_MARGIN + 1).max(1)[ids]
+    return np.lib.stride_tricks.sliding_window_view(padded, 2 * SHUT_MARGIN + 1).max(1)
+
+
+def most_settled(opening: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Of frames ``ids`` (whose mouth ``opening`` is shut), those where it stays shut most firmly: the smallest
+    :func:`widest_opening`, within :data:`SHUT_TIE`. ``ids`` itself when none stays shut that long."""
+    widest = widest_opening(opening)[ids]
     if not (widest < lipsync.CLOSED).any():
         return ids
     return ids[widest <= widest.min() + SHUT_TIE]
 
 
-def shut_reference(data: RunData) -> int | None:
+class ShutReference(NamedTuple):
+    """The training frame whose inputs the pauses of new speech borrow, and how it was found (for the log)."""
+
+    frame: int
+    how: str
+
+
+def shut_reference(data: RunData) -> ShutReference | None:
     """A training frame whose tracked mouth is shut while the speech pauses (of those, the :func:`most_settled`,
     and of those the one with the most typical pose), or else the quietest frame with a shut mouth (the most
     typical pose when the run has no ``aud.wav`` to tell); None when the tracked mouth never shuts."""
@@ -130,12 +142,16 @@ def shut_reference(data: RunData) -> int | None:
         return None
     wav = data.root / "aud.wav"
     if not wav.is_file():
-        return most_typical(data, shut)
+        return ShutReference(most_typical(data, shut), "the most typical shut frame: the run has no aud.wav to "
+                             "find its pauses")
     level = lipsync.loudness(read_wav(wav), SAMPLE_RATE, data.n, data.fps)
     silent = shut[lipsync.pauses(level, data.fps)[shut]]
     if not len(silent):
-        return int(shut[level[shut].argmin()])
-    return most_typical(data, most_settled(opening, silent))
+        return ShutReference(int(shut[level[shut].argmin()]), "the quietest shut frame: in the clip's own pauses "
+                             "the mouth never shuts")
+    frame = most_typical(data, most_settled(opening, silent))
+    steady = widest_opening(opening)[frame] < lipsync.CLOSED
+    return ShutReference(frame, f"shut in a pause{f' and {SHUT_MARGIN} frames either side' if steady else ''}")
 
 
 def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, samples: np.ndarray):
@@ -147,10 +163,10 @@ def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tenso
         return audio, camera
     quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, len(audio), data.fps), data.fps, edge=0)
     w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
-    ctx.log.info("silence: close: %d of %d frames are in pauses; they take the inputs of training frame %d",
-                 int(quiet.sum()), len(audio), ref)
-    audio = audio * (1 - w[:, None, None]) + data.audio[ref][None] * w[:, None, None]
-    camera = camera * (1 - w[:, None]) + data.camera[ref][None] * w[:, None]
+    ctx.log.info("silence: close: %d of %d frames are in pauses; they take the inputs of training frame %d (%s)",
+                 int(quiet.sum()), len(audio), ref.frame, ref.how)
+    audio = audio * (1 - w[:, None, None]) + data.audio[ref.frame][None] * w[:, None, None]
+    camera = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
     return audio, camera
 
 
