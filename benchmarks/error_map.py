@@ -25,7 +25,6 @@ and its varying part, on one colour scale). Memory stays bounded: the frames are
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +139,8 @@ def write_maps(sums: dict[str, ErrorSums], path: Path) -> None:
     """Per panel one row: total | constant | varying per-pixel squared error, one colour scale for all."""
     import cv2
 
+    from being_core.protocol import write_bytes_atomic
+
     maps = [s.maps() for s in sums.values()]
     top = max(float(np.percentile(m[0], 99.5)) for m in maps) or 1.0
     rows = []
@@ -147,10 +148,10 @@ def write_maps(sums: dict[str, ErrorSums], path: Path) -> None:
         row = [cv2.applyColorMap((np.clip(m / top, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
                for m in (total, constant, varying)]
         rows.append(np.concatenate(row, 1))
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), np.concatenate(rows, 0)):
-        raise OSError(f"{path} could not be written")
-    tmp.replace(path)
+    ok, png = cv2.imencode(".png", np.concatenate(rows, 0))
+    if not ok:
+        raise ValueError(f"{path}: the error map could not be encoded as PNG")
+    write_bytes_atomic(path, png.tobytes())
 
 
 def main() -> None:
@@ -160,14 +161,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="folder for error_map.json and error_map.png (default: the video's)")
     ap.add_argument("--no-mouth", action="store_true", help="skip the mouth region (no mediapipe needed)")
     args = ap.parse_args()
+    from being_core.protocol import write_json_atomic
+
     if args.panels < 2:
         ap.error("--panels needs at least 2 (a panel to score and the real frame)")
     result, sums = error_map(args.video, args.panels, mouth=not args.no_mouth)
     out = args.out or args.video.parent
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".error_map.json.tmp"
-    tmp.write_text(json.dumps({"video": str(args.video), **result}, indent=1))
-    tmp.replace(out / "error_map.json")
+    write_json_atomic(out / "error_map.json", {"video": str(args.video), **result})
     write_maps(sums, out / "error_map.png")
     for name, r in result.items():
         mouth = f", mouth region {r['mouth_share']:.1%}" if "mouth_share" in r else ""

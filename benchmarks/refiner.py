@@ -40,6 +40,7 @@ def main() -> None:
     from being_core.manifest import Manifest
     from being_core.pipeline import Pipeline
     from being_core.plugins import load_registry
+    from being_core.protocol import write_json_atomic
 
     registry = load_registry()
     config = load(args.run / "config.yaml", registry, [f"stages.refiner.impl={args.refiner}", *args.sets])
@@ -54,7 +55,7 @@ def main() -> None:
 
     result = {"run": str(args.run), "refiner": args.refiner, "sets": args.sets, "wall_seconds": round(wall, 1),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "steps": steps}
-    (args.out / "refiner.json").write_text(json.dumps(result, indent=1))  # kept should the timing fail
+    write_json_atomic(args.out / "refiner.json", result)  # kept should the timing fail
     if args.throughput:
         from being_core.live import open_run
         from benchmarks.serve import time_batches
@@ -62,10 +63,10 @@ def main() -> None:
         live = open_run(args.run, registry)
         result["throughput"] = {"renderer": time_batches(live, refine=False),
                                 "renderer + refiner": time_batches(live, refine=True)}
-        (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.out / "refiner.json", result)
     side_by_side(args.run, args.out / "val-refined.mp4")
     result["error_map"] = where_the_error_is(args.out / "val-refined.mp4")
-    (args.out / "refiner.json").write_text(json.dumps(result, indent=1))
+    write_json_atomic(args.out / "refiner.json", result)
     before, after = stages["trainer"]["metrics"], stages["trainer:score"]["metrics"]
     print(f"| metric | {stages['trainer']['impl']} | + refiner '{args.refiner}' |")
     print("|---|---|---|")
@@ -94,15 +95,13 @@ def where_the_error_is(video: Path) -> dict:
 
 def side_by_side(run: Path, path: Path) -> None:
     """The held-out frames as render | refined | real."""
-    import json as _json
-
     import numpy as np
     from PIL import Image
 
     from being_core.frames import VideoWriter, read_video
     from being_core.stage import REFINED_VAL, REPLAY_DIR
 
-    facts = _json.loads((run / "being.json").read_text())["dataset"]
+    facts = json.loads((run / "being.json").read_text())["dataset"]
     ids = iter(range(facts["val_start"], facts["n_frames"]))
     with VideoWriter(path, facts["fps"]) as video:
         for rendered, refined in zip(read_video(run / f"{REPLAY_DIR}/val.mkv"), read_video(run / REFINED_VAL)):
