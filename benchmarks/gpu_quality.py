@@ -20,8 +20,8 @@ into ``OUT/<NAME>-stage/says.mp4`` (``silence: model``) and ``says-close.mp4`` (
 ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
 
 ``--slim``: leave in OUT only what a device call brings back (at most 8 files): ``results.json`` with every
-variant's result and each variant's videos (``OUT/<NAME>-stage/avatar/val.mp4``, ``says*.mp4``); checkpoints
-always stay in the box's temporary folder.
+variant's result and each variant's videos (``OUT/<NAME>-stage/avatar/val.mp4``, ``says*.mp4``). Checkpoints
+always go to a temporary folder of each training's own, removed when it ends.
 """
 
 from __future__ import annotations
@@ -59,15 +59,17 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
     from being_trainer_gaussian_avatar.train import train
 
     cfg = AvatarConfig(**{"num_workers": workers, "tensorboard": False, "log_every": 500, **overrides})
-    # checkpoints stay on the box: a device call brings back at most 8 files
-    ctx = trainer_context(run, out / f"{name}-stage", cfg, Path(tempfile.gettempdir()) / "gpu_quality" / name)
-    t = time.perf_counter()
-    metrics = train(ctx, cfg)
-    metrics.pop("history", None)
-    result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
-              "device": torch.cuda.get_device_name(0), **metrics}
-    if speech:
-        result["render"] = {mode: say(run, speech, ctx, mode) for mode in ("model", "close")}
+    # checkpoints never leave the box (a device call brings back at most 8 files); each training has a folder of its
+    # own for them, removed when it is done: a training never resumes another's checkpoint
+    with tempfile.TemporaryDirectory(prefix=f"gpu_quality-{name}-") as state:
+        ctx = trainer_context(run, out / f"{name}-stage", cfg, Path(state))
+        t = time.perf_counter()
+        metrics = train(ctx, cfg)
+        metrics.pop("history", None)
+        result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
+                  "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", **metrics}
+        if speech:
+            result["render"] = {mode: say(run, speech, ctx, mode) for mode in ("model", "close")}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
 

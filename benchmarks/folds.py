@@ -1,0 +1,297 @@
+"""Held-out lip sync that a short clip can vouch for: the training repeated with each stretch of the clip held out
+in turn (folds over time), the mouth scored over all the held-out stretches at once (run by hand; results in
+docs/benchmarks.md).
+
+    python -m benchmarks.folds make RUN OUT [--folds K]       # anywhere (numpy, torch): fold views OUT/<run>-f<k>
+    python -m benchmarks.gpu_quality OUT/<run>-f0,OUT/<run>-f1,... RESULTS base-s0:seed=0 --slim   # a GPU box
+    python -m benchmarks.folds score RUN RESULTS [--json OUT.json]   # here (mediapipe)
+
+The trainer holds out the last eleventh of a clip: 16-19 frames of the 7-8 s shared clips, over which a
+correlation is known to about ±0.2, so three seeds on them cannot tell whether an avatar's mouth follows the
+real one at 0.5 or 0.7. Fold ``k`` holds out the stretch of that length ``k`` stretches before the trainer's own
+(fold 0 is the trainer's split); together the folds hold out nearly the whole clip, each trained on as many frames
+as the real split trains on.
+
+A fold view is a run folder whose frames are ``RUN``'s in another order: the frames outside its stretch first, in
+order, then the stretch, so that the trainer's split (the last frames) holds that stretch out and nothing in the
+trainer changes. Per-frame files are links to ``RUN``'s under new numbers; per-frame arrays (audio features,
+landmarks, the head model's fit, the AU rows, the cameras of ``transforms_*.json``) are reordered copies; the
+speech (``aud.wav``) is cut at the frames' edges and put back in the same order, so each frame keeps the sound
+under it, and the held-out stretch's sound stays whole. The seams between reordered pieces only touch what
+spans frames in training (``audio_smooth``, off by default; the clip's own sync check).
+
+``score`` finds each fold's ``<run>-f<k>-<variant>-stage/avatar/val.mp4`` in RESULTS and scores each variant's
+mouth over every fold it has, with the trainer's own measures, the folds kept apart (no lag pairs frames of two
+stretches). Beside it, the audio baseline of ``benchmarks.lipsync`` over the same stretches (a ridge fit on the
+frames each fold trains on): what the clip's audio alone predicts of its mouth there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+
+#: outputs of a trained run and the core's own state: never part of a fold's view
+SKIPPED = {"avatar", "renders", "refiner"}
+
+
+def stretches(n_frames: int, val_start: int, folds: int | None = None) -> list[tuple[int, int]]:
+    """``[(start, end)]`` of each fold's held-out frames: the trainer's split first, then every stretch as long
+    before it, as many as fit (at most ``folds``)."""
+    length = n_frames - val_start
+    if length <= 0:
+        raise ValueError("the run holds out no frames (val_start = n_frames)")
+    out = []
+    start = val_start
+    while start >= 0 and (folds is None or len(out) < folds):
+        out.append((start, start + length))
+        start -= length
+    return out
+
+
+def order(n_frames: int, stretch: tuple[int, int]) -> np.ndarray:
+    """The fold view's frame ``j`` is frame ``order[j]`` of the run: the frames outside ``stretch``, then it."""
+    start, end = stretch
+    return np.r_[0:start, end:n_frames, start:end]
+
+
+def make_view(run: Path, dest: Path, perm: np.ndarray) -> None:
+    """Write the fold view of ``run`` whose frame ``j`` is ``run``'s frame ``perm[j]`` into ``dest`` (which must not
+    exist; built under a temporary name, then renamed)."""
+    manifest = json.loads((run / "being.json").read_text())
+    n, fps = manifest["dataset"]["n_frames"], manifest["dataset"]["fps"]
+    if len(perm) != n or sorted(perm.tolist()) != list(range(n)):
+        raise ValueError(f"the order must name each of the {n} frames of {run} once")
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; fold views are written into new folders only")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for entry in sorted(run.iterdir()):
+        if entry.name.startswith(".") or entry.name in SKIPPED:
+            continue
+        target = tmp / entry.name
+        if entry.is_dir():
+            _view_folder(entry, target, perm, n)
+        elif entry.suffix == ".npy":
+            _save_npy(entry, target, perm, n)
+        elif entry.name == "track_params.pt":
+            _reorder_track(entry, target, perm, n)
+        elif entry.name == "aud.wav":
+            _reorder_wav(entry, target, perm, fps)
+        elif entry.name == "au.csv":
+            _reorder_csv(entry, target, perm, fps)
+        elif re.fullmatch(r"transforms_(train|val)\.json", entry.name):
+            continue  # both written together below
+        else:
+            target.symlink_to(entry.resolve())
+    if (run / "transforms_train.json").is_file():
+        _reorder_transforms(run, tmp, perm, manifest["dataset"]["val_start"])
+    os.replace(tmp, dest)
+
+
+def _view_folder(folder: Path, target: Path, perm: np.ndarray, n: int) -> None:
+    """A folder of per-frame files (``<i>.<ext>``, like ``ori_imgs``) under new numbers; per-frame arrays in any
+    other folder (``face/landmarks.npy``) reordered; anything else linked."""
+    files = [f for f in folder.iterdir() if f.is_file()]
+    per_frame = bool(files) and all(f.name.split(".", 1)[0].isdigit() for f in files)
+    if not per_frame and not any(f.suffix == ".npy" for f in files):
+        target.symlink_to(folder.resolve())
+        return
+    target.mkdir()
+    if per_frame:
+        new_number = np.empty(n, np.int64)
+        new_number[perm] = np.arange(n)
+        for f in files:
+            stem, ext = f.name.split(".", 1)
+            if int(stem) < n:
+                (target / f"{new_number[int(stem)]}.{ext}").symlink_to(f.resolve())
+        return
+    for f in sorted(folder.iterdir()):
+        if f.suffix == ".npy":
+            _save_npy(f, target / f.name, perm, n)
+        else:
+            (target / f.name).symlink_to(f.resolve())
+
+
+def _save_npy(path: Path, target: Path, perm: np.ndarray, n: int) -> None:
+    array = np.load(path, allow_pickle=False)
+    if array.ndim and len(array) == n:
+        np.save(target, array[perm])
+    else:
+        target.symlink_to(path.resolve())
+
+
+def _reorder_track(path: Path, target: Path, perm: np.ndarray, n: int) -> None:
+    import torch
+
+    track = torch.load(path, map_location="cpu", weights_only=True)
+    index = torch.as_tensor(perm)
+    torch.save({k: v[index] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
+                for k, v in track.items()}, target)
+
+
+def _reorder_wav(path: Path, target: Path, perm: np.ndarray, fps: float) -> None:
+    with wave.open(str(path), "rb") as w:
+        params, data = w.getparams(), w.readframes(w.getnframes())
+    size = params.sampwidth * params.nchannels
+    edges = np.round(np.arange(len(perm) + 1) * params.framerate / fps).astype(np.int64)
+    data += bytes(max(0, edges[-1] * size - len(data)))  # sound that ends before the last frame: silence to its end
+    pieces = [data[edges[i] * size:edges[i + 1] * size] for i in perm]
+    with wave.open(str(target), "wb") as w:
+        w.setparams(params)
+        w.writeframes(b"".join(pieces) + data[edges[-1] * size:])
+
+
+def _reorder_csv(path: Path, target: Path, perm: np.ndarray, fps: float) -> None:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, skipinitialspace=True))
+    header, body = rows[0], rows[1:]
+    if len(body) != len(perm):  # not one row per frame: the trainer does not read it either
+        target.symlink_to(path.resolve())
+        return
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for j, i in enumerate(perm):
+        row = list(body[i])
+        if "frame" in header:
+            row[header.index("frame")] = str(j + 1)
+        if "timestamp" in header:
+            row[header.index("timestamp")] = f"{j / fps:.3f}"
+        writer.writerow(row)
+    target.write_text(out.getvalue())
+
+
+def _reorder_transforms(run: Path, tmp: Path, perm: np.ndarray, val_start: int) -> None:
+    train = json.loads((run / "transforms_train.json").read_text())
+    val = json.loads((run / "transforms_val.json").read_text())
+    frames = {f["img_id"]: f for f in [*train["frames"], *val["frames"]]}
+    moved = [{**frames[int(i)], "img_id": j, "aud_id": j} for j, i in enumerate(perm)]
+    for name, part, chosen in (("transforms_train.json", train, moved[:val_start]),
+                               ("transforms_val.json", val, moved[val_start:])):
+        (tmp / name).write_text(json.dumps({**part, "frames": chosen}, indent=2))
+
+
+def make(run: Path, out: Path, folds: int | None = None) -> list[Path]:
+    """The fold views of ``run`` in ``out`` (``<run>-f<k>``), the trainer's own split first."""
+    facts = json.loads((run / "being.json").read_text())["dataset"]
+    views = []
+    for k, stretch in enumerate(stretches(facts["n_frames"], facts["val_start"], folds)):
+        view = out / f"{run.name}-f{k}"
+        make_view(run, view, order(facts["n_frames"], stretch))
+        views.append(view)
+    return views
+
+
+def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The trainer's held-out mouth measures (:func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over
+    every fold's ``(rendered, real)`` mouth points at once, the folds apart: between two folds lie more frames
+    without a face than any lag spans, so no correlation at a lag pairs frames of two stretches. With
+    ``fold_corr``, each fold's own correlation."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    gap = np.full((lipsync.MAX_LAG + 1, len(lipsync.MOUTH), 2), np.nan)
+    rendered = np.concatenate([x for r, _ in folds for x in (r, gap)])
+    real = np.concatenate([x for _, t in folds for x in (t, gap)])
+    per_fold = [lipsync.correlation(lipsync.opening(r), lipsync.opening(t)) for r, t in folds]
+    return {"folds": len(folds), "frames": int(sum(len(r) for r, _ in folds)), **lipsync.against_real(rendered, real),
+            "fold_corr": [None if c is None else round(c, 3) for c in per_fold]}
+
+
+def baseline(run: Path, spans: list[tuple[int, int]]) -> dict:
+    """The audio baseline (:func:`benchmarks.lipsync.audio_baseline`) on each held-out stretch, fitted on the
+    frames its fold trains on, scored over every stretch at once as :func:`pooled` scores an avatar."""
+    import cv2
+    from being_trainer_gaussian_avatar import lipsync
+
+    from benchmarks.lipsync import audio_baseline
+
+    manifest = json.loads((run / "being.json").read_text())
+    n, windows = manifest["dataset"]["n_frames"], np.load(run / manifest["stages"]["audio_encoder"]["info"]["file"])
+    frames = (cv2.cvtColor(cv2.imread(str(run / "ori_imgs" / f"{i}.jpg")), cv2.COLOR_BGR2RGB) for i in range(n))
+    real = lipsync.opening(lipsync.mouth_points(frames))
+    gap = np.full(lipsync.MAX_LAG + 1, np.nan)
+    preds, reals, per_fold = [], [], []
+    for start, end in spans:
+        ids = np.arange(start, end)
+        pred = audio_baseline(windows, real, np.r_[0:start, end:n], ids)
+        preds += [pred, gap]
+        reals += [real[ids], gap]
+        c = lipsync.correlation(pred, real[ids])
+        per_fold.append(None if c is None else round(c, 3))
+    pred, truth = np.concatenate(preds), np.concatenate(reals)
+    r = lipsync.correlation(pred, truth)
+    return {"folds": len(spans), "frames": int(sum(e - s for s, e in spans)),
+            "mouth_corr": None if r is None else round(r, 3), "av_offset": lipsync.best_lag(pred, truth),
+            "av_offset_frames": lipsync.fine_lag(pred, truth), "fold_corr": per_fold}
+
+
+def score(run: Path, results: Path) -> list[dict]:
+    """Every variant of ``run``'s folds found in ``results``, scored over its folds, then the audio baseline."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    from benchmarks.lipsync import frames_of
+
+    facts = json.loads((run / "being.json").read_text())["dataset"]
+    spans = stretches(facts["n_frames"], facts["val_start"])
+    found: dict[str, dict[int, Path]] = {}
+    for val in results.glob(f"{run.name}-f*-stage/avatar/val.mp4"):
+        match = re.fullmatch(rf"{re.escape(run.name)}-f(\d+)-(.+)-stage", val.parents[1].name)
+        if match:
+            found.setdefault(match.group(2), {})[int(match.group(1))] = val
+    if not found:
+        raise FileNotFoundError(f"no {run.name}-f<k>-<variant>-stage/avatar/val.mp4 in {results}")
+    rows = []
+    for variant, videos in sorted(found.items()):
+        folds = []
+        for k in sorted(videos):
+            frames, _ = frames_of(videos[k])
+            if len(frames) != spans[0][1] - spans[0][0]:
+                raise ValueError(f"{videos[k]} has {len(frames)} frames; each fold holds out "
+                                 f"{spans[0][1] - spans[0][0]}")
+            half = frames[0].shape[1] // 2
+            folds.append((lipsync.mouth_points(f[:, :half] for f in frames),
+                          lipsync.mouth_points(f[:, half:] for f in frames)))
+        rows.append({"what": f"{run.name} {variant}, folds {sorted(videos)}", **pooled(folds)})
+    used = sorted({k for videos in found.values() for k in videos})
+    rows.append({"what": f"{run.name} audio baseline, the same stretches", **baseline(run, [spans[k] for k in used])})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.folds", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("make", help="write the fold views of a prepared run")
+    p.add_argument("run", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--folds", type=int, default=None, help="at most this many (the trainer's split first)")
+    p = sub.add_parser("score", help="score the folds' returned val.mp4 files (needs mediapipe)")
+    p.add_argument("run", type=Path)
+    p.add_argument("results", type=Path)
+    p.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.what == "make":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(",".join(str(v) for v in make(args.run.resolve(), args.out.resolve(), args.folds)))
+        return
+    rows = score(args.run, args.results)
+    for row in rows:
+        print(json.dumps(row))
+    if args.json:
+        from being_core.protocol import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""benchmarks.folds: fold views that the trainer reads as the run in another order, and pooled lip-sync scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from being_core.audio import SAMPLE_RATE, read_wav
+from benchmarks.common import run_data
+from benchmarks.folds import make, make_view, order, pooled, stretches
+
+
+def test_the_folds_tile_the_clip_backwards_from_the_trainers_split():
+    assert stretches(200, 181) == [(181, 200), (162, 181), (143, 162), (124, 143), (105, 124), (86, 105),
+                                   (67, 86), (48, 67), (29, 48), (10, 29)]
+    assert stretches(200, 181, folds=2) == [(181, 200), (162, 181)]
+    assert order(10, (4, 7)).tolist() == [0, 1, 2, 3, 7, 8, 9, 4, 5, 6]
+    assert order(10, (7, 10)).tolist() == list(range(10))  # fold 0 is the run as it is
+    with pytest.raises(ValueError, match="holds out no frames"):
+        stretches(50, 50)
+
+
+def test_a_fold_view_is_the_run_in_another_order_for_the_trainer(prepared_face5, tmp_path):
+    facts = json.loads((prepared_face5 / "being.json").read_text())["dataset"]
+    n, val_start = facts["n_frames"], facts["val_start"]
+    views = make(prepared_face5, tmp_path, folds=3)
+    assert [v.name for v in views] == ["run-f0", "run-f1", "run-f2"]
+    stretch = stretches(n, val_start)[2]
+    perm = order(n, stretch)
+    real, view = run_data(prepared_face5, 64), run_data(views[2], 64)
+    assert view.val_ids == list(range(val_start, n))  # the trainer's split holds out fold 2's stretch ...
+    assert perm[view.val_ids].tolist() == list(range(*stretch))
+    index = torch.as_tensor(perm)
+    for name in ("audio", "lips", "eye", "viewmats", "euler"):  # ... with its own inputs
+        assert torch.equal(getattr(view, name), getattr(real, name)[index]), name
+    for name in ("camera", "expression"):  # normalised by means over the frames, summed in another order
+        assert torch.allclose(getattr(view, name).float(), getattr(real, name)[index].float(), atol=1e-4), name
+    for j in (0, stretch[0], val_start, n - 1):
+        for got, want in zip(view.pixels_u8(j), real.pixels_u8(int(perm[j]))):
+            assert np.array_equal(got, want)
+    assert np.array_equal(np.load(views[2] / "face" / "landmarks.npy"),
+                          np.load(prepared_face5 / "face" / "landmarks.npy")[perm])
+    # each frame keeps the sound under it; the held-out stretch's sound is whole
+    edge = SAMPLE_RATE // 25
+    moved, whole = read_wav(views[2] / "aud.wav"), read_wav(prepared_face5 / "aud.wav")
+    assert len(moved) == max(len(whole), n * edge)  # this clip's sound ends 7 ms before its last frame
+    assert np.array_equal(moved[val_start * edge:n * edge], whole[stretch[0] * edge:stretch[1] * edge])
+    assert np.array_equal(moved[:edge], whole[:edge])
+    cameras = json.loads((views[2] / "transforms_val.json").read_text())["frames"]
+    every = {f["img_id"]: f for name in ("transforms_train.json", "transforms_val.json")
+             for f in json.loads((prepared_face5 / name).read_text())["frames"]}
+    assert [f["img_id"] for f in cameras] == list(range(val_start, n))
+    assert [f["transform_matrix"] for f in cameras] == [every[i]["transform_matrix"] for i in range(*stretch)]
+    # fold 0 is the run as it is
+    first = run_data(views[0], 64)
+    assert torch.equal(first.audio, real.audio) and torch.equal(first.expression, real.expression)
+
+
+def test_a_view_is_written_whole_into_a_new_folder_only(prepared_face5, tmp_path):
+    n = json.loads((prepared_face5 / "being.json").read_text())["dataset"]["n_frames"]
+    with pytest.raises(ValueError, match=f"each of the {n} frames"):
+        make_view(prepared_face5, tmp_path / "bad", np.zeros(n, np.int64))
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="taken exists"):
+        make_view(prepared_face5, tmp_path / "taken", np.arange(n))
+
+
+def mouths(opening: np.ndarray) -> np.ndarray:
+    """FaceMesh mouth points ``[T, 20, 2]`` whose inner-lip gap over mouth width is ``opening``."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    points = np.zeros((len(opening), len(lipsync.MOUTH), 2))
+    points[:, lipsync.RIGHT, 0] = 1.0  # mouth width 1
+    points[:, lipsync.LOWER, 1] = opening
+    return points
+
+
+def test_pooled_folds_read_a_shift_within_each_stretch_and_never_across_them():
+    rng = np.random.default_rng(0)
+    real = [0.08 + 0.04 * rng.standard_normal(20) for _ in range(6)]
+    late = [np.r_[r[0], r[:-1]] for r in real]  # every rendered stretch does a frame later what its real one does
+    result = pooled([(mouths(a), mouths(b)) for a, b in zip(late, real)])
+    assert result["folds"] == 6 and result["frames"] == 120 and result["av_offset"] == 1
+    same = pooled([(mouths(r), mouths(r)) for r in real])
+    assert same["mouth_corr"] == 1.0 and same["av_offset"] == 0 and same["fold_corr"] == [1.0] * 6
+    # a stretch that ends as the next begins would read a lag if the folds were joined end to end
+    ramp = [np.linspace(0.05, 0.15, 20) for _ in range(6)]
+    assert pooled([(mouths(r), mouths(r)) for r in ramp])["av_offset"] == 0
+    still = pooled([(mouths(np.full(20, 0.1)), mouths(r)) for r in real])
+    assert still["mouth_corr"] == 0.0  # a mouth that never moves follows nothing
+
+
+def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp_path):
+    """Two folds trained (tiny, on the CPU) as ``benchmarks.gpu_quality`` trains them, then ``score``: each fold's
+    val.mp4 holds its own stretch's real frames, and the mouth is scored over both stretches."""
+    from being_trainer_gaussian_avatar import GaussianAvatar
+
+    from benchmarks.folds import score
+    from benchmarks.gpu_quality import train_variant
+    from benchmarks.lipsync import frames_of
+
+    views = make(prepared_face5, tmp_path / "views", folds=2)
+    out = tmp_path / "results"
+    out.mkdir()
+    for view in views:
+        train_variant(view, f"{view.name}-tiny", {**GaussianAvatar.test_config, "resolution": 256}, out, 0)
+    facts = json.loads((prepared_face5 / "being.json").read_text())["dataset"]
+    start, end = stretches(facts["n_frames"], facts["val_start"])[1]
+    frames, _ = frames_of(out / "run-f1-tiny-stage" / "avatar" / "val.mp4")
+    import cv2
+
+    for j, frame in zip(range(start, end), frames):
+        real = cv2.resize(cv2.cvtColor(cv2.imread(str(prepared_face5 / "ori_imgs" / f"{j}.jpg")), cv2.COLOR_BGR2RGB),
+                          (256, 256), interpolation=cv2.INTER_AREA)
+        assert np.abs(frame[:, 256:].astype(float) - real).mean() < 3  # fold 1's own stretch, as H.264 keeps it
+    rows = score(prepared_face5, out)
+    assert [row["what"] for row in rows] == ["run tiny, folds [0, 1]", "run audio baseline, the same stretches"]
+    tiny, base = rows
+    assert tiny["folds"] == base["folds"] == 2 and tiny["frames"] == base["frames"] == 2 * (end - start)
+    assert len(tiny["fold_corr"]) == 2 and tiny["mouth_corr"] is not None and np.isfinite(tiny["lmd"])
+    assert -1 <= base["mouth_corr"] <= 1
+    with pytest.raises(FileNotFoundError, match="no run-f1-f<k>-<variant>-stage/avatar/val.mp4 in"):
+        score(views[1], out)  # a run that has no folds there
