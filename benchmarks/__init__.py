@@ -11,6 +11,13 @@ the GPU box the wheels ``tools/gpu/carry.py`` brings):
     python -m benchmarks.evaluate_model RUN MODEL.pt   # the trainer's evaluation again, on the CPU (LMD)
     python -m benchmarks.composite_ceiling RUN         # the PSNR a perfect head would score
     python -m benchmarks.lpips_check                   # the trainer's LPIPS against the lpips package
+    python -m benchmarks.lipsync run RUN               # the mouth: held out, and in renders of new speech
+    python -m benchmarks.folds make RUN OUT            # every stretch of a short clip held out in turn (+ score)
+    python -m benchmarks.error_map VIDEO               # where the held-out error lies (constant, mouth, cells)
+    python -m benchmarks.refiner RUN OUT               # held-out metrics with and without a refiner (GPU)
+    python -m benchmarks.sd_turbo_speed carry          # the diffusion refiner's frames/s (GPU)
+    python -m benchmarks.serve RUN OUT                 # live sessions per GPU and their latency
+    python -m benchmarks.ray_batch carry SUBJECTS...   # being batch on Ray against one after another
 
 They call the public API of the core and the plugins (the pipeline, the trainer's ``train``/``evaluate``,
 ``Avatar``, ``RunData``); none patches code or edits ``sys.path``.

@@ -193,24 +193,56 @@ def make(run: Path, out: Path, folds: int | None = None) -> list[Path]:
     return views
 
 
-def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The trainer's held-out mouth measures (:func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over
-    every fold's ``(rendered, real)`` mouth points at once, the folds apart: between two folds lie more frames
-    without a face than any lag spans, so no correlation at a lag pairs frames of two stretches. With
+#: bootstrap resamples of the folds behind ``mouth_corr_90``
+RESAMPLES = 2000
+
+
+def joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The folds' series one after another, apart: between two folds lie more frames without a face (NaN) than
+    any lag spans, so no correlation at a lag pairs frames of two stretches."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    gap = np.full((lipsync.MAX_LAG + 1, *parts[0].shape[1:]), np.nan)
+    return np.concatenate([x for part in parts for x in (part, gap)])
+
+
+def over_folds(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """How the ``(predicted, real)`` mouth openings of every fold agree, scored over all folds at once:
+    ``mouth_corr``; ``mouth_corr_90``, the 5th and 95th percentiles of it over folds drawn again with
+    replacement (how far another set of stretches of such a clip could read); ``av_offset`` and
+    ``av_offset_frames``; ``lag_corr``, the correlation at each lag (how clear the offset's peak is); and
     ``fold_corr``, each fold's own correlation."""
     from being_trainer_gaussian_avatar import lipsync
 
-    gap = np.full((lipsync.MAX_LAG + 1, len(lipsync.MOUTH), 2), np.nan)
-    rendered = np.concatenate([x for r, _ in folds for x in (r, gap)])
-    real = np.concatenate([x for _, t in folds for x in (t, gap)])
-    per_fold = [lipsync.correlation(lipsync.opening(r), lipsync.opening(t)) for r, t in folds]
-    return {"folds": len(folds), "frames": int(sum(len(r) for r, _ in folds)), **lipsync.against_real(rendered, real),
-            "fold_corr": [None if c is None else round(c, 3) for c in per_fold]}
+    predicted, real = joined([p for p, _ in folds]), joined([t for _, t in folds])
+    rng = np.random.default_rng(0)
+    drawn = [lipsync.correlation(joined([folds[k][0] for k in pick]), joined([folds[k][1] for k in pick]))
+             for pick in rng.integers(len(folds), size=(RESAMPLES, len(folds)))] if len(folds) >= 3 else []
+    drawn = [r for r in drawn if r is not None]
+    r = lipsync.correlation(predicted, real)
+    fold_corr = [lipsync.correlation(p, t) for p, t in folds]
+    return {"folds": len(folds), "frames": int(sum(len(p) for p, _ in folds)),
+            "mouth_corr": None if r is None else round(r, 3),
+            "mouth_corr_90": [round(float(np.percentile(drawn, q)), 3) for q in (5, 95)] if drawn else None,
+            "av_offset": lipsync.best_lag(predicted, real), "av_offset_frames": lipsync.fine_lag(predicted, real),
+            "lag_corr": {k: round(v, 3) for k, v in lipsync.lag_scores(predicted, real).items()},
+            "fold_corr": [None if c is None else round(c, 3) for c in fold_corr]}
+
+
+def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """An avatar's held-out mouth over every fold's ``(rendered, real)`` FaceMesh mouth points: :func:`over_folds`
+    of their openings, with the trainer's bias and mouth LMD
+    (:func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over all the frames."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    whole = lipsync.against_real(joined([r for r, _ in folds]), joined([t for _, t in folds]))
+    scores = over_folds([(lipsync.opening(r), lipsync.opening(t)) for r, t in folds])
+    return {**scores, "mouth_bias_pct": whole["mouth_bias_pct"], "lmd": whole["lmd"]}
 
 
 def baseline(run: Path, spans: list[tuple[int, int]]) -> dict:
     """The audio baseline (:func:`benchmarks.lipsync.audio_baseline`) on each held-out stretch, fitted on the
-    frames its fold trains on, scored over every stretch at once as :func:`pooled` scores an avatar."""
+    frames its fold trains on, scored as :func:`pooled` scores an avatar (:func:`over_folds`)."""
     import cv2
     from being_trainer_gaussian_avatar import lipsync
 
@@ -220,20 +252,8 @@ def baseline(run: Path, spans: list[tuple[int, int]]) -> dict:
     n, windows = manifest["dataset"]["n_frames"], np.load(run / manifest["stages"]["audio_encoder"]["info"]["file"])
     frames = (cv2.cvtColor(cv2.imread(str(run / "ori_imgs" / f"{i}.jpg")), cv2.COLOR_BGR2RGB) for i in range(n))
     real = lipsync.opening(lipsync.mouth_points(frames))
-    gap = np.full(lipsync.MAX_LAG + 1, np.nan)
-    preds, reals, per_fold = [], [], []
-    for start, end in spans:
-        ids = np.arange(start, end)
-        pred = audio_baseline(windows, real, np.r_[0:start, end:n], ids)
-        preds += [pred, gap]
-        reals += [real[ids], gap]
-        c = lipsync.correlation(pred, real[ids])
-        per_fold.append(None if c is None else round(c, 3))
-    pred, truth = np.concatenate(preds), np.concatenate(reals)
-    r = lipsync.correlation(pred, truth)
-    return {"folds": len(spans), "frames": int(sum(e - s for s, e in spans)),
-            "mouth_corr": None if r is None else round(r, 3), "av_offset": lipsync.best_lag(pred, truth),
-            "av_offset_frames": lipsync.fine_lag(pred, truth), "fold_corr": per_fold}
+    return over_folds([(audio_baseline(windows, real, np.r_[0:start, end:n], np.arange(start, end)), real[start:end])
+                       for start, end in spans])
 
 
 def score(run: Path, results: Path) -> list[dict]:

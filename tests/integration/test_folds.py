@@ -87,6 +87,12 @@ def test_pooled_folds_read_a_shift_within_each_stretch_and_never_across_them():
     assert result["folds"] == 6 and result["frames"] == 120 and result["av_offset"] == 1
     same = pooled([(mouths(r), mouths(r)) for r in real])
     assert same["mouth_corr"] == 1.0 and same["av_offset"] == 0 and same["fold_corr"] == [1.0] * 6
+    assert same["mouth_corr_90"] == [1.0, 1.0] and same["lag_corr"][0] == 1.0 and max(same["lag_corr"].values()) == 1.0
+    # folds that disagree widen the interval around the pooled correlation
+    noisy = [np.r_[r[:10], rng.permutation(r[10:])] if k % 2 else r for k, r in enumerate(real)]
+    mixed = pooled([(mouths(a), mouths(b)) for a, b in zip(noisy, real)])
+    low, high = mixed["mouth_corr_90"]
+    assert low < mixed["mouth_corr"] < high <= 1.0 and high - low > 0.05
     # a stretch that ends as the next begins would read a lag if the folds were joined end to end
     ramp = [np.linspace(0.05, 0.15, 20) for _ in range(6)]
     assert pooled([(mouths(r), mouths(r)) for r in ramp])["av_offset"] == 0
