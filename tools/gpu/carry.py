@@ -1,6 +1,7 @@
 """Put together what Being needs on a GPU box without network, mediapipe or ffmpeg (run by hand).
 
     python -m tools.gpu.carry RUN [--dest .gpu]                      # then benchmarks.gpu_quality there
+    python -m tools.gpu.carry RUN --folds [--more RUN2] [--dest .gpu]  # the same over every stretch (benchmarks.folds)
     python -m tools.gpu.carry RUN --trainer-benchmark [--dest .gpu]  # then benchmarks.gpu_trainer there
     python -m tools.gpu.carry RUN --refiner-benchmark [--dest .gpu]  # then benchmarks.refiner --throughput there
     python -m tools.gpu.carry RUN --cli --audio A.wav [--dest .gpu]  # then `being train` and `being render`
@@ -69,6 +70,9 @@ def main() -> None:
                     f"{PAUSE_S} s into the packed run's speech/ (wav + mel features) for gpu_quality --speech")
     ap.add_argument("--more", type=Path, nargs="+", default=[], help="without --cli: more prepared runs, packed "
                     "beside the first (pack-<name>/) for one gpu_quality over all of them")
+    ap.add_argument("--folds", action="store_true", help="without --cli: train every fold view of each run "
+                    "(benchmarks.folds; one training per stretch of the clip) instead of three seeds of the run, and "
+                    "bring the held-out videos back as results.tar.* for `benchmarks.folds score` here")
     args = ap.parse_args()
     if args.cli and not (args.audio and args.audio.is_file()):
         sys.exit(f"--cli needs --audio with an existing audio file (got {args.audio})")
@@ -84,13 +88,11 @@ def main() -> None:
         carry_run(args.run, args.dest)
         shutil.copyfile(args.audio, args.dest / "audio.wav")
     else:
-        if not (args.dest / "pack" / "being.json").is_file():
-            packing.pack(args.run, args.dest / "pack")
+        fresh_pack(args.run, args.dest / "pack")
         if args.speech:
             speech(args.speech, args.run, args.dest / "pack" / "speech")
         for more in args.more:
-            if not (args.dest / f"pack-{more.name}" / "being.json").is_file():
-                packing.pack(more, args.dest / f"pack-{more.name}")
+            fresh_pack(more, args.dest / f"pack-{more.name}")
             if args.speech:
                 speech(args.speech, more, args.dest / f"pack-{more.name}" / "speech")
     check_fits(args.dest, f" (wheels {size(wheels) / 2 ** 20:.1f})")
@@ -109,14 +111,31 @@ def main() -> None:
         return
     # -P: the checkout is on PYTHONPATH for benchmarks/ and tools/ only; its being_core must not shadow the
     # installed wheel (the shipped configs are package data of the wheel, not a folder of the source package)
-    unpack = "; ".join([f"python3 -P -m tools.gpu.pack unpack {rel}/pack /tmp/run"] +
+    first = f"/tmp/{args.run.resolve().name}" if args.folds else "/tmp/run"  # fold views are named after it
+    unpack = "; ".join([f"python3 -P -m tools.gpu.pack unpack {rel}/pack {first}"] +
                        [f"python3 -P -m tools.gpu.pack unpack {rel}/pack-{m.name} /tmp/{m.name}" for m in args.more])
-    runs = ",".join(["/tmp/run", *(f"/tmp/{m.name}" for m in args.more)])
+    runs = ",".join([first, *(f"/tmp/{m.name}" for m in args.more)])
+    if args.folds:  # several trainings per GPU: a 2-GPU machine trains two 10-fold clips in about 7 minutes
+        views = ",".join(f"$(python3 -P -m benchmarks.folds make {r} /tmp/folds)" for r in runs.split(","))
+        print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; python3 -P -m benchmarks.gpu_quality {views} "
+              f"/tmp/results base-s0:seed=0 --slim > $OUT/log.txt 2>&1; tar cf - -C /tmp/results . | split -b 15M - "
+              f"$OUT/results.tar.\n(then here: cat results.tar.* | tar x -C RESULTS; python -m benchmarks.folds score "
+              f"RUN RESULTS)")
+        return
     bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
              "python3 -P -m benchmarks.refiner /tmp/run $OUT --throughput" if args.refiner_benchmark else
              f"python3 -P -m benchmarks.gpu_quality {runs} $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2" +
              (" --speech speech" if args.speech else ""))
     print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")
+
+
+def fresh_pack(run: Path, dest: Path) -> None:
+    """``run`` packed into ``dest``, unless ``dest`` already holds it (the same ``being.json``): a pack of another
+    run, or of this one before it changed, is packed again."""
+    if (dest / "being.json").is_file() and (dest / "being.json").read_bytes() == (run / "being.json").read_bytes():
+        return
+    shutil.rmtree(dest, ignore_errors=True)
+    packing.pack(run, dest)
 
 
 PAUSE_S = 1.2
