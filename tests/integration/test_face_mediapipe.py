@@ -222,3 +222,29 @@ def test_gaussiantalkers_reader_poses_the_vertices_where_the_json_cameras_do(pre
         uv_json = np.stack([cx - f * gl[:, 0] / gl[:, 2], cy + f * gl[:, 1] / gl[:, 2]], 1)
         assert np.abs(uv_gt - uv_json).max() < 0.05, f"frame {i}: {np.abs(uv_gt - uv_json).max():.2f} px apart"
     assert float(params["euler"][turned].abs().max()) > 0.02, "the clip turns its head, so a wrong convention shows"
+
+
+def test_an_opening_jaw_is_expression_not_a_head_coming_closer(prepared_face5):
+    """A clip made from the tracked head model in which only the jaw moves, the head still: aligned on the upper
+    face (the default), the fitted head stays where it is and the jaw is expression; aligned on every point (the
+    0.2.0 tracker), the head appears to come closer each time the mouth opens."""
+    from being_face_mediapipe.fit import fit_head
+
+    mean = np.load(prepared_face5 / "face" / "head_model.npz")["mean"].astype(np.float64)  # [V, 3] dm, y up
+    corners = mean[[61, 291], 1].mean()
+    below = np.clip((corners - mean[:, 1]) / (corners - mean[152, 1]), 0, None)  # 0 at the mouth corners, 1 at the chin
+    n, focal, depth = 120, 1024.0, 12.0
+    jaw = 0.12 * (1 - np.cos(np.linspace(0, 12 * np.pi, n))) / 2 + 0.02 * np.random.default_rng(0).random(n)  # dm
+    shapes = np.repeat(mean[None], n, 0)
+    shapes[:, :, 1] -= jaw[:, None] * below[None]  # the chin drops, the upper face stays
+    z = shapes[..., 2] - depth  # the head 12 dm in front of an OpenGL camera, facing it
+    landmarks = np.stack([256 - focal * shapes[..., 0] / z, 256 + focal * shapes[..., 1] / z,
+                          -(z - z.mean()) * focal / depth], -1)
+    still = fit_head(landmarks, 512, 512, iterations=60, focal_factors=(2.0,))
+    moved = fit_head(landmarks, 512, 512, iterations=60, focal_factors=(2.0,), rigid=None)
+    distance, before = -still.trans[:, 2], -moved.trans[:, 2]
+    assert np.ptp(distance) / distance.mean() < 0.002 and np.degrees(np.ptp(still.euler, 0)).max() < 0.2
+    assert abs(np.corrcoef(before, jaw)[0, 1]) > 0.8 and np.ptp(before) / before.mean() > 0.01
+    chin = (still.mean[None] + np.einsum("nk,kvc->nvc", still.exp, still.basis))[:, 152, 1]
+    assert np.corrcoef(chin, -jaw)[0, 1] > 0.99  # the expression carries the jaw
+    assert still.errors.mean() < 0.2

@@ -25,6 +25,10 @@ class MediapipeConfig(StageConfig):
         (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), min_length=1, max_length=32, description="Focal lengths searched, in image widths."
     )
     smooth: float = Field(1.0, ge=0, le=1000, description="Weight of the temporal smoothness of pose.")
+    align: Literal["upper-face", "all"] = Field(
+        "upper-face", description="Landmarks whose rigid motion is the head's pose: 'upper-face' (forehead, nose, "
+        "eye corners, temples: what speech hardly moves); 'all' aligns every landmark, as face-mediapipe 0.2.0 "
+        "did, where an open mouth also moved the tracked head about 1-2 % closer to the camera.")
     densify_level: int = Field(4, ge=1, le=8, description="Barycentric steps per mesh triangle for `vertices`.")
     parsing_variant: Literal["ernerf", "talkinggaussian"] = Field(
         "ernerf", description="'talkinggaussian' also paints the inner mouth grey and the hair black."
@@ -38,7 +42,7 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
     """FaceMesh 478 landmarks, 68-point .lms, a head model fitted by reprojection, cameras for the trainers."""
 
     name = "mediapipe"
-    version = "0.2.0"
+    version = "0.3.0"
     outputs = (*FaceTracker.outputs, "face/head_model.npz", "track_params.pt", "transforms_train.json",
                "transforms_val.json", "parsing/*.png", "bc.jpg", "gt_imgs/*.jpg", "torso_imgs/*.png")
     provides = ("landmarks:facemesh-478", "dataset:reference-layout", "dataset:split")
@@ -86,7 +90,15 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
         import numpy as np
         import torch
 
-        from .fit import REFERENCE_EULER, SEARCH_ITERATIONS, c2w_matrices, densify_weights, fit_head, to_reference_euler
+        from .fit import (
+            REFERENCE_EULER,
+            RIGID_POINTS,
+            SEARCH_ITERATIONS,
+            c2w_matrices,
+            densify_weights,
+            fit_head,
+            to_reference_euler,
+        )
         from .lm68 import MESH_TO_68
         from .track import detect, fill_gaps, missing_runs
 
@@ -109,7 +121,8 @@ class MediapipeTracker(FaceTracker[MediapipeConfig]):
                                unit="step") as task:
             fit = fit_head(landmarks, width, height, n_exp=cfg.n_exp, iterations=cfg.iterations,
                            focal_factors=cfg.focal_factors, smooth=cfg.smooth,
-                           weights=tracks.found.astype(np.float32), progress=task)
+                           weights=tracks.found.astype(np.float32), progress=task,
+                           rigid=RIGID_POINTS if cfg.align == "upper-face" else None)
 
         import mediapipe as mp
 

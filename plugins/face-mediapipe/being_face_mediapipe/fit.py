@@ -24,6 +24,12 @@ import torch
 
 EYE_OUTER = (33, 263)
 EYE_DISTANCE_DM = 0.9
+#: FaceMesh points that speech and expression hardly move: the forehead, the nose, the eye corners and the temples
+#: (the face's outline from the brows to the ears). Their rigid motion is the head's pose. Aligning every point
+#: instead lets the jaw and lips pull the pose: on three shared clips the head came 1-2 % closer to the camera
+#: whenever the mouth opened, and the tracked pose alone predicted the mouth's opening (docs/benchmarks.md).
+RIGID_POINTS = (10, 338, 297, 332, 109, 67, 103, 151, 9, 8, 168, 6, 197, 195, 5, 4, 33, 133, 362, 263, 127, 356,
+                234, 454, 162, 389, 21, 251)
 SEARCH_ITERATIONS = 30  # optimiser steps per focal candidate, on a sample of frames
 
 
@@ -133,18 +139,21 @@ class _Adam:
 
 def fit_head(landmarks: np.ndarray, width: int, height: int, n_exp: int = 16, iterations: int = 80,
              focal_factors: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0), smooth: float = 1.0,
-             weights: np.ndarray | None = None, progress=None, seed: int = 0) -> HeadFit:
+             weights: np.ndarray | None = None, progress=None, seed: int = 0,
+             rigid: tuple[int, ...] | None = RIGID_POINTS) -> HeadFit:
     """Learn a mean shape and expression basis from ``landmarks [N, V, 3]`` (pixels; z = depth, smaller
     nearer) and fit per-frame pose and expression under a perspective camera whose focal length is chosen
-    by search over ``focal_factors * width``."""
+    by search over ``focal_factors * width``. The frames are aligned on the ``rigid`` points (None: on every
+    point), so what moves the others (the jaw, the lips, the brows) is expression, not pose."""
     torch.manual_seed(seed)
     n = len(landmarks)
     cx, cy = width / 2.0, height / 2.0
     pts = np.stack([landmarks[..., 0] - cx, cy - landmarks[..., 1], -landmarks[..., 2]], -1).astype(np.float64)
     # Generalized Procrustes: canonical shapes of every frame, aligned to their mean.
+    idx = np.arange(pts.shape[1]) if rigid is None else np.asarray(rigid)
     ref = pts[0] - pts[0].mean(0)
     for _ in range(3):
-        scale, rot, tr = _umeyama(ref, pts)
+        scale, rot, tr = _umeyama(ref[idx], pts[:, idx])
         canon = np.einsum("nji,nvj->nvi", rot, pts - tr[:, None]) / scale[:, None, None]
         ref = canon.mean(0)
     units = EYE_DISTANCE_DM / np.linalg.norm(ref[EYE_OUTER[0]] - ref[EYE_OUTER[1]])
