@@ -100,24 +100,16 @@ def make_view(run: Path, dest: Path, perm: np.ndarray) -> None:
 
 
 def _view_folder(folder: Path, target: Path, perm: np.ndarray, n: int) -> None:
-    """A folder of per-frame files (``<i>.<ext>``, like ``ori_imgs``) under new numbers; per-frame arrays in any
-    other folder (``face/landmarks.npy``) reordered; anything else linked."""
-    files = [f for f in folder.iterdir() if f.is_file()]
-    per_frame = bool(files) and all(f.name.split(".", 1)[0].isdigit() for f in files)
-    if not per_frame and not any(f.suffix == ".npy" for f in files):
-        target.symlink_to(folder.resolve())
-        return
+    """A folder of the run: per-frame files (``<i>.<ext>``, as in ``ori_imgs``) linked under their new numbers,
+    per-frame arrays (``face/landmarks.npy``) reordered, anything else linked as it is."""
     target.mkdir()
-    if per_frame:
-        new_number = np.empty(n, np.int64)
-        new_number[perm] = np.arange(n)
-        for f in files:
-            stem, ext = f.name.split(".", 1)
-            if int(stem) < n:
-                (target / f"{new_number[int(stem)]}.{ext}").symlink_to(f.resolve())
-        return
+    new_number = np.empty(n, np.int64)
+    new_number[perm] = np.arange(n)
     for f in sorted(folder.iterdir()):
-        if f.suffix == ".npy":
+        stem, _, ext = f.name.partition(".")
+        if f.is_file() and stem.isdigit() and int(stem) < n:
+            (target / f"{new_number[int(stem)]}.{ext}").symlink_to(f.resolve())
+        elif f.is_file() and f.suffix == ".npy":
             _save_npy(f, target / f.name, perm, n)
         else:
             (target / f.name).symlink_to(f.resolve())
