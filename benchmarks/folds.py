@@ -16,8 +16,9 @@ A fold view is a run folder whose frames are ``RUN``'s in another order: the fra
 order, then the stretch, so that the trainer's split (the last frames) holds that stretch out and nothing in the
 trainer changes. Per-frame files are links to ``RUN``'s under new numbers; per-frame arrays (audio features,
 landmarks, the head model's fit, the AU rows, the cameras of ``transforms_*.json``) are reordered copies; the
-speech (``aud.wav``) is cut at the frames' edges and put back in the same order, so each frame keeps the sound
-under it, and the held-out stretch's sound stays whole. The seams between reordered pieces only touch what
+speech (``aud.wav``) is cut at the frames' edges (``i / fps``; sound that ends before the last frame is first made
+up to it with silence) and put back in the same order, so each frame keeps the sound under it, and the held-out
+stretch's sound stays whole. The seams between reordered pieces only touch what
 spans frames in training (``audio_smooth``, off by default; the clip's own sync check).
 
 ``score`` finds each fold's ``<run>-f<k>-<variant>-stage/avatar/val.mp4`` in RESULTS and scores each variant's
