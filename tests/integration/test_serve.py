@@ -677,7 +677,7 @@ def test_a_client_that_never_reads_is_let_go(trained):
 def test_render_threads_hand_frames_back_in_the_order_they_were_submitted(trained, speech):
     """A CPU avatar's render threads each render their own frames; a thread that finishes first still waits for
     the frames submitted before its own. The first render is made slow, so that the second thread finishes
-    first; every frame must equal the avatar's render of that frame alone."""
+    first; every frame must be the avatar's render of that frame alone (to the rounding of a batch)."""
     import threading
 
     from being_serve.host import AvatarHost, Request
@@ -713,8 +713,12 @@ def test_render_threads_hand_frames_back_in_the_order_they_were_submitted(traine
         host.close()
     assert [i for i, _ in handed] == list(range(6))
     assert len(set(calls[1:])) == 2, "both threads rendered"
-    for (i, frame), want in zip(handed, expected, strict=True):
-        assert np.array_equal(frame, (want.clamp(0, 1) * 255).round().byte().numpy()), f"frame {i}"
+    alone = [(want.clamp(0, 1) * 255).round().byte().numpy().astype(int) for want in expected]
+    for i, frame in handed:
+        # a thread renders its frames in one batch: the CPU's sums round differently by batch size (1 of 255 at most)
+        assert np.abs(frame - alone[i]).max() <= 1, f"frame {i}"
+        assert all(np.abs(frame - alone[k]).max() > 1 for k in range(6) if np.abs(alone[k] - alone[i]).max() > 2), \
+            f"frame {i} is another frame"
 
 
 def test_serve_refuses_what_it_cannot_serve(prepared_face5, trained, tmp_path):
