@@ -236,15 +236,10 @@ def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
 def baseline(run: Path, spans: list[tuple[int, int]]) -> dict:
     """The audio baseline (:func:`benchmarks.lipsync.audio_baseline`) on each held-out stretch, fitted on the
     frames its fold trains on, scored as :func:`pooled` scores an avatar (:func:`over_folds`)."""
-    import cv2
-    from being_trainer_gaussian_avatar import lipsync
+    from benchmarks.lipsync import audio_and_mouth, audio_baseline
 
-    from benchmarks.lipsync import audio_baseline
-
-    manifest = json.loads((run / "being.json").read_text())
-    n, windows = manifest["dataset"]["n_frames"], np.load(run / manifest["stages"]["audio_encoder"]["info"]["file"])
-    frames = (cv2.cvtColor(cv2.imread(str(run / "ori_imgs" / f"{i}.jpg")), cv2.COLOR_BGR2RGB) for i in range(n))
-    real = lipsync.opening(lipsync.mouth_points(frames))
+    facts, windows, real = audio_and_mouth(run)
+    n = facts["n_frames"]
     return over_folds([(audio_baseline(windows, real, np.r_[0:start, end:n], np.arange(start, end)), real[start:end])
                        for start, end in spans])
 
@@ -253,7 +248,7 @@ def score(run: Path, results: Path) -> list[dict]:
     """Every variant of ``run``'s folds found in ``results``, scored over its folds, then the audio baseline."""
     from being_trainer_gaussian_avatar import lipsync
 
-    from benchmarks.lipsync import frames_of
+    from benchmarks.lipsync import render_and_real
 
     facts = json.loads((run / "being.json").read_text())["dataset"]
     spans = stretches(facts["n_frames"], facts["val_start"])
@@ -268,13 +263,8 @@ def score(run: Path, results: Path) -> list[dict]:
     for variant, videos in sorted(found.items()):
         folds = []
         for k in sorted(videos):
-            frames, _ = frames_of(videos[k])
-            if len(frames) != spans[0][1] - spans[0][0]:
-                raise ValueError(f"{videos[k]} has {len(frames)} frames; each fold holds out "
-                                 f"{spans[0][1] - spans[0][0]}")
-            half = frames[0].shape[1] // 2
-            folds.append((lipsync.mouth_points(f[:, :half] for f in frames),
-                          lipsync.mouth_points(f[:, half:] for f in frames)))
+            rendered, real = render_and_real(videos[k], spans[0][1] - spans[0][0])
+            folds.append((lipsync.mouth_points(rendered), lipsync.mouth_points(real)))
         rows.append({"what": f"{run.name} {variant}, folds {sorted(videos)}", **pooled(folds)})
     used = sorted({k for videos in found.values() for k in videos})
     rows.append({"what": f"{run.name} audio baseline, the same stretches", **baseline(run, [spans[k] for k in used])})

@@ -54,18 +54,23 @@ def speech_of(media: Path) -> np.ndarray:
         return read_wav(Path(tmp) / AUDIO_FILE)
 
 
+def render_and_real(val: Path, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The renders and the real frames of a ``val.mp4`` (the two side by side), ``[T, H, W, 3]`` each; ValueError
+    unless it holds ``n_frames`` frames."""
+    frames, _ = frames_of(val)
+    if len(frames) != n_frames:
+        raise ValueError(f"{val} has {len(frames)} frames; its held-out frames are {n_frames}")
+    half = frames[0].shape[1] // 2
+    return np.stack([f[:, :half] for f in frames]), np.stack([f[:, half:] for f in frames])
+
+
 def held_out(run: Path, val: Path, name: str) -> dict:
     """The held-out mouth metrics of a ``val.mp4`` (renders beside the real frames) of an avatar of ``run``."""
     from being_trainer_gaussian_avatar.evaluate import lip_sync
 
     facts = json.loads((run / "being.json").read_text())["dataset"]
-    frames, _ = frames_of(val)
-    half = frames[0].shape[1] // 2
     ids = list(range(facts["val_start"], facts["n_frames"]))
-    if len(ids) != len(frames):
-        raise ValueError(f"{val} has {len(frames)} frames, the val split of {run} {len(ids)}")
-    pred = np.stack([f[:, :half] for f in frames])
-    gt = np.stack([f[:, half:] for f in frames])
+    pred, gt = render_and_real(val, len(ids))
     return {"what": f"{name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt)}
 
 
@@ -126,17 +131,24 @@ def stretch_lags(windows: np.ndarray, opening: np.ndarray, length: int, margin: 
     return lags
 
 
-def score_baseline(run: Path) -> list[dict]:
-    """The audio baseline of a prepared run: on its held-out frames, and the spread over stretches as long."""
+def audio_and_mouth(run: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A prepared run's dataset facts, its audio windows (``[N, W, D]``, its encoder's features) and the mouth
+    opening FaceMesh reads on each of its frames (``[N]``), for the audio baseline."""
     import cv2
     from being_trainer_gaussian_avatar import lipsync
 
     manifest = json.loads((run / "being.json").read_text())
     facts, info = manifest["dataset"], manifest["stages"]["audio_encoder"]["info"]
-    windows = np.load(run / info["file"])
     frames = (cv2.cvtColor(cv2.imread(str(run / "ori_imgs" / f"{i}.jpg")), cv2.COLOR_BGR2RGB)
               for i in range(facts["n_frames"]))
-    opening = lipsync.opening(lipsync.mouth_points(frames))
+    return facts, np.load(run / info["file"]), lipsync.opening(lipsync.mouth_points(frames))
+
+
+def score_baseline(run: Path) -> list[dict]:
+    """The audio baseline of a prepared run: on its held-out frames, and the spread over stretches as long."""
+    from being_trainer_gaussian_avatar import lipsync
+
+    facts, windows, opening = audio_and_mouth(run)
     val = np.arange(facts["val_start"], facts["n_frames"])
     pred = audio_baseline(windows, opening, range(facts["val_start"]), val)
     lags = [v for v in stretch_lags(windows, opening, len(val)) if v is not None]
