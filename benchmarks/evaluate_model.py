@@ -37,7 +37,7 @@ def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
         av = Avatar(data, cfg, torch.device("cpu"))
         av.load(model["model"])
         started = time.perf_counter()
-        metrics = evaluate(ctx, av, data)
+        metrics = evaluate(ctx, av, data, silence=cfg.silence)
         metrics.update({"model": str(model_path), "backend": av.raster.__name__,
                         "seconds": round(time.perf_counter() - started, 1)})
         out.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def held_out(run: Path, val: Path, name: str) -> dict:
     facts = json.loads((run / "being.json").read_text())["dataset"]
     ids = list(range(facts["val_start"], facts["n_frames"]))
     pred, gt = render_and_real(val, len(ids))
-    return {"what": f"{name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt)}
+    return {"what": f"{name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt, facts["n_frames"])}
 
 
 def says(video: Path, speech: Path, name: str) -> dict:

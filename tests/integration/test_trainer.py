@@ -512,7 +512,8 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
         log = logging.getLogger("test")
 
     with caplog.at_level(logging.INFO, logger="test"):
-        new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, samples)
+        quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, n, 25.0), 25.0, edge=0)
+        new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, quiet)
     assert f"they take the inputs of training frame {ref} ({found.how})" in caplog.text
     inside = slice(40 + FADE, 70 - FADE)
     assert torch.allclose(new_audio[inside], data.audio[ref].expand_as(new_audio[inside]))
@@ -521,6 +522,75 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
     assert torch.equal(new_audio[outside], audio[outside]) and torch.equal(new_camera[outside], camera[outside])
     fading = new_audio[40 - FADE:40 + FADE + 1]  # in between: neither the speech nor the reference
     assert not torch.allclose(fading, audio[40 - FADE:40 + FADE + 1])
+
+
+def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_copy, tmp_path, caplog):
+    """With silence: close the held-out frames are rendered as `being render` renders their speech: the pauses,
+    found over the whole clip's speech (here a pause that the held-out stretch alone, quiet throughout, would not
+    call one), take the shut training frame's inputs; with silence: model every frame keeps its own."""
+    import logging
+    import wave
+
+    from being_trainer_gaussian_avatar import lipsync
+    from being_trainer_gaussian_avatar.evaluate import evaluate
+    from being_trainer_gaussian_avatar.losses import composite
+    from being_trainer_gaussian_avatar.render import FADE, shut_reference
+
+    from being_core.audio import SAMPLE_RATE
+
+    manifest = json.loads((prepared_copy / "being.json").read_text())
+    facts = DatasetFacts.model_validate(manifest["dataset"])
+    per_frame = SAMPLE_RATE // 25
+    val = np.array(facts.val_ids)
+    assert len(val) == 12 and val[-1] == facts.n_frames - 1
+    # loud noise (-10 dB) up to the held-out frames, whose first 4 frames are at -30 dB and last 8 at -40 dB:
+    # 30 dB under the clip's loud level is a pause; 10 dB under the stretch's own loud level is not
+    rng = np.random.default_rng(0)
+    level = np.full(facts.n_frames, 0.3)
+    level[val[:4]], level[val[4:]] = 0.03, 0.003
+    samples = np.repeat(level, per_frame) * rng.standard_normal(facts.n_frames * per_frame)
+    with wave.open(str(prepared_copy / "aud.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
+        w.writeframes((samples * 32767).astype(np.int16).tobytes())
+    stretch = lipsync.loudness(samples[val[0] * per_frame:].astype(np.float32), SAMPLE_RATE, 12, 25.0)
+    assert not lipsync.pauses(stretch, 25.0, edge=0).any()
+    features = AudioFeatures.from_info(manifest["stages"]["audio_encoder"]["info"])
+    data = RunData(prepared_copy, facts, features, 64)
+    ref = shut_reference(data).frame
+    given: list[dict] = []
+
+    class Recorder:  # renders the real head, and keeps the deformer inputs it was given
+        device = torch.device("cpu")
+
+        def render(self, ids, bg, deform, **inputs):
+            given.append(inputs)
+            frames = [data.pixels(i) for i in ids.tolist()]
+            image, head = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(2))
+            return composite(image, head, bg), None, None
+
+    class Ctx:
+        log = logging.getLogger("test")
+
+        @staticmethod
+        def output(rel):
+            path = tmp_path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path
+
+    with caplog.at_level(logging.INFO, logger="test"):
+        m = evaluate(Ctx, Recorder(), data, silence="close")
+    assert m["silence"] == "close"
+    assert f"8 of 12 frames are in pauses; they take the inputs of training frame {ref}" in caplog.text
+    audio = torch.cat([g["audio"] for g in given])
+    camera = torch.cat([g["camera"] for g in given])
+    assert torch.equal(audio[:4 - FADE], data.audio[val[:4 - FADE]])  # speech: the frames' own
+    full = slice(4 + FADE, 12 - FADE)  # deep in the pause: the shut frame's
+    assert torch.allclose(audio[full], data.audio[ref].expand_as(audio[full]))
+    assert torch.allclose(camera[full], data.camera[ref].expand_as(camera[full]))
+    # the metrics count the clip's pauses too (less 2 frames at each end of this one)
+    assert m["silent_frames"] == 4 and m["silent_closed"] == m["silent_closed_real"], m
+    given.clear()
+    assert evaluate(Ctx, Recorder(), data)["silence"] == "model" and given == [{}] * len(given)
 
 
 def test_the_pauses_reference_is_a_mouth_that_stays_shut_not_one_about_to_open():

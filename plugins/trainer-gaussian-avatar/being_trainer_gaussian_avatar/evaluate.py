@@ -55,7 +55,7 @@ class HeldOut:
         out.update({k: round(v / n, 4) for k, v in self.ssims.items()})
         out["lpips"] = round(self.lpips_sum / n, 4) if self.perceptual is not None else None
         out.update(flicker(pred), flicker_real=flicker(gt)["flicker"])
-        out.update(lip_sync(self.data.root, self.data.val_ids[:n], self.data.fps, pred, gt))
+        out.update(lip_sync(self.data.root, self.data.val_ids[:n], self.data.fps, pred, gt, self.data.n))
         return out, pred, gt
 
 
@@ -78,7 +78,8 @@ def targets(data: RunData, ids: np.ndarray, device: torch.device, cache: FrameCa
 
 
 @torch.no_grad()
-def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, perceptual=None) -> dict:
+def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, perceptual=None,
+             silence: str = "model") -> dict:
     """Metrics on the held-out frames (the val split), a side-by-side video, and LMD where mediapipe is
     installed (mouth landmarks of rendered vs real frames, in pixels at the training size).
 
@@ -96,13 +97,25 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
     * ``lpips`` (with ``lpips_weights``; otherwise null): LPIPS (AlexNet) against the ground truth of ``psnr``;
     * ``flicker``/``flicker_real``: the mean change between consecutive frames, rendered and real;
     * the mouth (:func:`lip_sync`, where mediapipe is installed): opening correlation and bias, mouth LMD,
-      audio-video offset, closed in silence, correlation with the speech envelope."""
+      audio-video offset, closed in silence, correlation with the speech envelope.
+
+    The held-out frames are rendered as ``being render`` renders their speech: with ``silence: close`` the
+    clip's pauses take a shut training frame's inputs (:func:`.render.own_inputs`); ``silence`` is reported."""
+    from .render import own_inputs
+
     held = HeldOut(data, perceptual)
-    for chunk in np.array_split(np.array(data.val_ids), max(1, len(data.val_ids) // 8)):
+    val = np.array(data.val_ids)
+    audio, camera = own_inputs(data, ctx, val, silence)
+    done = 0
+    for chunk in np.array_split(val, max(1, len(val) // 8)):
         image, head, bg = targets(data, chunk, av.device, cache)
-        rgb = av.render(torch.as_tensor(chunk), bg, deform=True)[0].clamp(0, 1)
+        part = slice(done, done + len(chunk))
+        given = {} if audio is None else {"audio": audio[part], "camera": camera[part]}
+        rgb = av.render(torch.as_tensor(chunk), bg, deform=True, **given)[0].clamp(0, 1)
         held.add(chunk, rgb, image, head, bg)
+        done += len(chunk)
     out, pred, gt = held.result()
+    out["silence"] = silence
     with VideoWriter(ctx.output("avatar/val.mp4"), data.fps) as video:
         video.write(np.concatenate([pred, gt], 2))
     return out
@@ -152,10 +165,23 @@ def clip_sync(root: Path, fps: float) -> tuple[float | None, str | None]:
     return lipsync.clip_sync(points, read_wav(wav), SAMPLE_RATE, fps)
 
 
-def lip_sync(root: Path, ids: list[int], fps: float, pred: np.ndarray, gt: np.ndarray) -> dict:
+def clip_pauses(root: Path, n_frames: int, fps: float, edge: int = 2) -> np.ndarray | None:
+    """``[n_frames]`` bool: the pauses of the run's own speech (``aud.wav``), :func:`.lipsync.pauses` found over
+    the whole clip (its loud level is the clip's, not a stretch's); None without the speech."""
+    from being_core.audio import SAMPLE_RATE, read_wav
+
+    from . import lipsync
+
+    wav = root / "aud.wav"
+    if not wav.is_file():
+        return None
+    return lipsync.pauses(lipsync.loudness(read_wav(wav), SAMPLE_RATE, n_frames, fps), fps, edge)
+
+
+def lip_sync(root: Path, ids: list[int], fps: float, pred: np.ndarray, gt: np.ndarray, n_frames: int) -> dict:
     """The mouth of the held-out renders against the real frames and against the speech under them
-    (:mod:`.lipsync`; ``*_real`` is the real frames' own score, for reference). All None when mediapipe is
-    not installed here."""
+    (:mod:`.lipsync`; ``*_real`` is the real frames' own score, for reference; the pauses are those of the
+    clip's ``n_frames``, :func:`clip_pauses`). All None when mediapipe is not installed here."""
     from being_core.audio import SAMPLE_RATE, read_wav
 
     from . import lipsync
@@ -166,11 +192,12 @@ def lip_sync(root: Path, ids: list[int], fps: float, pred: np.ndarray, gt: np.nd
     except ImportError:
         return dict.fromkeys(keys)
     out = lipsync.against_real(rendered, real)
-    wav = root / "aud.wav"
-    if wav.is_file():
+    quiet = clip_pauses(root, n_frames, fps)
+    if quiet is not None:
         lo = round(ids[0] / fps * SAMPLE_RATE)
-        samples = read_wav(wav)[lo:lo + round(len(ids) / fps * SAMPLE_RATE)]
-        out.update(lipsync.against_speech(rendered, samples, SAMPLE_RATE, fps))
-        own = lipsync.against_speech(real, samples, SAMPLE_RATE, fps)
+        samples = read_wav(root / "aud.wav")[lo:lo + round(len(ids) / fps * SAMPLE_RATE)]
+        at = np.asarray(ids)
+        out.update(lipsync.against_speech(rendered, samples, SAMPLE_RATE, fps, quiet[at]))
+        own = lipsync.against_speech(real, samples, SAMPLE_RATE, fps, quiet[at])
         out.update(silent_closed_real=own["silent_closed"], envelope_corr_real=own["envelope_corr"])
     return {k: out.get(k) for k in keys}

@@ -179,13 +179,15 @@ def pauses(level: np.ndarray, fps: float, edge: int = PAUSE_EDGE) -> np.ndarray:
     return out
 
 
-def against_speech(points: np.ndarray, samples: np.ndarray, rate: int, fps: float) -> dict[str, float | int | None]:
+def against_speech(points: np.ndarray, samples: np.ndarray, rate: int, fps: float,
+                   quiet: np.ndarray | None = None) -> dict[str, float | int | None]:
     """Mouth metrics of frames against the speech they say: ``silent_frames`` (frames in pauses, see
-    :func:`pauses`), ``silent_closed`` (the share of those with a closed mouth; None without pauses) and
-    ``envelope_corr`` (r of the opening and the loudness, frame by frame)."""
+    :func:`pauses`; ``quiet`` gives them when they were found over a longer stretch of the same speech),
+    ``silent_closed`` (the share of those with a closed mouth; None without pauses) and ``envelope_corr`` (r of
+    the opening and the loudness, frame by frame)."""
     o = opening(points)
     level = loudness(samples, rate, len(o), fps)
-    silent = pauses(level, fps) & np.isfinite(o)
+    silent = (pauses(level, fps) if quiet is None else quiet) & np.isfinite(o)
     r = correlation(o, level)
     return {"silent_frames": int(silent.sum()),
             "silent_closed": round(float((o[silent] < CLOSED).mean()), 3) if silent.any() else None,

@@ -154,20 +154,35 @@ def shut_reference(data: RunData) -> ShutReference | None:
     return ShutReference(frame, f"shut in a pause{f' and {SHUT_MARGIN} frames either side' if steady else ''}")
 
 
-def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, samples: np.ndarray):
-    """``audio`` windows and ``camera`` inputs moved, in the pauses of ``samples``, to those of a training frame
-    with a shut mouth in silence (:func:`shut_reference`), faded in and out over :data:`FADE` frames."""
+def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, quiet: np.ndarray):
+    """``audio`` windows and ``camera`` inputs moved, in the frames ``quiet`` marks (the pauses of their speech:
+    :func:`.lipsync.pauses` with no edge), to those of a training frame with a shut mouth in silence
+    (:func:`shut_reference`), faded in and out over :data:`FADE` frames."""
     ref = shut_reference(data)
     if ref is None:
         ctx.log.warning("silence: close: the tracked mouth never shuts in this run; the pauses are left to the model")
         return audio, camera
-    quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, len(audio), data.fps), data.fps, edge=0)
     w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
     ctx.log.info("silence: close: %d of %d frames are in pauses; they take the inputs of training frame %d (%s)",
                  int(quiet.sum()), len(audio), ref.frame, ref.how)
     audio = audio * (1 - w[:, None, None]) + data.audio[ref.frame][None] * w[:, None, None]
     camera = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
     return audio, camera
+
+
+def own_inputs(data: RunData, ctx, ids: np.ndarray, silence: str):
+    """``(audio, camera)``: the deformer's inputs for the run's own consecutive frames ``ids`` as ``being render``
+    gives them to the run's own speech, so that the held-out metrics (and a refiner's pairs) measure the avatar a
+    user gets: with ``silence: close``, the clip's pauses (found over its whole ``aud.wav``, as a render finds
+    them over its whole audio) move to a shut training frame's (:func:`close_in_pauses`). ``(None, None)``, the
+    frames' own inputs, with ``silence: model`` or without ``aud.wav``."""
+    from .evaluate import clip_pauses
+
+    quiet = clip_pauses(data.root, data.n, data.fps, edge=0) if silence == "close" else None
+    if quiet is None:
+        return None, None
+    at = torch.as_tensor(np.asarray(ids))
+    return close_in_pauses(data, ctx, data.audio[at], data.camera[at], quiet[np.asarray(ids)])
 
 
 def load_avatar_config(ctx, cfg):
@@ -196,11 +211,13 @@ def u8(t: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def replay(ctx, cfg) -> dict:
-    """The ``replay`` action: every frame of the run rendered with its own audio, pose and eyes, over its own
-    background, the splits written losslessly to :data:`REPLAY_DIR` with the head's alpha (for a refiner)."""
+    """The ``replay`` action: every frame of the run rendered with its own audio, pose and eyes (its pauses as
+    ``silence`` says, :func:`own_inputs`), over its own background, the splits written losslessly to
+    :data:`REPLAY_DIR` with the head's alpha (for a refiner)."""
     av, data, _, cfg = load_avatar(ctx, cfg)
     started = time.monotonic()
     for split, ids in (("train", data.train_ids), ("val", data.val_ids)):
+        audio, camera = own_inputs(data, ctx, np.asarray(ids), cfg.silence)
         rgb_path = f"{REPLAY_DIR}/{split}.mkv"
         with ctx.progress.task(f"replay: {split} frames", total=len(ids), unit="frame") as task, \
                 VideoWriter(ctx.output(rgb_path), data.fps) as frames, \
@@ -208,7 +225,8 @@ def replay(ctx, cfg) -> dict:
             for lo in range(0, len(ids), cfg.render_batch):
                 part = ids[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(i)[2] for i in part])).to(av.device)
-                rgb, alpha, _ = av.render(torch.as_tensor(part), bg, deform=True)
+                given = {} if audio is None else {"audio": audio[lo:lo + len(part)], "camera": camera[lo:lo + len(part)]}
+                rgb, alpha, _ = av.render(torch.as_tensor(part), bg, deform=True, **given)
                 frames.write(u8(rgb))
                 alphas.write(u8(alpha))
                 task.advance(len(part))
@@ -235,7 +253,8 @@ def render(ctx, cfg) -> dict:
     audio = smooth_audio(audio, cfg.audio_smooth)
     samples = read_wav(ctx.input(params.audio))
     if cfg.silence == "close":
-        audio, camera = close_in_pauses(data, ctx, audio, camera, samples)
+        quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, n_out, data.fps), data.fps, edge=0)
+        audio, camera = close_in_pauses(data, ctx, audio, camera, quiet)
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 

@@ -161,7 +161,7 @@ def _train(ctx, cfg, device: torch.device, entered: float) -> dict:
                                                  "window": data.features.window, "file": data.features.file},
                 "eye_source": data.eye_source, "gaussians": len(av.gauss)}, model_path)
     evaluated = time.monotonic()
-    metrics = evaluate(ctx, av, data, cache, perceptual)
+    metrics = evaluate(ctx, av, data, cache, perceptual, cfg.silence)
     metrics["clip_av_offset_frames"] = clip_lag
     metrics.update({"train_seconds": round(seconds, 1), "setup_seconds": round(started - entered, 1),
                     "eval_seconds": round(time.monotonic() - evaluated, 1), "steps": step, "resumed_from_step": resumed,
