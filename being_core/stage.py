@@ -67,6 +67,13 @@ CAPABILITIES: dict[str, str] = {
                       "(ScoreParams), so a refined render is measured like the trainer's own.",
 }
 
+#: Vertex ids of the ``landmarks:facemesh-478`` layout that speech and expression hardly move: the forehead, the
+#: nose, the eye corners and the temples (the face's outline from the brows to the ears). Their rigid motion is
+#: the head's; a stage that aligns frames to remove the pose aligns on these, because aligning on every point
+#: lets the jaw and lips pull the pose (docs/benchmarks.md, "The tracked pose carried the mouth").
+FACEMESH_RIGID_POINTS = (10, 338, 297, 332, 109, 67, 103, 151, 9, 8, 168, 6, 197, 195, 5, 4, 33, 133, 362, 263, 127,
+                         356, 234, 454, 162, 389, 21, 251)
+
 #: Where a trainer's ``replay`` action writes the run's own frames, rendered: ``train.mkv`` and ``val.mkv`` (the
 #: splits in order, lossless RGB) with ``train_alpha.mkv`` and ``val_alpha.mkv`` (the head's coverage).
 REPLAY_DIR = "refiner/replay"

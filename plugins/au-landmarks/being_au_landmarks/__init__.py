@@ -1,7 +1,9 @@
 """Being au_extractor ``landmarks``: action units from the tracked face mesh, no model weights.
 
-Each frame's 478 landmarks are aligned (rotation, scale, translation) to the clip's mean shape, so head
-pose drops out; geometric measures are taken in that frame in units of the outer-eye-corner distance:
+Each frame's 478 landmarks are aligned (rotation, scale, translation) to the clip's mean shape on the points
+speech and expression hardly move (``being_core.stage.FACEMESH_RIGID_POINTS``: forehead, nose, eye corners,
+temples), so head pose drops out and a dropping jaw does not tilt the brows; geometric measures are taken in that
+frame in units of the outer-eye-corner distance:
 
 | AU | measure |
 |---|---|
@@ -26,6 +28,8 @@ AU10, AU14, AU17, AU23 and AU28 are not estimated and stay 0. Frames without a f
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from being_core import AUExtractor, StageConfig, StageContext, StageReport, hookimpl
@@ -35,13 +39,16 @@ class LandmarkAUConfig(StageConfig):
     max_intensity: float = Field(3.0, gt=0, le=5, description="Intensity of a measure's 99th percentile.")
     presence: float = Field(1.0, gt=0, le=5, description="Intensity from which _c (presence) is 1.")
     smooth_frames: int = Field(1, ge=0, le=5, description="Half-width of the temporal median filter (0 = none).")
+    align: Literal["upper-face", "all"] = Field(
+        "upper-face", description="The points frames are aligned on: 'upper-face' (forehead, nose, eye corners, "
+        "temples: what speech hardly moves); 'all' aligns every landmark, as au-landmarks 0.1.0 did.")
 
 
 class LandmarkAUs(AUExtractor[LandmarkAUConfig]):
     """Action units from face-mesh geometry, calibrated per subject to OpenFace's scale (no weights)."""
 
     name = "landmarks"
-    version = "0.1.0"
+    version = "0.2.0"
     inputs = ("face/landmarks.npy", "face/confidence.npy")
     requires = ("landmarks:facemesh-478",)
 
@@ -49,6 +56,7 @@ class LandmarkAUs(AUExtractor[LandmarkAUConfig]):
         import numpy as np
 
         from being_core.au import write_au_csv
+        from being_core.stage import FACEMESH_RIGID_POINTS
 
         from .measures import intensities
 
@@ -59,7 +67,8 @@ class LandmarkAUs(AUExtractor[LandmarkAUConfig]):
         if len(lm) != n:
             raise ValueError(f"face/landmarks.npy has {len(lm)} frames but the dataset has {n}")
         with ctx.progress.task("au: landmarks", total=1, unit="clip") as task:
-            aus = intensities(lm, conf > 0, cfg.max_intensity, cfg.smooth_frames)
+            aus = intensities(lm, conf > 0, cfg.max_intensity, cfg.smooth_frames,
+                              FACEMESH_RIGID_POINTS if cfg.align == "upper-face" else None)
             task.advance()
         rows = []
         for i in range(n):

@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from being_core.stage import FACEMESH_RIGID_POINTS
+
 EYE_OUTER = (33, 263)
 
 
-def align(lm: np.ndarray, found: np.ndarray) -> np.ndarray:
+def align(lm: np.ndarray, found: np.ndarray, rigid: tuple[int, ...] | None = FACEMESH_RIGID_POINTS) -> np.ndarray:
     """``[N, V, 3]`` landmarks (pixels, y down) -> the same shapes similarity-aligned to their mean, y up,
-    in units of the outer-eye-corner distance."""
+    in units of the outer-eye-corner distance. The similarity is fitted on the ``rigid`` points (None: on all):
+    fitted on every point, a dropping jaw or raised brows would tilt and shrink the whole face, and the measures
+    of the other AUs would move with them."""
     pts = lm.astype(np.float64) * np.array([1.0, -1.0, -1.0])
+    on = np.arange(pts.shape[1]) if rigid is None else np.asarray(rigid)
     ref = pts[np.flatnonzero(found)[0]]
     for _ in range(2):
-        mu_r = ref.mean(0)
-        a = ref - mu_r
+        mu_r = ref[on].mean(0)
+        a = ref[on] - mu_r
         out = np.empty_like(pts)
         for i, p in enumerate(pts):
-            mu = p.mean(0)
-            b = p - mu
+            mu = p[on].mean(0)
+            b = p[on] - mu
             u, s, vt = np.linalg.svd(b.T @ a)
             d = np.sign(np.linalg.det(u @ vt))
             rot = u @ np.diag([1, 1, d]) @ vt
             scale = (s * [1, 1, d]).sum() / (b ** 2).sum()
-            out[i] = scale * b @ rot + mu_r
+            out[i] = scale * (p - mu) @ rot + mu_r
         ref = out[found].mean(0)
     unit = np.linalg.norm(ref[EYE_OUTER[0]] - ref[EYE_OUTER[1]])
     return (out - ref.mean(0)) / unit
@@ -74,12 +79,14 @@ def calibrate(m: np.ndarray, found: np.ndarray, top: float, zero_percentile: flo
     return np.clip((m - lo) / max(hi - lo, 1e-9) * top, 0, 5)
 
 
-def intensities(lm: np.ndarray, found: np.ndarray, top: float = 3.0, smooth: int = 1) -> dict[str, np.ndarray]:
+def intensities(lm: np.ndarray, found: np.ndarray, top: float = 3.0, smooth: int = 1,
+                rigid: tuple[int, ...] | None = FACEMESH_RIGID_POINTS) -> dict[str, np.ndarray]:
     """``{AU: [N] intensity}`` for the AUs this extractor estimates; 0 on frames without a face.
-    A median filter of half-width ``smooth`` steadies every AU but the blink, which lasts only a few frames."""
+    A median filter of half-width ``smooth`` steadies every AU but the blink, which lasts only a few frames;
+    ``rigid``: the points the frames are aligned on (:func:`align`)."""
     if not found.any():
         raise ValueError("no frame of face/landmarks.npy has a face")
-    shapes = align(lm, found)
+    shapes = align(lm, found, rigid)
     out = {}
     for au, m in raw_measures(shapes).items():
         v = calibrate(m, found, top, 5 if au in OPENINGS else 50)

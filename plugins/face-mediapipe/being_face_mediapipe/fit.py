@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from being_core.stage import FACEMESH_RIGID_POINTS
+
 EYE_OUTER = (33, 263)
 EYE_DISTANCE_DM = 0.9
-#: FaceMesh points that speech and expression hardly move: the forehead, the nose, the eye corners and the temples
-#: (the face's outline from the brows to the ears). Their rigid motion is the head's pose. Aligning every point
-#: instead lets the jaw and lips pull the pose: on three shared clips the head came 1-2 % closer to the camera
-#: whenever the mouth opened, and the tracked pose alone predicted the mouth's opening (docs/benchmarks.md).
-RIGID_POINTS = (10, 338, 297, 332, 109, 67, 103, 151, 9, 8, 168, 6, 197, 195, 5, 4, 33, 133, 362, 263, 127, 356,
-                234, 454, 162, 389, 21, 251)
+#: The points the fit aligns frames on: those speech and expression hardly move. Aligning every point instead
+#: lets the jaw and lips pull the pose: on three shared clips the head came 1-2 % closer to the camera whenever
+#: the mouth opened, and the tracked pose alone predicted the mouth's opening (docs/benchmarks.md).
+RIGID_POINTS = FACEMESH_RIGID_POINTS
 SEARCH_ITERATIONS = 30  # optimiser steps per focal candidate, on a sample of frames
 
 
