@@ -56,3 +56,21 @@ def run_data(run: Path, resolution: int | None) -> Any:
 
     facts, audio = run_facts(run)
     return RunData(run, facts, AudioFeatures.from_info(audio), resolution)
+
+
+def evaluate_saved(ctx: StageContext, model_path: Path, **settings: Any) -> dict:
+    """The trainer's own held-out evaluation (``evaluate``) of the avatar saved at ``model_path``, on the run of
+    the trainer context ``ctx`` (its val.mp4 into ``ctx.out``), with its training config but ``settings`` (e.g.
+    ``device``, ``silence``); the features smoothed as its training smoothed them."""
+    from being_trainer_gaussian_avatar import AvatarConfig
+    from being_trainer_gaussian_avatar.avatar import Avatar
+    from being_trainer_gaussian_avatar.data import RunData, load_tensors, pick_device, smooth_audio
+    from being_trainer_gaussian_avatar.evaluate import evaluate
+
+    model = load_tensors(model_path, str(model_path))
+    cfg = AvatarConfig(**{**model["config"], **settings})
+    data = RunData.from_context(ctx, model["width"])
+    data.audio = smooth_audio(data.audio, cfg.audio_smooth)
+    av = Avatar(data, cfg, pick_device(cfg.device))
+    av.load(model["model"])
+    return evaluate(ctx, av, data, silence=cfg.silence) | {"backend": av.raster.__name__}

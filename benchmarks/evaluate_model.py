@@ -19,27 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import trainer_context
+from benchmarks.common import evaluate_saved, trainer_context
 
 
 def evaluate_model(run: Path, model_path: Path, out: Path) -> dict:
-    import torch
     from being_trainer_gaussian_avatar import AvatarConfig
-    from being_trainer_gaussian_avatar.avatar import Avatar
-    from being_trainer_gaussian_avatar.data import RunData, load_tensors
-    from being_trainer_gaussian_avatar.evaluate import evaluate
 
-    model = load_tensors(model_path, str(model_path))
-    cfg = AvatarConfig(**{**model["config"], "device": "cpu", "frame_cache": "off"})
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = trainer_context(run, Path(tmp) / "out", cfg, Path(tmp) / "state")
-        data = RunData.from_context(ctx, model["width"])
-        av = Avatar(data, cfg, torch.device("cpu"))
-        av.load(model["model"])
+        ctx = trainer_context(run, Path(tmp) / "out", AvatarConfig(), Path(tmp) / "state")
         started = time.perf_counter()
-        metrics = evaluate(ctx, av, data, silence=cfg.silence)
-        metrics.update({"model": str(model_path), "backend": av.raster.__name__,
-                        "seconds": round(time.perf_counter() - started, 1)})
+        metrics = evaluate_saved(ctx, model_path, device="cpu", frame_cache="off")
+        metrics.update({"model": str(model_path), "seconds": round(time.perf_counter() - started, 1)})
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ctx.output("avatar/val.mp4"), out / "val_cpu.mp4")
     (out / "metrics_cpu.json").write_text(json.dumps(metrics, indent=1))

@@ -92,8 +92,11 @@ def score_run(run: Path) -> list[dict]:
 
 
 def score_returned(run: Path, speech: Path, folder: Path) -> list[dict]:
-    """A folder that ``benchmarks.gpu_quality --speech`` wrote: its held-out renders and its ``says.mp4``."""
+    """A folder that ``benchmarks.gpu_quality --speech`` wrote: its held-out renders (and those with the other
+    ``silence`` setting, ``silence-*/``) and its ``says.mp4``."""
     rows = [held_out(run, folder / "avatar" / "val.mp4", folder.name)]
+    for again in sorted(folder.glob("silence-*/avatar/val.mp4")):
+        rows.append(held_out(run, again, f"{folder.name}/{again.parent.parent.name}"))
     for video in sorted(folder.glob("says*.mp4")):
         rows.append(says(video, speech, f"{folder.name}/{video.stem}"))
     return rows

@@ -123,6 +123,17 @@ def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp
         real = cv2.resize(cv2.cvtColor(cv2.imread(str(prepared_face5 / "ori_imgs" / f"{j}.jpg")), cv2.COLOR_BGR2RGB),
                           (256, 256), interpolation=cv2.INTER_AREA)
         assert np.abs(frame[:, 256:].astype(float) - real).mean() < 3  # fold 1's own stretch, as H.264 keeps it
+    # each avatar's held-out frames evaluated again with the other silence setting: the same renders where the
+    # stretch has no pause, other ones where it has
+    from being_trainer_gaussian_avatar.evaluate import clip_pauses
+
+    for view in views:
+        result = json.loads((out / f"{view.name}-tiny.json").read_text())
+        again = result["held_out_silence_model"]
+        assert again["silence"] == "model" and result["silence"] == "close"
+        assert (out / f"{view.name}-tiny-stage" / "silence-model" / "avatar" / "val.mp4").stat().st_size > 0
+        quiet = clip_pauses(view, facts["n_frames"], facts["fps"], edge=0)[facts["val_start"]:]
+        assert (again["psnr"] == result["psnr"]) == (not quiet.any()), (quiet, again, result["psnr"])
     rows = score(prepared_face5, out)
     assert [row["what"] for row in rows] == ["run tiny, folds [0, 1]", "run audio baseline, the same stretches"]
     tiny, base = rows
