@@ -33,7 +33,7 @@ def read_wav(path: Path):
     return samples.reshape(-1, channels).mean(axis=1)
 
 
-def frame_windows(feats, n_frames: int, fps: float, window: int, rate: float = FEATURE_RATE):
+def frame_windows(feats, n_frames: int, fps: float, window: int, rate: float = FEATURE_RATE, lead: int = 0):
     """Cut ``[T, D]`` features at ``rate`` Hz into ``[n_frames, window, D]``, one window per video frame.
 
     Video frame ``i`` is shown at ``i / fps`` seconds (its presentation time, when the audio that goes with it
@@ -41,13 +41,20 @@ def frame_windows(feats, n_frames: int, fps: float, window: int, rate: float = F
     window is ``c - window // 2 ... c + window - window // 2 - 1``, with the first/last feature repeated beyond
     the ends. At 50 Hz and 25 fps ``window=16`` gives ``2i - 8 ... 2i + 7``, the windows of the reference trainers'
     DeepSpeech and wav2vec2 features (AD-NeRF, RAD-NeRF, ER-NeRF; they pad with zeros where we repeat), and
-    ``window=2`` the pair ``2i - 1, 2i``. Returns the windows and the frame-count mismatch (audio length in video
-    frames minus ``n_frames``).
+    ``window=2`` the pair ``2i - 1, 2i``. ``lead`` moves every window that many features later (lips move before
+    the sound they shape, so a window reaching further ahead can tell more about the mouth; a live session then
+    waits as much longer for each frame's last feature). Returns the windows and the frame-count mismatch (audio
+    length in video frames minus ``n_frames``).
     """
+    audio_frames = int(round(len(feats) / (rate / fps)))
+    return _cut(feats, n_frames, fps, rate, window_offsets(window, lead)), audio_frames - n_frames
+
+
+def window_offsets(window: int, lead: int = 0):
+    """The feature offsets, from a frame's presentation time, of its window (:func:`frame_windows`)."""
     import numpy as np
 
-    audio_frames = int(round(len(feats) / (rate / fps)))
-    return _cut(feats, n_frames, fps, rate, np.arange(window) - window // 2), audio_frames - n_frames
+    return np.arange(window) - window // 2 + lead
 
 
 def frame_pairs(feats, n_frames: int, fps: float, rate: float = FEATURE_RATE):
@@ -122,8 +129,9 @@ class FrameWindows:
     as soon as its last feature is in. The windows equal the offline ones except at the end of the audio (offline
     repeats the last feature beyond it; a stream does not know where it ends). Keeps one window of features."""
 
-    def __init__(self, window: int, fps: float, rate: float = FEATURE_RATE):
-        self.window, self.fps, self.rate = window, fps, rate
+    def __init__(self, window: int, fps: float, rate: float = FEATURE_RATE, lead: int = 0):
+        self.window, self.fps, self.rate, self.lead = window, fps, rate, lead
+        self.offsets = window_offsets(window, lead)
         self._kept: Any = None  # features from index self._first on
         self._first = 0
         self._count = 0
@@ -134,7 +142,7 @@ class FrameWindows:
 
     def last_needed(self, i: int) -> int:
         """The index of the last feature frame ``i``'s window holds."""
-        return self.centre(i) + self.window - self.window // 2 - 1
+        return self.centre(i) + int(self.offsets[-1])
 
     def lookahead(self, hop: int, feature_lookahead: int, rate: int = SAMPLE_RATE) -> int:
         """Samples past a frame's end that its window needs, when feature ``j`` is known once the samples up to
@@ -154,12 +162,11 @@ class FrameWindows:
         kept = feats if self._kept is None else np.concatenate([self._kept, feats])
         self._count += len(feats)
         out = []
-        offsets = np.arange(self.window) - self.window // 2
         while self.last_needed(self.next_frame) < self._count:
-            index = np.clip(self.centre(self.next_frame) + offsets, 0, None) - self._first
+            index = np.clip(self.centre(self.next_frame) + self.offsets, 0, None) - self._first
             out.append(kept[index])
             self.next_frame += 1
-        keep_from = max(0, self.centre(self.next_frame) - self.window // 2)
+        keep_from = max(0, self.centre(self.next_frame) + int(self.offsets[0]))
         self._kept = kept[max(0, keep_from - self._first):]
         self._first = max(self._first, keep_from)
         return np.stack(out) if out else np.zeros((0, self.window, kept.shape[1]), np.float32)

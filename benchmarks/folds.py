@@ -233,15 +233,25 @@ def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     return {**scores, "mouth_bias_pct": whole["mouth_bias_pct"], "lmd": whole["lmd"]}
 
 
-def baseline(run: Path, spans: list[tuple[int, int]]) -> dict:
+def baseline(run: Path, spans: list[tuple[int, int]], leads: tuple[int, ...] = (0,)) -> list[dict]:
     """The audio baseline (:func:`benchmarks.lipsync.audio_baseline`) on each held-out stretch, fitted on the
-    frames its fold trains on, scored as :func:`pooled` scores an avatar (:func:`over_folds`)."""
+    frames its fold trains on, scored as :func:`pooled` scores an avatar (:func:`over_folds`): one result per
+    ``lead``, the run's windows moved that many features later (whole frames: frame ``i`` takes the window of a
+    later frame, the last one repeated), to see what a window reaching further ahead (``mel``'s ``lead``) tells."""
     from benchmarks.lipsync import audio_and_mouth, audio_baseline
 
     facts, windows, real = audio_and_mouth(run)
     n = facts["n_frames"]
-    return over_folds([(audio_baseline(windows, real, np.r_[0:start, end:n], np.arange(start, end)), real[start:end])
-                       for start, end in spans])
+    manifest = json.loads((run / "being.json").read_text())
+    per_frame = manifest["stages"]["audio_encoder"]["info"]["rate"] / facts["fps"]
+    out = []
+    for lead in leads:
+        if lead % per_frame:
+            raise ValueError(f"a lead of {lead} features is not a whole number of frames ({per_frame:g} features each)")
+        moved = windows[np.minimum(np.arange(n) + int(lead // per_frame), n - 1)]
+        out.append(over_folds([(audio_baseline(moved, real, np.r_[0:start, end:n], np.arange(start, end)),
+                                real[start:end]) for start, end in spans]))
+    return out
 
 
 def score(run: Path, results: Path) -> list[dict]:
@@ -267,8 +277,16 @@ def score(run: Path, results: Path) -> list[dict]:
             folds.append((lipsync.mouth_points(rendered), lipsync.mouth_points(real)))
         rows.append({"what": f"{run.name} {variant}, folds {sorted(videos)}", **pooled(folds)})
     used = sorted({k for videos in found.values() for k in videos})
-    rows.append({"what": f"{run.name} audio baseline, the same stretches", **baseline(run, [spans[k] for k in used])})
+    rows.append({"what": f"{run.name} audio baseline, the same stretches", **baseline(run, [spans[k] for k in used])[0]})
     return rows
+
+
+def score_baseline(run: Path, folds: int | None, leads: tuple[int, ...]) -> list[dict]:
+    """The audio baseline alone over the folds' stretches (no training needed), for each window ``lead``."""
+    facts = json.loads((run / "being.json").read_text())["dataset"]
+    spans = stretches(facts["n_frames"], facts["val_start"], folds)
+    return [{"what": f"{run.name} audio baseline, {len(spans)} stretches, windows {lead} features later", **row}
+            for lead, row in zip(leads, baseline(run, spans, leads))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -282,12 +300,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("results", type=Path)
     p.add_argument("--json", type=Path, default=None)
+    p = sub.add_parser("baseline", help="the audio baseline over every stretch, with windows moved later (mediapipe)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--folds", type=int, default=10, help="at most this many stretches (the trainer's split first)")
+    p.add_argument("--leads", default="0", help="comma-separated: features each window is moved later (whole frames)")
+    p.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.what == "make":
         args.out.mkdir(parents=True, exist_ok=True)
         print(",".join(str(v) for v in make(args.run.resolve(), args.out.resolve(), args.folds)))
         return
-    rows = score(args.run, args.results)
+    if args.what == "baseline":
+        rows = score_baseline(args.run, args.folds, tuple(int(v) for v in args.leads.split(",")))
+    else:
+        rows = score(args.run, args.results)
     for row in rows:
         print(json.dumps(row))
     if args.json:

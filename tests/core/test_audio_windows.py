@@ -41,3 +41,22 @@ def test_a_stream_gives_the_offline_windows_as_soon_as_their_last_feature_is_in(
     # the last frames need features past the end, which a stream waits for
     assert len(streamed) == 47  # frame 46 needs feature 99, the last
     np.testing.assert_array_equal(streamed, offline[:47])
+
+
+def test_a_lead_moves_every_window_later_offline_and_in_a_stream():
+    feats = np.random.default_rng(1).normal(size=(100, 3)).astype(np.float32)
+    centred, _ = frame_windows(_index(100), 50, 25.0, 16)
+    ahead, _ = frame_windows(_index(100), 50, 25.0, 16, lead=4)
+    np.testing.assert_array_equal(ahead[10, :, 0], np.arange(16, 32))  # 2i - 4 ... 2i + 11
+    np.testing.assert_array_equal(ahead[10:40], centred[12:42])  # 4 features = 2 frames later, inside the clip
+    np.testing.assert_array_equal(ahead[49, :, 0], list(range(94, 100)) + [99] * 10)
+    behind, _ = frame_windows(_index(100), 50, 25.0, 16, lead=-2)
+    np.testing.assert_array_equal(behind[10, :, 0], np.arange(10, 26))
+    offline, _ = frame_windows(feats, 50, 25.0, 16, lead=4)
+    stream, centred_stream = FrameWindows(16, 25.0, lead=4), FrameWindows(16, 25.0)
+    assert stream.last_needed(0) == 11 and centred_stream.last_needed(0) == 7
+    # a stream waits 4 more features (80 ms) for each frame: 4 x 320 more samples at 16 kHz with a hop of 320
+    assert stream.lookahead(320, 256) - centred_stream.lookahead(320, 256) == 4 * 320
+    streamed = np.concatenate([stream.add(feats[j:j + 5]) for j in range(0, 100, 5)])
+    assert len(streamed) == 45  # frame 44 needs feature 99, the last
+    np.testing.assert_array_equal(streamed, offline[:45])

@@ -11,8 +11,12 @@ from being_core.progress import Reporter
 
 
 def encode(wav, n_frames, **cfg):
-    feats = log_mel(read_wav(wav), MelConfig(**cfg))
-    return frame_windows(feats, n_frames, 25.0, MelConfig(**cfg).window)
+    return encode_samples(read_wav(wav), n_frames, **cfg)
+
+
+def encode_samples(audio, n_frames, **cfg):
+    config = MelConfig(**cfg)
+    return frame_windows(log_mel(audio, config), n_frames, 25.0, config.window, lead=config.lead)
 
 
 @pytest.mark.parametrize("source", ["sadtalker_RD_Radio31_000.wav", "sadtalker_fayu_pcm24.wav",
@@ -62,3 +66,22 @@ def test_wrong_rate_or_format_is_a_clear_error(being_testdata, tmp_path):
     with pytest.raises(ValueError) as err:
         read_wav(path)
     assert str(err.value) == f"{path} is not a PCM wav file: unknown format: 65534"
+
+
+def test_a_lead_moves_the_windows_later_offline_and_live(being_testdata, tmp_path):
+    """lead: 6 gives frame i the window centred 6 features (3 frames, 120 ms) after its time, offline and in a
+    live stream alike; the stream waits 120 ms longer for each frame."""
+    from being_audio_mel import MelStream
+
+    extract_audio(being_testdata / "audio" / "geneface_zozo.wav", tmp_path, Reporter())
+    audio = read_wav(tmp_path / "aud.wav")[:3 * 16000]
+    n = 75
+    centred, _ = encode_samples(audio, n)
+    ahead, _ = encode_samples(audio, n, lead=6)
+    np.testing.assert_array_equal(ahead[:n - 7], centred[3:n - 4])
+    assert not np.array_equal(ahead, centred)
+    stream, plain = MelStream(MelConfig(lead=6), 25.0), MelStream(MelConfig(), 25.0)
+    assert stream.lookahead - plain.lookahead == 6 * 320
+    streamed = np.concatenate([stream.push(audio[at:at + 1234]) for at in range(0, len(audio), 1234)])
+    k = n - 8  # the last frames' windows run past the audio's end
+    np.testing.assert_allclose(streamed[:k], ahead[:k], atol=1e-4)

@@ -142,3 +142,23 @@ def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp
     assert -1 <= base["mouth_corr"] <= 1
     with pytest.raises(FileNotFoundError, match="no run-f1-f<k>-<variant>-stage/avatar/val.mp4 in"):
         score(views[1], out)  # a run that has no folds there
+
+
+def test_the_audio_baseline_with_windows_moved_later(prepared_face5, monkeypatch):
+    """A mouth that opens as the audio one frame later says: the baseline with windows 2 features (one frame)
+    later predicts it, the centred one does not; a lead that is not whole frames is refused."""
+    import benchmarks.lipsync
+    from benchmarks.folds import score_baseline
+
+    facts = json.loads((prepared_face5 / "being.json").read_text())["dataset"]
+    n = facts["n_frames"]
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(n, 4, 3)).astype(np.float32)
+    opening = np.r_[windows[1:, :, 0].mean(1), windows[-1, :, 0].mean()]  # what the next frame's window says
+    monkeypatch.setattr(benchmarks.lipsync, "audio_and_mouth", lambda run: (facts, windows, opening))
+    centred, ahead = score_baseline(prepared_face5, 4, (0, 2))
+    assert centred["what"] == "run audio baseline, 4 stretches, windows 0 features later"
+    # (the ridge's shrinkage on ~110 frames keeps it from 1; the centred windows know nothing of it)
+    assert ahead["folds"] == 4 and ahead["mouth_corr"] > 0.8 > centred["mouth_corr"] + 0.5, (centred, ahead)
+    with pytest.raises(ValueError, match="a lead of 3 features is not a whole number of frames"):
+        score_baseline(prepared_face5, 4, (3,))

@@ -2,9 +2,9 @@
 
 Timing (shared with the wav2vec2 layout the public trainers use): features at 50 Hz (hop 320 samples at
 16 kHz); video frame ``i`` (shown at ``i / fps``) takes the ``window`` 50 Hz frames centred on that time
-(``being_core.audio.frame_windows``), edge frames repeated at the clip's ends. The feature count is matched to
-the ingested frame count ``N``: a difference of up to ``max_mismatch_frames`` (audio and video tracks rarely end
-together) is padded or trimmed at the end, a larger one is an error.
+(``being_core.audio.frame_windows``; ``lead`` moves it later), edge frames repeated at the clip's ends. The
+feature count is matched to the ingested frame count ``N``: a difference of up to ``max_mismatch_frames`` (audio
+and video tracks rarely end together) is padded or trimmed at the end, a larger one is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ WIN = 400  # 25 ms analysis window
 class MelConfig(StageConfig):
     n_mels: int = Field(80, ge=8, le=256, description="Mel bands, the feature width D.")
     window: int = Field(16, ge=1, le=64, description="50 Hz frames per video frame, the window W (even).")
+    lead: int = Field(0, ge=-32, le=32, description="50 Hz frames the window is moved later than centred on the "
+                      "frame's time (lips move before the sound they shape; a live session waits as much longer).")
     n_fft: int = Field(512, ge=128, le=8192, description="FFT size in samples (32 ms at 16 kHz).")
     fmin: float = Field(55.0, ge=0, lt=8000, description="Lowest mel frequency, Hz.")
     fmax: float = Field(7600.0, gt=0, le=8000, description="Highest mel frequency, Hz.")
@@ -34,7 +36,7 @@ class MelEncoder(AudioEncoder[MelConfig]):
     """Log-mel spectrogram windows per video frame (librosa; no weights)."""
 
     name = "mel"
-    version = "1.1.0"
+    version = "1.2.0"
     outputs = (FEATURE_FILE,)
 
     def run(self, ctx: StageContext[MelConfig]) -> StageReport:
@@ -47,12 +49,12 @@ class MelEncoder(AudioEncoder[MelConfig]):
         with ctx.progress.task("audio: log-mel", total=1, unit="clip") as task:
             feats = log_mel(audio, cfg)
             task.advance()
-        windows, mismatch = frame_windows(feats, n_frames, fps, cfg.window)
+        windows, mismatch = frame_windows(feats, n_frames, fps, cfg.window, lead=cfg.lead)
         check_mismatch(mismatch, cfg.max_mismatch_frames, len(audio), n_frames, fps)
         np.save(ctx.output(FEATURE_FILE), windows.astype(np.float32))
         return StageReport(
             metrics={"seconds_of_audio": round(len(audio) / SAMPLE_RATE, 3), "frame_mismatch": mismatch},
-            info={"encoder": self.name, "file": FEATURE_FILE, "dim": cfg.n_mels, "window": cfg.window,
+            info={"encoder": self.name, "file": FEATURE_FILE, "dim": cfg.n_mels, "window": cfg.window, "lead": cfg.lead,
                   "rate": SAMPLE_RATE / HOP, "source_rate": SAMPLE_RATE, "shape": list(windows.shape)},
         )
 
@@ -80,7 +82,7 @@ class MelStream:
         self.buffer = np.zeros(self.half, np.float32)  # the zeros that centring puts before sample 0
         self.start = -self.half  # the sample index of buffer[0]
         self.next_feature = 0
-        self.windows = FrameWindows(cfg.window, fps, SAMPLE_RATE / HOP)
+        self.windows = FrameWindows(cfg.window, fps, SAMPLE_RATE / HOP, cfg.lead)
         self.lookahead = self.windows.lookahead(HOP, self.half)
 
     def push(self, samples):
