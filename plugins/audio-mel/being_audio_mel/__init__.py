@@ -36,7 +36,7 @@ class MelEncoder(AudioEncoder[MelConfig]):
     """Log-mel spectrogram windows per video frame (librosa; no weights)."""
 
     name = "mel"
-    version = "1.2.0"
+    version = "1.1.0"
     outputs = (FEATURE_FILE,)
 
     def run(self, ctx: StageContext[MelConfig]) -> StageReport:
@@ -54,8 +54,10 @@ class MelEncoder(AudioEncoder[MelConfig]):
         np.save(ctx.output(FEATURE_FILE), windows.astype(np.float32))
         return StageReport(
             metrics={"seconds_of_audio": round(len(audio) / SAMPLE_RATE, 3), "frame_mismatch": mismatch},
-            info={"encoder": self.name, "file": FEATURE_FILE, "dim": cfg.n_mels, "window": cfg.window, "lead": cfg.lead,
-                  "rate": SAMPLE_RATE / HOP, "source_rate": SAMPLE_RATE, "shape": list(windows.shape)},
+            # (a lead only when there is one: a run made before the setting existed keeps its trained avatar)
+            info={"encoder": self.name, "file": FEATURE_FILE, "dim": cfg.n_mels, "window": cfg.window,
+                  "rate": SAMPLE_RATE / HOP, "source_rate": SAMPLE_RATE, "shape": list(windows.shape),
+                  **({"lead": cfg.lead} if cfg.lead else {})},
         )
 
 
