@@ -5,6 +5,7 @@ docs/benchmarks.md).
     python -m benchmarks.folds make RUN OUT [--folds K]       # anywhere (numpy, torch): fold views OUT/<run>-f<k>
     python -m benchmarks.gpu_quality OUT/<run>-f0,OUT/<run>-f1,... RESULTS base-s0:seed=0 --slim   # a GPU box
     python -m benchmarks.folds score RUN RESULTS [--json OUT.json]   # here (mediapipe)
+    python -m benchmarks.folds baseline RUN [--leads 0,4,8]   # here: the audio baseline alone, windows moved later
 
 The trainer holds out the last eleventh of a clip: 16-19 frames of the 7-8 s shared clips, over which a
 correlation is known to about ±0.2, so three seeds on them cannot tell whether an avatar's mouth follows the
