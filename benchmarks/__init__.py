@@ -13,6 +13,8 @@ the GPU box the wheels ``tools/gpu/carry.py`` brings):
     python -m benchmarks.lpips_check                   # the trainer's LPIPS against the lpips package
     python -m benchmarks.lipsync run RUN               # the mouth: held out, and in renders of new speech
     python -m benchmarks.folds make RUN OUT            # every stretch of a short clip held out in turn (+ score)
+    python -m benchmarks.folds baseline RUN --leads 0,8  # what the audio alone predicts, windows moved later
+    python -m benchmarks.expression_proxy RUN          # the deformer on the expression loss alone, over folds (CPU)
     python -m benchmarks.error_map VIDEO               # where the held-out error lies (constant, mouth, cells)
     python -m benchmarks.refiner RUN OUT               # held-out metrics with and without a refiner (GPU)
     python -m benchmarks.sd_turbo_speed carry          # the diffusion refiner's frames/s (GPU)

@@ -162,3 +162,24 @@ def test_the_audio_baseline_with_windows_moved_later(prepared_face5, monkeypatch
     assert ahead["folds"] == 4 and ahead["mouth_corr"] > 0.8 > centred["mouth_corr"] + 0.5, (centred, ahead)
     with pytest.raises(ValueError, match="a lead of 3 features is not a whole number of frames"):
         score_baseline(prepared_face5, 4, (3,))
+
+
+def test_the_expression_proxy_learns_the_tracked_mouth_and_scores_folds(prepared_face5):
+    """The deformer trained on the expression loss alone: untrained it leaves the lips where the mean head has
+    them; trained, the lips it gives the training frames open as the tracked head model's do; scored over folds
+    beside the tracked model and the audio baseline."""
+    from benchmarks.common import run_data
+    from benchmarks.expression_proxy import fit_and_predict, lip_vertices, opening, score
+
+    data = run_data(prepared_face5, None)
+    lips = lip_vertices(prepared_face5)
+    tracked = opening((data.points[lips][None] + data.expression[:, lips].float()).numpy())
+    ids = np.arange(100)
+    assert np.ptp(fit_and_predict(data, lips, ids, ids, 0, 64, True)) == 0
+    learnt = fit_and_predict(data, lips, ids, ids, 200, 64, True)
+    assert np.corrcoef(learnt, tracked[ids])[0, 1] > 0.8
+    rows = score(prepared_face5, 2, 20, 64)
+    assert [r["what"] for r in rows] == ["run deformer on the expression loss (20 steps)", "run the tracked head model",
+                                         "run audio baseline"]
+    assert all(r["folds"] == 2 and r["frames"] == 24 for r in rows)
+    assert rows[1]["mouth_corr"] > 0.5  # the head model's lips follow FaceMesh's
