@@ -130,7 +130,7 @@ class FrameWindows:
     repeats the last feature beyond it; a stream does not know where it ends). Keeps one window of features."""
 
     def __init__(self, window: int, fps: float, rate: float = FEATURE_RATE, lead: int = 0):
-        self.window, self.fps, self.rate, self.lead = window, fps, rate, lead
+        self.window, self.fps, self.rate = window, fps, rate
         self.offsets = window_offsets(window, lead)
         self._kept: Any = None  # features from index self._first on
         self._first = 0

@@ -27,7 +27,6 @@ from benchmarks.folds import over_folds, stretches
 
 #: FaceMesh's inner lips and mouth corners: the opening's points (``being_trainer_gaussian_avatar.lipsync``)
 LIPS = (13, 14, 61, 291)
-BATCH = 32
 
 
 def lip_vertices(run: Path) -> list[int]:
@@ -43,34 +42,31 @@ def opening(lips: np.ndarray) -> np.ndarray:
 
 def fit_and_predict(data, lips: list[int], train: np.ndarray, held: np.ndarray, steps: int, points: int,
                     camera_token: bool, seed: int = 0) -> np.ndarray:
-    """A deformer trained on the expression loss over frames ``train``; the lips' opening it gives frames ``held``."""
+    """The trainer's avatar (its deformer, its fine-stage optimiser groups and batch size) trained on its
+    expression loss alone over frames ``train``; the lips' opening its deformer gives frames ``held``."""
     import torch
-    from being_trainer_gaussian_avatar.model import OFFSET_SCALE, Deformer
+    from being_trainer_gaussian_avatar import AvatarConfig
+    from being_trainer_gaussian_avatar.avatar import Avatar
 
+    cfg = AvatarConfig(seed=seed, camera_token=camera_token, device="cpu")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    mean, motion = data.points, data.expression.float()
-    pad = (mean.max(0).values - mean.min(0).values) * 0.15
-    deformer = Deformer(mean.min(0).values - pad, mean.max(0).values + pad, data.features.dim, data.features.window)
-    camera = data.camera if camera_token else torch.zeros_like(data.camera)
+    av = Avatar(data, cfg, torch.device("cpu"))
+    optimiser = av.optimizer(fine=True)  # the Gaussians get no gradient here, so only the deformer moves
+    motion = data.expression.float()
     moving = torch.argsort(motion.std(0).norm(dim=-1), descending=True)[:4 * points]
     lip_ids = torch.as_tensor(lips)
-    optimiser = torch.optim.Adam([  # the trainer's fine-stage rates (its tri-plane at 10x)
-        {"params": deformer.triplane.parameters(), "lr": 1e-2},
-        {"params": [p for n, p in deformer.named_parameters() if not n.startswith("triplane")], "lr": 1e-3}])
     frames = torch.as_tensor(train)
     for _ in range(steps):
-        ids = frames[torch.randint(len(frames), (BATCH,), generator=gen)]
+        ids = frames[torch.randint(len(frames), (cfg.batch_size,), generator=gen)]
         at = torch.cat([moving[torch.randint(len(moving), (points,), generator=gen)], lip_ids])
-        moved = deformer(mean[at], data.audio[ids], data.eye[ids], camera[ids])[..., :3] * OFFSET_SCALE
-        loss = (moved - motion[ids][:, at]).abs().mean()
+        loss = (av.motion(ids, at) - motion[ids][:, at]).abs().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    ids = torch.as_tensor(held)
     with torch.no_grad():
-        moved = deformer(mean[lip_ids], data.audio[ids], data.eye[ids], camera[ids])[..., :3] * OFFSET_SCALE
-    return opening((mean[lip_ids][None] + moved).numpy())
+        moved = av.motion(torch.as_tensor(held), lip_ids)
+    return opening((data.points[lip_ids][None] + moved).numpy())
 
 
 def score(run: Path, folds: int, steps: int, points: int, camera_token: bool = True) -> list[dict]:

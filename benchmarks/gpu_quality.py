@@ -79,8 +79,8 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", **metrics}
         other = "model" if cfg.silence == "close" else "close"
         again = trainer_context(run, ctx.out / f"silence-{other}", cfg, Path(state))
-        metrics = evaluate_saved(again, ctx.out / "avatar" / "model.pt", silence=other)
-        result[f"held_out_silence_{other}"] = {k: v for k, v in metrics.items() if k in HELD_OUT_KEYS}
+        held = evaluate_saved(again, ctx.out / "avatar" / "model.pt", silence=other)
+        result[f"held_out_silence_{other}"] = {k: v for k, v in held.items() if k in HELD_OUT_KEYS}
         if speech:
             result["render"] = {mode: say(run, speech, ctx, mode) for mode in ("model", "close")}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
