@@ -16,13 +16,13 @@ once over the GPUs.
 
 ``--speech FOLDER`` (relative to RUN, holding ``aud.wav`` and the run's encoder's features of it, e.g. put there
 by ``tools/gpu/carry.py --speech``): each trained avatar also says that speech with the trainer's own render,
-into ``OUT/<NAME>-stage/says.mp4`` (``silence: model``) and ``says-close.mp4`` (``silence: close``), for
-``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
+into ``OUT/<NAME>-stage/says.mp4`` (``silence: model``) and ``says-<setting>.mp4`` (each other ``silence``
+setting), for ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
 
-Each trained avatar's held-out frames are also evaluated with the other ``silence`` setting (the trainer's
+Each trained avatar's held-out frames are also evaluated with the other ``silence`` settings (the trainer's
 own uses its config's, ``close`` by default: the clip's pauses take a shut frame's inputs), into
 ``OUT/<NAME>-stage/silence-<other>/avatar/val.mp4`` and the result's ``held_out_silence_<other>``: the same model
-with its pauses closed and not.
+with its pauses closed in each way and not.
 
 ``--slim``: leave in OUT only what a device call brings back (at most 8 files): ``results.json`` with every
 variant's result and each variant's videos (``OUT/<NAME>-stage/avatar/val.mp4``, ``says*.mp4``). Checkpoints
@@ -42,6 +42,8 @@ from pathlib import Path
 from benchmarks.common import evaluate_saved, trainer_context
 
 #: of the held-out metrics evaluated again with the other ``silence`` setting, those worth a line in the result
+#: every ``silence`` setting, each avatar's held-out frames and speech rendered with each
+SILENCE = ("model", "close", "close-audio")
 HELD_OUT_KEYS = ("silence", "psnr", "psnr_gt_imgs", "ssim", "mouth_corr", "mouth_bias_pct", "lmd", "av_offset_frames",
                  "silent_frames", "silent_closed")
 
@@ -77,12 +79,13 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
         metrics.pop("history", None)
         result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", **metrics}
-        other = "model" if cfg.silence == "close" else "close"
-        again = trainer_context(run, ctx.out / f"silence-{other}", cfg, Path(state))
-        held = evaluate_saved(again, ctx.out / "avatar" / "model.pt", silence=other)
-        result[f"held_out_silence_{other}"] = {k: v for k, v in held.items() if k in HELD_OUT_KEYS}
+        for other in SILENCE:
+            if other != cfg.silence:
+                again = trainer_context(run, ctx.out / f"silence-{other}", cfg, Path(state))
+                held = evaluate_saved(again, ctx.out / "avatar" / "model.pt", silence=other)
+                result[f"held_out_silence_{other}"] = {k: v for k, v in held.items() if k in HELD_OUT_KEYS}
         if speech:
-            result["render"] = {mode: say(run, speech, ctx, mode) for mode in ("model", "close")}
+            result["render"] = {mode: say(run, speech, ctx, mode) for mode in SILENCE}
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
 

@@ -131,7 +131,9 @@ def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp
         result = json.loads((out / f"{view.name}-tiny.json").read_text())
         again = result["held_out_silence_model"]
         assert again["silence"] == "model" and result["silence"] == "close"
-        assert (out / f"{view.name}-tiny-stage" / "silence-model" / "avatar" / "val.mp4").stat().st_size > 0
+        assert result["held_out_silence_close-audio"]["silence"] == "close-audio"
+        for other in ("model", "close-audio"):
+            assert (out / f"{view.name}-tiny-stage" / f"silence-{other}" / "avatar" / "val.mp4").stat().st_size > 0
         quiet = clip_pauses(view, facts["n_frames"], facts["fps"], edge=0)[facts["val_start"]:]
         assert (again["psnr"] == result["psnr"]) == (not quiet.any()), (quiet, again, result["psnr"])
     rows = score(prepared_face5, out)

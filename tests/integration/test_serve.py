@@ -118,6 +118,36 @@ def test_an_avatar_trained_with_audio_smoothing_goes_live_with_it(trained, speec
     assert rgb.shape == (1, 64, 64, 3) and float(alpha.max()) > 0
 
 
+def test_live_pauses_take_the_shut_frames_pose_only_with_close(trained, tmp_path):
+    """Live, a quiet frame takes the shut training frame's audio window; with ``silence: close`` its head pose
+    input too, with ``close-audio`` the pose of where the session is (as ``being render`` does)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    data = json.loads((run / "being.json").read_text())
+    data["stages"]["trainer"]["config"]["silence"] = "close-audio"
+    (run / "being.json").write_text(json.dumps(data))
+    given = {}
+    for name, root in (("close", trained), ("close-audio", run)):
+        live = open_run(root, REGISTRY, "cpu")
+        assert live.avatar.cfg.silence == name and live.avatar.reference is not None
+        av, ref = live.avatar.av, live.avatar.reference
+        seen = []
+        real = av.render
+        av.render = lambda *a, _seen=seen, _real=real, **k: _seen.append(k) or _real(*a, **k)
+        step = live.avatar.session(0).step(0.0)
+        window = live.avatar.data.audio[:1].numpy() + 1.0  # not the shut frame's window
+        for quiet in (0.0, 1.0):
+            live.avatar.render([step], window, np.full(1, quiet, np.float32))
+        speaking, pause = seen
+        assert torch.allclose(pause["audio"], live.avatar.data.audio[ref][None])
+        assert torch.allclose(speaking["audio"], torch.from_numpy(window))
+        given[name] = speaking["camera"], pause["camera"], live.avatar.data.camera[ref][None]
+    own, shut, reference = given["close"]
+    assert torch.allclose(shut, reference) and not torch.allclose(own, reference)
+    own, shut, _ = given["close-audio"]
+    assert torch.equal(shut, own)
+
+
 def test_an_idle_head_drifts_slowly_and_speech_speeds_it_up(trained):
     """A live session moves through the training poses at full speed while speaking, at half speed while quiet,
     between poses interpolated; a pose it lands on exactly renders as that training frame's own pose."""

@@ -514,12 +514,16 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
     with caplog.at_level(logging.INFO, logger="test"):
         quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, n, 25.0), 25.0, edge=0)
         new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, quiet)
-    assert f"they take the inputs of training frame {ref} ({found.how})" in caplog.text
+        pose_audio, pose_camera = close_in_pauses(data, Ctx, audio, camera, quiet, pose=True)
+    assert f"they take the audio inputs of training frame {ref} ({found.how})" in caplog.text
+    assert f"they take the audio and pose inputs of training frame {ref} ({found.how})" in caplog.text
     inside = slice(40 + FADE, 70 - FADE)
     assert torch.allclose(new_audio[inside], data.audio[ref].expand_as(new_audio[inside]))
-    assert torch.allclose(new_camera[inside], data.camera[ref].expand_as(new_camera[inside]))
+    assert torch.equal(new_camera, camera)  # close-audio: the head keeps its own pose
+    assert torch.equal(pose_audio, new_audio)  # close: the same audio, and the shut frame's pose as well
+    assert torch.allclose(pose_camera[inside], data.camera[ref].expand_as(pose_camera[inside]))
     outside = [*range(0, 40 - FADE), *range(70 + FADE, n)]
-    assert torch.equal(new_audio[outside], audio[outside]) and torch.equal(new_camera[outside], camera[outside])
+    assert torch.equal(new_audio[outside], audio[outside]) and torch.equal(pose_camera[outside], camera[outside])
     fading = new_audio[40 - FADE:40 + FADE + 1]  # in between: neither the speech nor the reference
     assert not torch.allclose(fading, audio[40 - FADE:40 + FADE + 1])
 
@@ -580,7 +584,7 @@ def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_cop
     with caplog.at_level(logging.INFO, logger="test"):
         m = evaluate(Ctx, Recorder(), data, silence="close")
     assert m["silence"] == "close"
-    assert f"8 of 12 frames are in pauses; they take the inputs of training frame {ref}" in caplog.text
+    assert f"8 of 12 frames are in pauses; they take the audio and pose inputs of training frame {ref}" in caplog.text
     audio = torch.cat([g["audio"] for g in given])
     camera = torch.cat([g["camera"] for g in given])
     assert torch.equal(audio[:4 - FADE], data.audio[val[:4 - FADE]])  # speech: the frames' own
@@ -589,6 +593,10 @@ def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_cop
     assert torch.allclose(camera[full], data.camera[ref].expand_as(camera[full]))
     # the metrics count the clip's pauses too (less 2 frames at each end of this one)
     assert m["silent_frames"] == 4 and m["silent_closed"] == m["silent_closed_real"], m
+    given.clear()
+    assert evaluate(Ctx, Recorder(), data, silence="close-audio")["silence"] == "close-audio"
+    assert torch.equal(torch.cat([g["audio"] for g in given]), audio)
+    assert torch.equal(torch.cat([g["camera"] for g in given]), data.camera[val])  # the head's pose: its own
     given.clear()
     assert evaluate(Ctx, Recorder(), data)["silence"] == "model" and given == [{}] * len(given)
 

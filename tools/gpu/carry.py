@@ -170,7 +170,8 @@ def speech(files: list[Path], run: Path, dest: Path) -> None:
     cfg = MelConfig(**encoder["config"])
     fps = manifest["dataset"]["fps"]
     n_frames = max(1, round(len(samples) / SAMPLE_RATE * fps))
-    windows, _ = frame_windows(log_mel(samples.astype(np.float32) / 32768.0, cfg), n_frames, fps, cfg.window)
+    windows, _ = frame_windows(log_mel(samples.astype(np.float32) / 32768.0, cfg), n_frames, fps, cfg.window,
+                               lead=cfg.lead)
     np.save(dest / encoder["info"]["file"], windows.astype(np.float32))
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .avatar import Avatar
 from .data import RunData, SmoothWindows, viewmats_from_track
-from .render import BLINK, load_avatar_config, pingpong, shut_reference
+from .render import BLINK, CLOSING, load_avatar_config, pingpong, shut_reference
 
 #: how fast an idle (quiet) head moves through the training poses, against 1 while speaking
 IDLE_SPEED = 0.5
@@ -66,8 +66,9 @@ class LiveAvatar:
         self.cycle = pingpong(len(data.train_ids), 2 * len(data.train_ids))[:max(1, 2 * len(data.train_ids) - 2)]
         eyes = data.eye[self.train]
         self.rest_eye, self.shut_eye = float(eyes.median()), float(torch.quantile(eyes, 0.98))
-        ref = shut_reference(data) if cfg.silence == "close" else None
+        ref = shut_reference(data) if cfg.silence in CLOSING else None
         self.reference = None if ref is None else ref.frame
+        self.shut_pose = cfg.silence == "close"
         ids = list(data.train_ids)
         with ThreadPoolExecutor(4) as pool:
             backgrounds = list(pool.map(lambda i: data.pixels_u8(int(i))[2], ids))
@@ -99,7 +100,8 @@ class LiveAvatar:
         if self.reference is not None:  # in pauses: the inputs of a training frame whose mouth is shut
             w = torch.as_tensor(np.asarray(quiet, np.float32))
             audio = audio * (1 - w[:, None, None]) + self.data.audio[self.reference][None] * w[:, None, None]
-            camera = camera * (1 - w[:, None]) + self.data.camera[self.reference][None] * w[:, None]
+            if self.shut_pose:
+                camera = camera * (1 - w[:, None]) + self.data.camera[self.reference][None] * w[:, None]
         bg = self.backgrounds[nearest.to(self.torch_device)].float() / 255
         rgb, alpha, _ = self.av.render(ids, bg, deform=True, audio=audio, eye=eye, camera=camera, viewmats=viewmats)
         return rgb.clamp(0, 1), alpha[..., 0]

@@ -154,19 +154,29 @@ def shut_reference(data: RunData) -> ShutReference | None:
     return ShutReference(frame, f"shut in a pause{f' and {SHUT_MARGIN} frames either side' if steady else ''}")
 
 
-def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, quiet: np.ndarray):
-    """``audio`` windows and ``camera`` inputs moved, in the frames ``quiet`` marks (the pauses of their speech:
-    :func:`.lipsync.pauses` with no edge), to those of a training frame with a shut mouth in silence
-    (:func:`shut_reference`), faded in and out over :data:`FADE` frames."""
+#: the ``silence`` settings that shut the mouth in pauses
+CLOSING = ("close", "close-audio")
+
+
+def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, quiet: np.ndarray,
+                    pose: bool = False):
+    """``audio`` windows (and with ``pose`` the ``camera`` inputs) moved, in the frames ``quiet`` marks (the pauses
+    of their speech: :func:`.lipsync.pauses` with no edge), to those of a training frame with a shut mouth in
+    silence (:func:`shut_reference`), faded in and out over :data:`FADE` frames. Without ``pose`` the head keeps
+    its own pose input: the deformer places and shapes the head by it as well as the mouth, so a frame given
+    another frame's pose moves by a few pixels (held-out PSNR 0.9 dB lower with it; docs/benchmarks.md), but
+    with its own the mouth shuts less firmly."""
     ref = shut_reference(data)
     if ref is None:
         ctx.log.warning("silence: close: the tracked mouth never shuts in this run; the pauses are left to the model")
         return audio, camera
     w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
-    ctx.log.info("silence: close: %d of %d frames are in pauses; they take the inputs of training frame %d (%s)",
-                 int(quiet.sum()), len(audio), ref.frame, ref.how)
+    ctx.log.info("silence: close: %d of %d frames are in pauses; they take the %s of training frame %d (%s)",
+                 int(quiet.sum()), len(audio), "audio and pose inputs" if pose else "audio inputs", ref.frame,
+                 ref.how)
     audio = audio * (1 - w[:, None, None]) + data.audio[ref.frame][None] * w[:, None, None]
-    camera = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
+    if pose:
+        camera = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
     return audio, camera
 
 
@@ -178,11 +188,12 @@ def own_inputs(data: RunData, ctx, ids: np.ndarray, silence: str):
     frames' own inputs, with ``silence: model`` or without ``aud.wav``."""
     from .evaluate import clip_pauses
 
-    quiet = clip_pauses(data.root, data.n, data.fps, edge=0) if silence == "close" else None
+    quiet = clip_pauses(data.root, data.n, data.fps, edge=0) if silence in CLOSING else None
     if quiet is None:
         return None, None
     at = torch.as_tensor(np.asarray(ids))
-    return close_in_pauses(data, ctx, data.audio[at], data.camera[at], quiet[np.asarray(ids)])
+    return close_in_pauses(data, ctx, data.audio[at], data.camera[at], quiet[np.asarray(ids)],
+                           pose=silence == "close")
 
 
 def load_avatar_config(ctx, cfg):
@@ -252,9 +263,9 @@ def render(ctx, cfg) -> dict:
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
     audio = smooth_audio(audio, cfg.audio_smooth)
     samples = read_wav(ctx.input(params.audio))
-    if cfg.silence == "close":
+    if cfg.silence in CLOSING:
         quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, n_out, data.fps), data.fps, edge=0)
-        audio, camera = close_in_pauses(data, ctx, audio, camera, quiet)
+        audio, camera = close_in_pauses(data, ctx, audio, camera, quiet, pose=cfg.silence == "close")
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 
