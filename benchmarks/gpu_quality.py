@@ -43,7 +43,7 @@ from benchmarks.common import evaluate_saved, trainer_context
 
 #: of the held-out metrics evaluated again with the other ``silence`` setting, those worth a line in the result
 #: every ``silence`` setting, each avatar's held-out frames and speech rendered with each
-SILENCE = ("model", "close", "close-audio")
+SILENCE = ("model", "close", "close-audio", "close-mouth")
 HELD_OUT_KEYS = ("silence", "psnr", "psnr_gt_imgs", "ssim", "mouth_corr", "mouth_bias_pct", "lmd", "av_offset_frames",
                  "silent_frames", "silent_closed")
 

@@ -118,20 +118,21 @@ def test_an_avatar_trained_with_audio_smoothing_goes_live_with_it(trained, speec
     assert rgb.shape == (1, 64, 64, 3) and float(alpha.max()) > 0
 
 
-def test_live_pauses_take_the_shut_frames_pose_only_with_close(trained, tmp_path):
+def test_live_pauses_take_the_shut_frames_inputs_as_the_silence_setting_says(trained, tmp_path):
     """Live, a quiet frame takes the shut training frame's audio window; with ``silence: close`` its head pose
-    input too, with ``close-audio`` the pose of where the session is (as ``being render`` does)."""
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    data = json.loads((run / "being.json").read_text())
-    data["stages"]["trainer"]["config"]["silence"] = "close-audio"
-    (run / "being.json").write_text(json.dumps(data))
+    input too, with ``close-audio`` the pose of where the session is, with ``close-mouth`` that pose for the
+    head and the shut one around the mouth (as ``being render`` does)."""
     given = {}
-    for name, root in (("close", trained), ("close-audio", run)):
-        live = open_run(root, REGISTRY, "cpu")
+    for name in ("close", "close-audio", "close-mouth"):
+        run = tmp_path / name
+        shutil.copytree(trained, run)
+        data = json.loads((run / "being.json").read_text())
+        data["stages"]["trainer"]["config"]["silence"] = name
+        (run / "being.json").write_text(json.dumps(data))
+        live = open_run(run, REGISTRY, "cpu")
         assert live.avatar.cfg.silence == name and live.avatar.reference is not None
         av, ref = live.avatar.av, live.avatar.reference
-        seen = []
+        seen: list[dict] = []
         real = av.render
         av.render = lambda *a, _seen=seen, _real=real, **k: _seen.append(k) or _real(*a, **k)
         step = live.avatar.session(0).step(0.0)
@@ -140,12 +141,15 @@ def test_live_pauses_take_the_shut_frames_pose_only_with_close(trained, tmp_path
             live.avatar.render([step], window, np.full(1, quiet, np.float32))
         speaking, pause = seen
         assert torch.allclose(pause["audio"], live.avatar.data.audio[ref][None])
-        assert torch.allclose(speaking["audio"], torch.from_numpy(window))
-        given[name] = speaking["camera"], pause["camera"], live.avatar.data.camera[ref][None]
-    own, shut, reference = given["close"]
-    assert torch.allclose(shut, reference) and not torch.allclose(own, reference)
-    own, shut, _ = given["close-audio"]
-    assert torch.equal(shut, own)
+        assert torch.allclose(speaking["audio"], torch.from_numpy(window)) and speaking["mouth"] is None
+        given[name] = speaking["camera"], pause["camera"], pause["mouth"], live.avatar.data.camera[ref][None]
+    own, shut, mouth, reference = given["close"]
+    assert torch.allclose(shut, reference) and not torch.allclose(own, reference) and mouth is None
+    own, shut, mouth, _ = given["close-audio"]
+    assert torch.equal(shut, own) and mouth is None
+    own, shut, mouth, reference = given["close-mouth"]
+    assert torch.equal(shut, own) and torch.allclose(mouth[0], reference)
+    assert mouth[1].max() == 1 and mouth[1].min() == 0  # around the mouth, and not the rest
 
 
 def test_an_idle_head_drifts_slowly_and_speech_speeds_it_up(trained):

@@ -262,7 +262,7 @@ def test_held_out_protocols_score_a_perfect_head_exactly(data, tmp_path):
     class PerfectHead:
         device = torch.device("cpu")
 
-        def render(self, ids, bg, deform):
+        def render(self, ids, bg, deform, **inputs):  # its own head whatever the inputs
             frames = [data.pixels(i) for i in ids.tolist()]
             image, head = (torch.from_numpy(np.stack([f[k] for f in frames])) for k in range(2))
             return composite(image, head, bg), None, None
@@ -511,21 +511,86 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
     class Ctx:
         log = logging.getLogger("test")
 
+    class Gaussians:  # an avatar whose Gaussians sit at the head model's vertices
+        gauss = type("Gaussians", (), {"means": data.points})
+
+    means = data.points
     with caplog.at_level(logging.INFO, logger="test"):
         quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, n, 25.0), 25.0, edge=0)
-        new_audio, new_camera = close_in_pauses(data, Ctx, audio, camera, quiet)
-        pose_audio, pose_camera = close_in_pauses(data, Ctx, audio, camera, quiet, pose=True)
-    assert f"they take the audio inputs of training frame {ref} ({found.how})" in caplog.text
+        only = close_in_pauses(data, Ctx, audio, camera, quiet, "close-audio")
+        shut = close_in_pauses(data, Ctx, audio, camera, quiet, "close")
+        mouth = close_in_pauses(data, Ctx, audio, camera, quiet, "close-mouth", Gaussians)
+    assert f"close-audio: 30 of 100 frames are in pauses; they take the audio inputs of training frame {ref} " \
+           f"({found.how})" in caplog.text
     assert f"they take the audio and pose inputs of training frame {ref} ({found.how})" in caplog.text
+    assert f"close-mouth: 30 of 100 frames are in pauses; they take the audio inputs (and, around the mouth, pose " \
+           f"input) of training frame {ref}" in caplog.text
     inside = slice(40 + FADE, 70 - FADE)
-    assert torch.allclose(new_audio[inside], data.audio[ref].expand_as(new_audio[inside]))
-    assert torch.equal(new_camera, camera)  # close-audio: the head keeps its own pose
-    assert torch.equal(pose_audio, new_audio)  # close: the same audio, and the shut frame's pose as well
-    assert torch.allclose(pose_camera[inside], data.camera[ref].expand_as(pose_camera[inside]))
+    assert torch.allclose(only.audio[inside], data.audio[ref].expand_as(only.audio[inside]))
+    assert torch.equal(only.camera, camera) and only.mouth is None  # close-audio: the head keeps its own pose
+    assert torch.equal(shut.audio, only.audio) and shut.mouth is None  # close: the same audio, the shut pose too
+    assert torch.allclose(shut.camera[inside], data.camera[ref].expand_as(shut.camera[inside]))
+    # close-mouth: the frames' own pose, and the shut one for the Gaussians around the mouth
+    assert torch.equal(mouth.audio, only.audio) and torch.equal(mouth.camera, camera)
+    assert torch.equal(mouth.mouth[0], shut.camera) and mouth.mouth[1].shape == (len(means),)
     outside = [*range(0, 40 - FADE), *range(70 + FADE, n)]
-    assert torch.equal(new_audio[outside], audio[outside]) and torch.equal(pose_camera[outside], camera[outside])
-    fading = new_audio[40 - FADE:40 + FADE + 1]  # in between: neither the speech nor the reference
+    assert torch.equal(only.audio[outside], audio[outside]) and torch.equal(shut.camera[outside], camera[outside])
+    fading = only.audio[40 - FADE:40 + FADE + 1]  # in between: neither the speech nor the reference
     assert not torch.allclose(fading, audio[40 - FADE:40 + FADE + 1])
+    # a batch of frames out of the pause deforms once, one that reaches into it with both poses
+    assert "mouth" not in mouth.part(slice(0, 40 - FADE)) and "mouth" in mouth.part(slice(30, 50))
+    with pytest.raises(ValueError, match="close-mouth needs the avatar's Gaussians"):
+        close_in_pauses(data, Ctx, audio, camera, quiet, "close-mouth")
+
+
+def test_the_mouth_region_is_the_lips_of_the_shut_frame_fading_out(data):
+    """close-mouth's weights: the Gaussians that the shut frame's camera shows inside its lip box take all of its
+    pose, those beyond twice the box none, those behind the camera none; in between they fade."""
+    from being_trainer_gaussian_avatar.render import MOUTH_REACH, mouth_weight
+
+    frame = data.train_ids[0]
+    means = data.points
+    weight = mouth_weight(data, frame, means)
+    view, k = data.viewmats[frame], data.Ks[frame]
+    cam = means @ view[:3, :3].T + view[:3, 3]
+    uv = (cam @ k.T)[:, :2] / (cam @ k.T)[:, 2:]
+    x0, y0, x1, y1 = data.lips[frame].tolist()
+    inside = (uv[:, 0] > x0) & (uv[:, 0] < x1) & (uv[:, 1] > y0) & (uv[:, 1] < y1)
+    assert inside.sum() > 20 and torch.all(weight[inside] == 1)
+    half = torch.tensor([x1 - x0, y1 - y0]) / 2
+    far = ((uv - torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2])).abs() / half).amax(1) > MOUTH_REACH
+    assert far.sum() > 100 and torch.all(weight[far] == 0)  # the upper head: its own pose (at 64 px the lip
+    # box, padded by 2 px, is half the face wide)
+    assert ((weight > 0) & (weight < 1)).sum() > 20  # a band that fades
+    # the head model's lips are where the tracked landmarks put them: the weighted vertices surround the box's centre
+    centre = (uv * weight[:, None]).sum(0) / weight.sum()
+    assert ((centre - torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2])).abs() < half).all()
+    behind = means[inside][:1] - 2 * (view[:3, :3].T @ (cam[inside][:1].T))[:, 0]  # mirrored through the camera
+    assert mouth_weight(data, frame, behind)[0] == 0
+
+
+def test_the_mouth_takes_the_other_pose_by_its_weight(data):
+    """Avatar.render's ``mouth``: each Gaussian deformed as with the mouth's pose input by its weight (0: as the
+    frame's own pose, 1: as the other), with the audio and eyes the same."""
+    av = Avatar(data, AvatarConfig(**TINY), torch.device("cpu"))
+    n = len(av.gauss)
+
+    def by_pose(means, audio, eye, camera):  # offsets that follow the pose input
+        out = torch.zeros(len(audio), len(means), 14)
+        out[..., :3] = 0.01 * camera[:, None, :3]
+        return out
+
+    av.deformer.forward = by_pose
+    ids = torch.tensor([0, 5])
+    own, other = data.camera[ids], data.camera[ids].flip(0) + 1.0
+
+    def render(**given):
+        return av.render(ids, None, deform=True, **given)[0]
+
+    assert torch.equal(render(camera=own, mouth=(other, torch.zeros(n))), render(camera=own))
+    assert torch.allclose(render(camera=own, mouth=(other, torch.ones(n))), render(camera=other), atol=1e-6)
+    half = render(camera=own, mouth=(other, torch.full((n,), 0.5)))
+    assert torch.allclose(half, render(camera=(own + other) / 2), atol=1e-6)  # offsets linear in the pose here
 
 
 def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_copy, tmp_path, caplog):
@@ -565,6 +630,7 @@ def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_cop
 
     class Recorder:  # renders the real head, and keeps the deformer inputs it was given
         device = torch.device("cpu")
+        gauss = type("Gaussians", (), {"means": data.points})  # at the head model's vertices
 
         def render(self, ids, bg, deform, **inputs):
             given.append(inputs)
@@ -587,6 +653,7 @@ def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_cop
     assert f"8 of 12 frames are in pauses; they take the audio and pose inputs of training frame {ref}" in caplog.text
     audio = torch.cat([g["audio"] for g in given])
     camera = torch.cat([g["camera"] for g in given])
+    assert not any("mouth" in g for g in given)
     assert torch.equal(audio[:4 - FADE], data.audio[val[:4 - FADE]])  # speech: the frames' own
     full = slice(4 + FADE, 12 - FADE)  # deep in the pause: the shut frame's
     assert torch.allclose(audio[full], data.audio[ref].expand_as(audio[full]))
@@ -598,7 +665,16 @@ def test_held_out_frames_close_in_the_clips_pauses_as_a_render_does(prepared_cop
     assert torch.equal(torch.cat([g["audio"] for g in given]), audio)
     assert torch.equal(torch.cat([g["camera"] for g in given]), data.camera[val])  # the head's pose: its own
     given.clear()
-    assert evaluate(Ctx, Recorder(), data)["silence"] == "model" and given == [{}] * len(given)
+    assert evaluate(Ctx, Recorder(), data, silence="close-mouth")["silence"] == "close-mouth"
+    assert torch.equal(torch.cat([g["camera"] for g in given]), data.camera[val])
+    assert len(given) == 1  # one batch of 12, reaching into the pause: deformed with both poses
+    shut, weight = given[0]["mouth"]
+    assert torch.allclose(shut[full], data.camera[ref].expand_as(shut[full])) and len(weight) == len(data.points)
+    given.clear()
+    assert evaluate(Ctx, Recorder(), data)["silence"] == "model"  # every frame its own inputs
+    assert torch.equal(torch.cat([g["audio"] for g in given]), data.audio[val])
+    assert torch.equal(torch.cat([g["camera"] for g in given]), data.camera[val])
+    assert not any("mouth" in g for g in given)
 
 
 def test_the_pauses_reference_is_a_mouth_that_stays_shut_not_one_about_to_open():

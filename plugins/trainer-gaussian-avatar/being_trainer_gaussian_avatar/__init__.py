@@ -42,12 +42,13 @@ class AvatarConfig(StageConfig):
     camera_token: bool = Field(True, description="Give the deformation transformer the frame's head pose; off, "
                                "it cannot tell training frames apart by their pose and must read the mouth from "
                                "the audio.")
-    silence: Literal["model", "close", "close-audio"] = Field(
+    silence: Literal["model", "close", "close-audio", "close-mouth"] = Field(
         "close", description="In the pauses of new speech (render): 'model' lets the deformer read the silence "
         "like any audio; 'close' gives it, there, the audio window and head pose input of a training frame whose "
         "mouth is shut in silence (the most settled one; faded in and out over a few frames), so the mouth "
-        "closes; 'close-audio' gives it only that frame's audio window (the head keeps its own pose input: no "
-        "shift of the head in pauses, but a mouth that shuts less firmly; docs/benchmarks.md).")
+        "closes, and the head moves by a pixel or two; 'close-audio' gives it only that frame's audio window "
+        "(the head keeps its own pose input, the mouth shuts less firmly); 'close-mouth' gives it the audio "
+        "window, and the pose input only around the mouth (docs/benchmarks.md).")
     width: int = Field(64, ge=8, le=1024, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")

@@ -25,15 +25,21 @@ class Avatar:
         self.extent = float((pts.max(0).values - pts.min(0).values).norm())
 
     def render(self, ids: torch.Tensor, backgrounds: torch.Tensor | None, deform: bool, audio=None, eye=None,
-               camera=None, viewmats=None):
+               camera=None, viewmats=None, mouth=None):
         """Render frames ``ids`` (cameras of those training frames) over per-pixel ``backgrounds [B, H, W, 3]``;
         ``audio``/``eye``/``camera`` (the deformer's pose input)/``viewmats`` (head-to-camera ``[B, 4, 4]``)
-        override the frames' own. Returns ``(rgb, alpha, means2d)``."""
+        override the frames' own. ``mouth``, ``(camera [B, C], weight [N])``: the Gaussians deformed as with that
+        pose input in the share ``weight`` of each (:func:`.render.mouth_weight`), with ``camera`` in the rest.
+        Returns ``(rgb, alpha, means2d)``."""
         d = self.data
         ids_cpu = ids.cpu()
         offsets = None
         if deform:
-            offsets = self.deformer(self.gauss.means, *self._inputs(ids_cpu, audio, eye, camera))
+            audio, eye, own = self._inputs(ids_cpu, audio, eye, camera)
+            offsets = self.deformer(self.gauss.means, audio, eye, own)
+            if mouth is not None:
+                other = self.deformer(self.gauss.means, audio, eye, self._inputs(ids_cpu, camera=mouth[0])[2])
+                offsets = offsets + mouth[1].to(self.device)[None, :, None] * (other - offsets)
         means, quats, scales, opac, colours = deformed(self.gauss, offsets, len(ids_cpu))
         view = d.viewmats[ids_cpu] if viewmats is None else viewmats
         rgb, alpha, means2d = self.raster(means, quats, scales, opac, colours, view.to(self.device),

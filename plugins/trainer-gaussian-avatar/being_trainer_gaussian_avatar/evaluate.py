@@ -99,18 +99,18 @@ def evaluate(ctx, av: Avatar, data: RunData, cache: FrameCache | None = None, pe
     * the mouth (:func:`lip_sync`, where mediapipe is installed): opening correlation and bias, mouth LMD,
       audio-video offset, closed in silence, correlation with the speech envelope.
 
-    The held-out frames are rendered as ``being render`` renders their speech: with ``silence: close`` the
-    clip's pauses take a shut training frame's inputs (:func:`.render.own_inputs`); ``silence`` is reported."""
+    The held-out frames are rendered as ``being render`` renders their speech: with ``silence: close`` (and the
+    other closing settings) the clip's pauses take a shut training frame's inputs (:func:`.render.own_inputs`);
+    ``silence`` is reported."""
     from .render import own_inputs
 
     held = HeldOut(data, perceptual)
     val = np.array(data.val_ids)
-    audio, camera = own_inputs(data, ctx, val, silence)
+    inputs = own_inputs(data, ctx, val, silence, av)
     done = 0
     for chunk in np.array_split(val, max(1, len(val) // 8)):
         image, head, bg = targets(data, chunk, av.device, cache)
-        part = slice(done, done + len(chunk))
-        given = {} if audio is None else {"audio": audio[part], "camera": camera[part]}
+        given = inputs.part(slice(done, done + len(chunk)))
         rgb = av.render(torch.as_tensor(chunk), bg, deform=True, **given)[0].clamp(0, 1)
         held.add(chunk, rgb, image, head, bg)
         done += len(chunk)

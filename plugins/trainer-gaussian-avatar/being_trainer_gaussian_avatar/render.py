@@ -154,46 +154,93 @@ def shut_reference(data: RunData) -> ShutReference | None:
     return ShutReference(frame, f"shut in a pause{f' and {SHUT_MARGIN} frames either side' if steady else ''}")
 
 
-#: the ``silence`` settings that shut the mouth in pauses
-CLOSING = ("close", "close-audio")
+#: the ``silence`` settings that shut the mouth in pauses, and what of the shut frame's inputs the pauses take
+CLOSING = {"close": "audio and pose inputs", "close-audio": "audio inputs",
+           "close-mouth": "audio inputs (and, around the mouth, pose input)"}
+#: with ``silence: close-mouth``, the Gaussians within this many lip boxes' half-sizes of the mouth's centre
+#: (beyond the box, fading linearly) take the shut frame's pose input (:func:`mouth_weight`)
+MOUTH_REACH = 2.0
+
+
+class DeformInputs(NamedTuple):
+    """The deformer's inputs for consecutive frames: ``audio`` windows ``[T, W, D]``, pose (``camera``) inputs
+    ``[T, C]`` and, with ``silence: close-mouth``, ``mouth``: the pose inputs ``[T, C]`` of the Gaussians around
+    the mouth and how much of them each Gaussian takes ``[N]``."""
+
+    audio: torch.Tensor
+    camera: torch.Tensor
+    mouth: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def part(self, at: slice) -> dict:
+        """:meth:`.Avatar.render`'s keyword arguments for frames ``at`` of these (``mouth`` only where its pose
+        differs from the frames', so that frames out of pauses deform once)."""
+        given: dict = {"audio": self.audio[at], "camera": self.camera[at]}
+        if self.mouth is not None and not torch.equal(self.mouth[0][at], given["camera"]):
+            given["mouth"] = (self.mouth[0][at], self.mouth[1])
+        return given
+
+
+def mouth_weight(data: RunData, frame: int, means: torch.Tensor) -> torch.Tensor:
+    """``[N]``: how much of the mouth's pose input each of the canonical ``means`` takes: 1 within the lip box of
+    training frame ``frame`` (``data.lips``) when the means are placed at that frame's tracked pose and projected
+    with its camera, falling linearly to 0 at :data:`MOUTH_REACH` times the box's half-sizes from its centre (boxes
+    of its shape around it); 0 behind the camera."""
+    means = means.detach().float().cpu()
+    view, k = data.viewmats[frame].float(), data.Ks[frame].float()
+    cam = means @ view[:3, :3].T + view[:3, 3]
+    uv = cam @ k.T
+    uv = uv[:, :2] / uv[:, 2:].clamp(min=1e-6)
+    x0, y0, x1, y1 = data.lips[frame].float()
+    centre = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2])
+    half = torch.stack([x1 - x0, y1 - y0]).clamp(min=2) / 2
+    reach = ((uv - centre).abs() / half).amax(1)
+    weight = ((MOUTH_REACH - reach) / (MOUTH_REACH - 1)).clamp(0, 1)
+    return torch.where(cam[:, 2] > 0, weight, torch.zeros_like(weight))
 
 
 def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tensor, quiet: np.ndarray,
-                    pose: bool = False):
-    """``audio`` windows (and with ``pose`` the ``camera`` inputs) moved, in the frames ``quiet`` marks (the pauses
-    of their speech: :func:`.lipsync.pauses` with no edge), to those of a training frame with a shut mouth in
-    silence (:func:`shut_reference`), faded in and out over :data:`FADE` frames. Without ``pose`` the head keeps
-    its own pose input: the deformer places and shapes the head by it as well as the mouth, so a frame given
-    another frame's pose moves by a few pixels (held-out PSNR 0.9 dB lower with it; docs/benchmarks.md), but
-    with its own the mouth shuts less firmly."""
+                    silence: str, av: Avatar | None = None) -> DeformInputs:
+    """The deformer's inputs ``audio`` and ``camera`` with, in the frames ``quiet`` marks (the pauses of their
+    speech: :func:`.lipsync.pauses` with no edge), those of a training frame with a shut mouth in silence
+    (:func:`shut_reference`), faded in and out over :data:`FADE` frames: as ``silence`` says (:data:`CLOSING`).
+
+    ``close`` gives the pauses the shut frame's audio window and pose input; the deformer places and shapes the
+    whole head by the pose as well as the mouth, so the head moves by a pixel or two in pauses (held-out PSNR
+    0.9 dB lower than with each frame's own pose; docs/benchmarks.md). ``close-audio`` gives the audio window
+    only: the head stays, the mouth shuts less firmly. ``close-mouth`` gives the audio window, and the pose input
+    only to the Gaussians around the mouth (:func:`mouth_weight` of the Gaussians of ``av``, the avatar)."""
     ref = shut_reference(data)
     if ref is None:
         ctx.log.warning("silence: close: the tracked mouth never shuts in this run; the pauses are left to the model")
-        return audio, camera
+        return DeformInputs(audio, camera)
     w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
-    ctx.log.info("silence: close: %d of %d frames are in pauses; they take the %s of training frame %d (%s)",
-                 int(quiet.sum()), len(audio), "audio and pose inputs" if pose else "audio inputs", ref.frame,
-                 ref.how)
+    ctx.log.info("silence: %s: %d of %d frames are in pauses; they take the %s of training frame %d (%s)",
+                 silence, int(quiet.sum()), len(audio), CLOSING[silence], ref.frame, ref.how)
     audio = audio * (1 - w[:, None, None]) + data.audio[ref.frame][None] * w[:, None, None]
-    if pose:
-        camera = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
-    return audio, camera
+    shut = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
+    if silence == "close":
+        return DeformInputs(audio, shut)
+    if silence == "close-mouth":
+        if av is None:
+            raise ValueError("silence: close-mouth needs the avatar's Gaussians to find those around the mouth")
+        return DeformInputs(audio, camera, (shut, mouth_weight(data, ref.frame, av.gauss.means)))
+    return DeformInputs(audio, camera)
 
 
-def own_inputs(data: RunData, ctx, ids: np.ndarray, silence: str):
-    """``(audio, camera)``: the deformer's inputs for the run's own consecutive frames ``ids`` as ``being render``
-    gives them to the run's own speech, so that the held-out metrics (and a refiner's pairs) measure the avatar a
-    user gets: with ``silence: close``, the clip's pauses (found over its whole ``aud.wav``, as a render finds
-    them over its whole audio) move to a shut training frame's (:func:`close_in_pauses`). ``(None, None)``, the
-    frames' own inputs, with ``silence: model`` or without ``aud.wav``."""
+def own_inputs(data: RunData, ctx, ids: np.ndarray, silence: str, av: Avatar | None = None) -> DeformInputs:
+    """The deformer's inputs for the run's own consecutive frames ``ids`` as ``being render`` gives them to the
+    run's own speech, so that the held-out metrics (and a refiner's pairs) measure the avatar a user gets: each
+    frame's own, and with a closing ``silence`` (:data:`CLOSING`) the clip's pauses (found over its whole
+    ``aud.wav``, as a render finds them over its whole audio) moved to a shut training frame's
+    (:func:`close_in_pauses`; ``av``: the avatar, for ``close-mouth``)."""
     from .evaluate import clip_pauses
 
+    at = torch.as_tensor(np.asarray(ids))
+    own = DeformInputs(data.audio[at], data.camera[at])
     quiet = clip_pauses(data.root, data.n, data.fps, edge=0) if silence in CLOSING else None
     if quiet is None:
-        return None, None
-    at = torch.as_tensor(np.asarray(ids))
-    return close_in_pauses(data, ctx, data.audio[at], data.camera[at], quiet[np.asarray(ids)],
-                           pose=silence == "close")
+        return own
+    return close_in_pauses(data, ctx, own.audio, own.camera, quiet[np.asarray(ids)], silence, av)
 
 
 def load_avatar_config(ctx, cfg):
@@ -228,7 +275,7 @@ def replay(ctx, cfg) -> dict:
     av, data, _, cfg = load_avatar(ctx, cfg)
     started = time.monotonic()
     for split, ids in (("train", data.train_ids), ("val", data.val_ids)):
-        audio, camera = own_inputs(data, ctx, np.asarray(ids), cfg.silence)
+        inputs = own_inputs(data, ctx, np.asarray(ids), cfg.silence, av)
         rgb_path = f"{REPLAY_DIR}/{split}.mkv"
         with ctx.progress.task(f"replay: {split} frames", total=len(ids), unit="frame") as task, \
                 VideoWriter(ctx.output(rgb_path), data.fps) as frames, \
@@ -236,7 +283,7 @@ def replay(ctx, cfg) -> dict:
             for lo in range(0, len(ids), cfg.render_batch):
                 part = ids[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(i)[2] for i in part])).to(av.device)
-                given = {} if audio is None else {"audio": audio[lo:lo + len(part)], "camera": camera[lo:lo + len(part)]}
+                given = inputs.part(slice(lo, lo + len(part)))
                 rgb, alpha, _ = av.render(torch.as_tensor(part), bg, deform=True, **given)
                 frames.write(u8(rgb))
                 alphas.write(u8(alpha))
@@ -263,9 +310,10 @@ def render(ctx, cfg) -> dict:
         audio = torch.cat([audio, audio[-1:].expand(n_out - len(audio), -1, -1)])
     audio = smooth_audio(audio, cfg.audio_smooth)
     samples = read_wav(ctx.input(params.audio))
+    inputs = DeformInputs(audio, camera)
     if cfg.silence in CLOSING:
         quiet = lipsync.pauses(lipsync.loudness(samples, SAMPLE_RATE, n_out, data.fps), data.fps, edge=0)
-        audio, camera = close_in_pauses(data, ctx, audio, camera, quiet, pose=cfg.silence == "close")
+        inputs = close_in_pauses(data, ctx, audio, camera, quiet, cfg.silence, av)
     started = time.monotonic()
     mouths: list[np.ndarray] = []  # the mouth of every frame, measured as it goes by (memory stays bounded)
 
@@ -275,8 +323,8 @@ def render(ctx, cfg) -> dict:
                 ids = seq[lo:lo + cfg.render_batch]
                 bg = torch.from_numpy(np.stack([data.pixels(int(i))[2] for i in ids])).to(device)
                 part = slice(lo, lo + len(ids))
-                rgb, alpha, _ = av.render(torch.as_tensor(ids), bg, deform=True, audio=audio[part], eye=eye[part],
-                                          camera=camera[part], viewmats=None if viewmats is None else viewmats[part])
+                rgb, alpha, _ = av.render(torch.as_tensor(ids), bg, deform=True, eye=eye[part],
+                                          viewmats=None if viewmats is None else viewmats[part], **inputs.part(part))
                 batch = u8(rgb)
                 if lossless:  # for a refiner: the frames as they are, and the head's coverage
                     lossless[0].write(batch)
