@@ -12,8 +12,10 @@ machine may lack (CPython 3.12 manylinux wheels fetched with this machine's pip 
 its ffmpeg binary xz-compressed beside it (0.4.9's: the current wheel's binary is 172 MB) so the trainer
 writes its videos as everywhere else, and the run: packed by ``tools/gpu/pack.py`` for the benchmarks, or the
 run folder itself as ``run.tar.xz`` with ``--cli`` (use a short clip: 64 MiB is little), plus the audio to
-render. It checks that the whole folder stays under the 64 MiB a device call carries and prints the command
-to run there. DEST is ignored by git (``/.gpu/``); name it in the call's carry list.
+render. It prints what to carry and the command to run there: one call when the whole folder fits the 64 MiB
+a device call carries (less the checkout), else two on one warm machine (the wheels and ffmpeg, then at once the
+packs). The benchmarks' videos come back re-encoded, tarred and cut in parts (``results.tar.*``). DEST is
+ignored by git (``/.gpu/``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from tools.gpu import pack as packing
 
 CHECKOUT = Path.cwd()
 LIMIT = 64 * 2 ** 20
+#: what the checkout itself takes of a call's 64 MiB (its tracked files, about 3.2 MiB), with room to grow
+TREE = 5 * 2 ** 20
 # gsplat, plus the core's imports that the GPU image lacks (it has torch, numpy, rich, pluggy, pyyaml, jaxtyping), and
 # safetensors (refiner weights)
 PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "safetensors")
@@ -95,16 +99,16 @@ def main() -> None:
             fresh_pack(more, args.dest / f"pack-{more.name}")
             if args.speech:
                 speech(args.speech, more, args.dest / f"pack-{more.name}" / "speech")
-    check_fits(args.dest, f" (wheels {size(wheels) / 2 ** 20:.1f})")
     rel = args.dest.resolve().relative_to(CHECKOUT) if args.dest.resolve().is_relative_to(CHECKOUT) else args.dest
     setup = (f"set -e; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site {rel}/whl/*.whl; "
              f"cp -r {rel}/py/imageio_ffmpeg /tmp/site/; python3 -c \"import lzma,shutil;"
-             f"shutil.copyfileobj(lzma.open('{rel}/ffmpeg.xz'),open('/tmp/ffmpeg','wb'))\"; chmod +x /tmp/ffmpeg; "
-             f"export PYTHONPATH=/tmp/site:$PWD IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg TORCH_CUDA_ARCH_LIST=9.0 "
-             f"PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH")
+             f"shutil.copyfileobj(lzma.open('{rel}/ffmpeg.xz'),open('/tmp/ffmpeg','wb'))\"; chmod +x /tmp/ffmpeg")
+    env = ("export PYTHONPATH=/tmp/site:$PWD IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg TORCH_CUDA_ARCH_LIST=9.0 "
+           "PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH")
     if args.cli:
+        check_fits(args.dest, f" (wheels {size(wheels) / 2 ** 20:.1f})")
         run = f"/tmp/{args.run.resolve().name}"
-        print(f"carry: [\"{rel}\"]; command:\n{setup}; python3 -c \"import tarfile;"
+        print(f"carry: [\"{rel}\"]; command:\n{setup}; {env}; python3 -c \"import tarfile;"
               f"tarfile.open('{rel}/run.tar.xz').extractall('/tmp')\"; being train {run} > $OUT/train.log 2>&1; "
               f"being render {run} --audio {rel}/audio.wav -o $OUT/render.mp4 > $OUT/render.log 2>&1; "
               f"cp {run}/avatar/metrics.json {run}/avatar/val.mp4 {run}/being.json $OUT/")
@@ -112,21 +116,42 @@ def main() -> None:
     # -P: the checkout is on PYTHONPATH for benchmarks/ and tools/ only; its being_core must not shadow the
     # installed wheel (the shipped configs are package data of the wheel, not a folder of the source package)
     first = f"/tmp/{args.run.resolve().name}" if args.folds else "/tmp/run"  # fold views are named after it
+    packs = ["pack", *(f"pack-{m.name}" for m in args.more)]
     unpack = "; ".join([f"python3 -P -m tools.gpu.pack unpack {rel}/pack {first}"] +
                        [f"python3 -P -m tools.gpu.pack unpack {rel}/pack-{m.name} /tmp/{m.name}" for m in args.more])
     runs = ",".join([first, *(f"/tmp/{m.name}" for m in args.more)])
-    if args.folds:  # several trainings per GPU: a 2-GPU machine trains two 10-fold clips in about 7 minutes
-        views = ",".join(f"$(python3 -P -m benchmarks.folds make {r} /tmp/folds)" for r in runs.split(","))
-        print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; python3 -P -m benchmarks.gpu_quality {views} "
-              f"/tmp/results base-s0:seed=0 --slim > $OUT/log.txt 2>&1; tar cf - -C /tmp/results . | split -b 15M - "
-              f"$OUT/results.tar.\n(then here: cat results.tar.* | tar x -C RESULTS; python -m benchmarks.folds score "
-              f"RUN RESULTS)")
+    if args.trainer_benchmark or args.refiner_benchmark:
+        bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
+                 "python3 -P -m benchmarks.refiner /tmp/run $OUT --throughput")
+    else:
+        if args.folds:  # several trainings per GPU: a 2-GPU machine trains two 10-fold clips in about 7 minutes
+            what = ",".join(f"$(python3 -P -m benchmarks.folds make {r} /tmp/folds)" for r in runs.split(","))
+            variants, score = "base-s0:seed=0", "python -m benchmarks.folds score RUN RESULTS"
+        else:
+            what, variants = runs, "base-s0:seed=0 base-s1:seed=1 base-s2:seed=2"
+            variants += " --speech speech" if args.speech else ""
+            score = "python -m benchmarks.lipsync returned RUN SPEECH.wav RESULTS/*-stage"
+        # what comes back: a call returns 8 files of 16 MiB, 64 MiB in all: the videos re-encoded (x264 crf 26,
+        # a third of their size; FaceMesh reads the mouth the same), then tarred and cut in parts
+        bench = (f"python3 -P -m benchmarks.gpu_quality {what} /tmp/results {variants} --slim > $OUT/log.txt 2>&1; "
+                 "cd /tmp && find results -name '*.mp4' | xargs -P 16 -I{} sh -c 'mkdir -p small/$(dirname {}) && "
+                 "/tmp/ffmpeg -loglevel error -i {} -c:v libx264 -crf 26 -preset veryfast small/{}' && "
+                 "cp results/results.json small/results/ && tar cf - -C /tmp/small/results . | split -b 15M - "
+                 "$OUT/results.tar.")
+        bench += f"\n(then here: cat results.tar.* | tar x -C RESULTS; {score})"
+    if size(args.dest) <= LIMIT - TREE:
+        check_fits(args.dest, f" (wheels {size(wheels) / 2 ** 20:.1f})")
+        print(f"carry: [\"{rel}\"]; command:\n{setup}; {env}; {unpack}; {bench}")
         return
-    bench = ("python3 -P -m benchmarks.gpu_trainer /tmp/run $OUT" if args.trainer_benchmark else
-             "python3 -P -m benchmarks.refiner /tmp/run $OUT --throughput" if args.refiner_benchmark else
-             f"python3 -P -m benchmarks.gpu_quality {runs} $OUT base-s0:seed=0 base-s1:seed=1 base-s2:seed=2" +
-             (" --speech speech" if args.speech else ""))
-    print(f"carry: [\"{rel}\"]; command:\n{setup}; {unpack}; {bench}")
+    # too much for one call: the wheels and ffmpeg first, then, on the same warm machine (it goes back after
+    # 30 s idle: send the second call at once), the packs
+    tools = ("whl", "py", "ffmpeg.xz")
+    if sum(size(args.dest / p) for p in packs) > LIMIT - TREE:
+        sys.exit(f"{args.dest}: the packs alone are over the 64 MiB a device call carries (less the checkout)")
+    print(f"{args.dest}: {size(args.dest) / 2 ** 20:.1f} MiB, over one call: two calls on one warm machine")
+    print(f"call 1, carry: {[f'{rel}/{t}' for t in tools]}; command:\n{setup}; nvidia-smi -L > $OUT/gpus.txt")
+    print(f"call 2, at once, carry: {[f'{rel}/{p}' for p in packs]}; command:\nset -e; test -x /tmp/ffmpeg || "
+          f"exit 3; {env}; {unpack}; {bench}")
 
 
 def fresh_pack(run: Path, dest: Path) -> None:
