@@ -513,6 +513,7 @@ def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
 
     class Gaussians:  # an avatar whose Gaussians sit at the head model's vertices
         gauss = type("Gaussians", (), {"means": data.points})
+        device = torch.device("cpu")
 
     means = data.points
     with caplog.at_level(logging.INFO, logger="test"):

@@ -69,7 +69,7 @@ class LiveAvatar:
         ref = shut_reference(data) if cfg.silence in CLOSING else None
         self.reference = None if ref is None else ref.frame
         # with close-mouth, how much of the shut frame's pose each Gaussian takes in pauses (close: all of it)
-        self.mouth = (mouth_weight(data, ref.frame, self.av.gauss.means)
+        self.mouth = (mouth_weight(data, ref.frame, self.av.gauss.means).to(self.torch_device)
                       if ref is not None and cfg.silence == "close-mouth" else None)
         ids = list(data.train_ids)
         with ThreadPoolExecutor(4) as pool:

@@ -211,7 +211,8 @@ def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tenso
     only to the Gaussians around the mouth (:func:`mouth_weight` of the Gaussians of ``av``, the avatar)."""
     ref = shut_reference(data)
     if ref is None:
-        ctx.log.warning("silence: close: the tracked mouth never shuts in this run; the pauses are left to the model")
+        ctx.log.warning("silence: %s: the tracked mouth never shuts in this run; the pauses are left to the model",
+                        silence)
         return DeformInputs(audio, camera)
     w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
     ctx.log.info("silence: %s: %d of %d frames are in pauses; they take the %s of training frame %d (%s)",
@@ -223,7 +224,7 @@ def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tenso
     if silence == "close-mouth":
         if av is None:
             raise ValueError("silence: close-mouth needs the avatar's Gaussians to find those around the mouth")
-        return DeformInputs(audio, camera, (shut, mouth_weight(data, ref.frame, av.gauss.means)))
+        return DeformInputs(audio, camera, (shut, mouth_weight(data, ref.frame, av.gauss.means).to(av.device)))
     return DeformInputs(audio, camera)
 
 
