@@ -58,14 +58,13 @@ def run_data(run: Path, resolution: int | None) -> Any:
     return RunData(run, facts, AudioFeatures.from_info(audio), resolution)
 
 
-def evaluate_saved(ctx: StageContext, model_path: Path, **settings: Any) -> dict:
-    """The trainer's own held-out evaluation (``evaluate``) of the avatar saved at ``model_path``, on the run of
-    the trainer context ``ctx`` (its val.mp4 into ``ctx.out``), with its training config but ``settings`` (e.g.
-    ``device``, ``silence``); the features smoothed as its training smoothed them."""
+def load_saved(ctx: StageContext, model_path: Path, **settings: Any) -> tuple[Any, Any, Any]:
+    """``(avatar, data, cfg)``: the avatar saved at ``model_path`` on the run of the trainer context ``ctx``, with
+    its training config but ``settings`` (e.g. ``device``, ``silence``); the features smoothed as its training
+    smoothed them."""
     from being_trainer_gaussian_avatar import AvatarConfig
     from being_trainer_gaussian_avatar.avatar import Avatar
     from being_trainer_gaussian_avatar.data import RunData, load_tensors, pick_device, smooth_audio
-    from being_trainer_gaussian_avatar.evaluate import evaluate
 
     model = load_tensors(model_path, str(model_path))
     cfg = AvatarConfig(**{**model["config"], **settings})
@@ -73,4 +72,49 @@ def evaluate_saved(ctx: StageContext, model_path: Path, **settings: Any) -> dict
     data.audio = smooth_audio(data.audio, cfg.audio_smooth)
     av = Avatar(data, cfg, pick_device(cfg.device))
     av.load(model["model"])
+    return av, data, cfg
+
+
+def evaluate_saved(ctx: StageContext, model_path: Path, **settings: Any) -> dict:
+    """The trainer's own held-out evaluation (``evaluate``) of the avatar saved at ``model_path`` (its val.mp4
+    into ``ctx.out``; :func:`load_saved`)."""
+    from being_trainer_gaussian_avatar.evaluate import evaluate
+
+    av, data, cfg = load_saved(ctx, model_path, **settings)
     return evaluate(ctx, av, data, silence=cfg.silence) | {"backend": av.raster.__name__}
+
+
+#: how many training frames :func:`render_training_stretch` renders
+TRAINING_STRETCH = 250
+
+
+def render_training_stretch(ctx: StageContext, model_path: Path, frames: int = TRAINING_STRETCH) -> Path:
+    """The avatar saved at ``model_path`` rendering up to ``frames`` consecutive training frames with their own
+    inputs, around the shut frame that ``silence: close`` borrows (the middle training frame when the mouth never
+    shuts) within its stretch of consecutive training frames, beside the real frames, into
+    ``ctx.out/avatar/train-<first>-<last>.mp4``: whether the avatar renders its own training frames' mouths, the
+    shut one among them (``benchmarks.lipsync``)."""
+    import numpy as np
+    import torch
+    from being_trainer_gaussian_avatar.evaluate import targets
+    from being_trainer_gaussian_avatar.render import shut_reference, u8
+
+    from being_core.frames import VideoWriter
+
+    av, data, _ = load_saved(ctx, model_path)
+    train = np.asarray(data.train_ids)
+    ref = shut_reference(data)
+    centre = ref.frame if ref is not None else int(train[len(train) // 2])
+    runs = np.split(train, np.flatnonzero(np.diff(train) != 1) + 1)  # the training frames' consecutive stretches
+    run = next(r for r in runs if r[0] <= centre <= r[-1])
+    at = int(np.searchsorted(run, centre))
+    lo = max(0, min(at - frames // 2, len(run) - frames))
+    ids = run[lo:lo + frames]
+    path = ctx.out / "avatar" / f"train-{ids[0]}-{ids[-1]}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), VideoWriter(path, data.fps) as video:
+        for chunk in np.array_split(ids, max(1, len(ids) // 8)):
+            image, _, bg = targets(data, chunk, av.device, None)
+            rgb = av.render(torch.as_tensor(chunk), bg, deform=True)[0]
+            video.write(np.concatenate([u8(rgb), u8(image)], 2))
+    return path

@@ -17,7 +17,9 @@ once over the GPUs.
 ``--speech FOLDER`` (relative to RUN, holding ``aud.wav`` and the run's encoder's features of it, e.g. put there
 by ``tools/gpu/carry.py --speech``): each trained avatar also says that speech with the trainer's own render,
 into ``OUT/<NAME>-stage/says.mp4`` (``silence: model``) and ``says-<setting>.mp4`` (each other ``silence``
-setting), for ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe).
+setting), for ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe); and renders its own training
+frames around the shut frame the pauses borrow (``avatar/train-<first>-<last>.mp4``,
+:func:`benchmarks.common.render_training_stretch`): whether it renders a shut mouth where it was trained on one.
 
 Each trained avatar's held-out frames are also evaluated with the other ``silence`` settings (the trainer's
 own uses its config's, ``close`` by default: the clip's pauses take a shut frame's inputs), into
@@ -39,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import evaluate_saved, trainer_context
+from benchmarks.common import evaluate_saved, render_training_stretch, trainer_context
 
 #: of the held-out metrics evaluated again with the other ``silence`` setting, those worth a line in the result
 #: every ``silence`` setting, each avatar's held-out frames and speech rendered with each
@@ -86,6 +88,7 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
                 result[f"held_out_silence_{other}"] = {k: v for k, v in held.items() if k in HELD_OUT_KEYS}
         if speech:
             result["render"] = {mode: say(run, speech, ctx, mode) for mode in SILENCE}
+            result["training_stretch"] = render_training_stretch(ctx, ctx.out / "avatar" / "model.pt").name
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
 

@@ -74,6 +74,19 @@ def held_out(run: Path, val: Path, name: str) -> dict:
     return {"what": f"{name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt, facts["n_frames"])}
 
 
+def trained(run: Path, video: Path, name: str) -> dict:
+    """The mouth metrics of a ``train-<first>-<last>.mp4`` (renders of training frames ``first`` to ``last``
+    beside the real ones, :func:`benchmarks.common.render_training_stretch`) of an avatar of ``run``: as
+    :func:`held_out`, its pause metrics over the clip's pauses within those frames."""
+    from being_trainer_gaussian_avatar.evaluate import lip_sync
+
+    facts = json.loads((run / "being.json").read_text())["dataset"]
+    first, last = (int(x) for x in video.stem.split("-")[1:3])
+    pred, gt = render_and_real(video, last - first + 1)
+    return {"what": f"{name} (training frames {first}-{last})",
+            **lip_sync(run, list(range(first, last + 1)), facts["fps"], pred, gt, facts["n_frames"])}
+
+
 def says(video: Path, speech: Path, name: str) -> dict:
     """How the mouth in a rendered ``video`` follows the ``speech`` it says."""
     from being_trainer_gaussian_avatar import lipsync
@@ -93,10 +106,13 @@ def score_run(run: Path) -> list[dict]:
 
 def score_returned(run: Path, speech: Path, folder: Path) -> list[dict]:
     """A folder that ``benchmarks.gpu_quality --speech`` wrote: its held-out renders (and those with the other
-    ``silence`` setting, ``silence-*/``) and its ``says.mp4``."""
+    ``silence`` settings, ``silence-*/``), its renders of training frames (``avatar/train-*.mp4``) and its
+    ``says*.mp4``."""
     rows = [held_out(run, folder / "avatar" / "val.mp4", folder.name)]
     for again in sorted(folder.glob("silence-*/avatar/val.mp4")):
         rows.append(held_out(run, again, f"{folder.name}/{again.parent.parent.name}"))
+    for video in sorted(folder.glob("avatar/train-*-*.mp4")):
+        rows.append(trained(run, video, folder.name))
     for video in sorted(folder.glob("says*.mp4")):
         rows.append(says(video, speech, f"{folder.name}/{video.stem}"))
     return rows

@@ -136,6 +136,28 @@ def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp
             assert (out / f"{view.name}-tiny-stage" / f"silence-{other}" / "avatar" / "val.mp4").stat().st_size > 0
         quiet = clip_pauses(view, facts["n_frames"], facts["fps"], edge=0)[facts["val_start"]:]
         assert (again["psnr"] == result["psnr"]) == (not quiet.any()), (quiet, again, result["psnr"])
+    # an avatar's render of its own training frames around the pauses' shut frame, beside the real ones, scored
+    from being_trainer_gaussian_avatar import AvatarConfig
+    from being_trainer_gaussian_avatar.render import shut_reference
+
+    from benchmarks.common import render_training_stretch, run_data, trainer_context
+    from benchmarks.lipsync import trained
+
+    stage = out / f"{views[1].name}-tiny-stage"
+    ctx = trainer_context(views[1], stage, AvatarConfig(**GaussianAvatar.test_config), tmp_path / "state")
+    video = render_training_stretch(ctx, stage / "avatar" / "model.pt", frames=30)
+    first, last = (int(x) for x in video.stem.split("-")[1:])
+    view = run_data(views[1], 256)
+    assert last - first == 29 and set(range(first, last + 1)) <= set(view.train_ids)
+    assert first <= shut_reference(view).frame <= last
+    frames, _ = frames_of(video)
+    assert len(frames) == 30 and frames[0].shape == (256, 512, 3)
+    for j, frame in zip(range(first, last + 1), frames):  # the real half: those training frames of the view
+        real = cv2.resize(cv2.cvtColor(cv2.imread(str(views[1] / "ori_imgs" / f"{j}.jpg")), cv2.COLOR_BGR2RGB),
+                          (256, 256), interpolation=cv2.INTER_AREA)
+        assert np.abs(frame[:, 256:].astype(float) - real).mean() < 3
+    row = trained(views[1], video, "f1")
+    assert row["what"] == f"f1 (training frames {first}-{last})" and row["mouth_corr"] is not None
     rows = score(prepared_face5, out)
     assert [row["what"] for row in rows] == ["run tiny, folds [0, 1]", "run audio baseline, the same stretches"]
     tiny, base = rows
