@@ -16,7 +16,7 @@ import torch
 
 from .avatar import Avatar
 from .data import RunData, SmoothWindows, viewmats_from_track
-from .render import BLINK, CLOSING, load_avatar_config, mouth_weight, pingpong, shut_reference
+from .render import BLINK, CLOSING, DeformInputs, blend_pauses, load_avatar_config, mouth_weight, pingpong, shut_reference
 
 #: how fast an idle (quiet) head moves through the training poses, against 1 while speaking
 IDLE_SPEED = 0.5
@@ -68,7 +68,7 @@ class LiveAvatar:
         self.rest_eye, self.shut_eye = float(eyes.median()), float(torch.quantile(eyes, 0.98))
         ref = shut_reference(data) if cfg.silence in CLOSING else None
         self.reference = None if ref is None else ref.frame
-        # with close-mouth, how much of the shut frame's pose each Gaussian takes in pauses (close: all of it)
+        # with close-mouth, how much of the shut frame's pose each Gaussian takes in pauses
         self.mouth = (mouth_weight(data, ref.frame, self.av.gauss.means).to(self.torch_device)
                       if ref is not None and cfg.silence == "close-mouth" else None)
         ids = list(data.train_ids)
@@ -98,17 +98,10 @@ class LiveAvatar:
                                        d.trans[here] * (1 - mix) + d.trans[there] * mix)
         nearest = torch.as_tensor([s[1] if s[2] >= 0.5 else s[0] for s in steps])
         ids = self.train[nearest]  # the background, the intrinsics: the nearer pose's
-        audio = torch.as_tensor(np.asarray(audio, np.float32))
-        mouth = None
+        inputs = DeformInputs(torch.as_tensor(np.asarray(audio, np.float32)), camera)
         if self.reference is not None:  # in pauses: the inputs of a training frame whose mouth is shut
             w = torch.as_tensor(np.asarray(quiet, np.float32))
-            audio = audio * (1 - w[:, None, None]) + self.data.audio[self.reference][None] * w[:, None, None]
-            shut = camera * (1 - w[:, None]) + self.data.camera[self.reference][None] * w[:, None]
-            if self.cfg.silence == "close":
-                camera = shut
-            elif self.mouth is not None and bool(w.any()):
-                mouth = (shut, self.mouth)
+            inputs = blend_pauses(self.data, self.reference, inputs.audio, camera, w, self.cfg.silence, self.mouth)
         bg = self.backgrounds[nearest.to(self.torch_device)].float() / 255
-        rgb, alpha, _ = self.av.render(ids, bg, deform=True, audio=audio, eye=eye, camera=camera, viewmats=viewmats,
-                                       mouth=mouth)
+        rgb, alpha, _ = self.av.render(ids, bg, deform=True, eye=eye, viewmats=viewmats, **inputs.part(slice(None)))
         return rgb.clamp(0, 1), alpha[..., 0]

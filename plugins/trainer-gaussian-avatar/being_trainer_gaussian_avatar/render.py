@@ -217,14 +217,25 @@ def close_in_pauses(data: RunData, ctx, audio: torch.Tensor, camera: torch.Tenso
     w = torch.from_numpy(np.convolve(quiet, np.ones(2 * FADE + 1) / (2 * FADE + 1), "same")).to(audio.dtype)
     ctx.log.info("silence: %s: %d of %d frames are in pauses; they take the %s of training frame %d (%s)",
                  silence, int(quiet.sum()), len(audio), CLOSING[silence], ref.frame, ref.how)
-    audio = audio * (1 - w[:, None, None]) + data.audio[ref.frame][None] * w[:, None, None]
-    shut = camera * (1 - w[:, None]) + data.camera[ref.frame][None] * w[:, None]
-    if silence == "close":
-        return DeformInputs(audio, shut)
+    weight = None
     if silence == "close-mouth":
         if av is None:
             raise ValueError("silence: close-mouth needs the avatar's Gaussians to find those around the mouth")
-        return DeformInputs(audio, camera, (shut, mouth_weight(data, ref.frame, av.gauss.means).to(av.device)))
+        weight = mouth_weight(data, ref.frame, av.gauss.means).to(av.device)
+    return blend_pauses(data, ref.frame, audio, camera, w, silence, weight)
+
+
+def blend_pauses(data: RunData, ref: int, audio: torch.Tensor, camera: torch.Tensor, w: torch.Tensor, silence: str,
+                 weight: torch.Tensor | None = None) -> DeformInputs:
+    """The deformer's inputs ``audio`` and ``camera`` moved by the share ``w [T]`` of each frame to training
+    frame ``ref``'s, as ``silence`` says (:func:`close_in_pauses`; ``weight``: :func:`mouth_weight`, for
+    ``close-mouth``). What a render and a live session share."""
+    audio = audio * (1 - w[:, None, None]) + data.audio[ref][None] * w[:, None, None]
+    shut = camera * (1 - w[:, None]) + data.camera[ref][None] * w[:, None]
+    if silence == "close":
+        return DeformInputs(audio, shut)
+    if silence == "close-mouth" and weight is not None:
+        return DeformInputs(audio, camera, (shut, weight))
     return DeformInputs(audio, camera)
 
 
