@@ -21,12 +21,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from being_trainer_gaussian_avatar import lipsync
 
 from benchmarks.common import run_data
 from benchmarks.folds import over_folds, stretches
 
-#: FaceMesh's inner lips and mouth corners: the opening's points (``being_trainer_gaussian_avatar.lipsync``)
-LIPS = (13, 14, 61, 291)
+#: FaceMesh's inner lips and mouth corners: the points of the trainer's mouth opening (its lipsync's)
+LIPS = tuple(lipsync.MOUTH[k] for k in (lipsync.UPPER, lipsync.LOWER, lipsync.LEFT, lipsync.RIGHT))
 
 
 def lip_vertices(run: Path) -> list[int]:

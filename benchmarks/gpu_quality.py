@@ -43,9 +43,9 @@ from pathlib import Path
 
 from benchmarks.common import evaluate_saved, render_training_stretch, trainer_context
 
-#: of the held-out metrics evaluated again with the other ``silence`` setting, those worth a line in the result
 #: every ``silence`` setting, each avatar's held-out frames and speech rendered with each
 SILENCE = ("model", "close", "close-audio", "close-mouth")
+#: of the held-out metrics evaluated again with the other ``silence`` settings, those worth a line in the result
 HELD_OUT_KEYS = ("silence", "psnr", "psnr_gt_imgs", "ssim", "mouth_corr", "mouth_bias_pct", "lmd", "av_offset_frames",
                  "silent_frames", "silent_closed")
 

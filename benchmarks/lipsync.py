@@ -66,25 +66,26 @@ def render_and_real(val: Path, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
 
 def held_out(run: Path, val: Path, name: str) -> dict:
     """The held-out mouth metrics of a ``val.mp4`` (renders beside the real frames) of an avatar of ``run``."""
-    from being_trainer_gaussian_avatar.evaluate import lip_sync
-
     facts = json.loads((run / "being.json").read_text())["dataset"]
-    ids = list(range(facts["val_start"], facts["n_frames"]))
-    pred, gt = render_and_real(val, len(ids))
-    return {"what": f"{name} (held out)", **lip_sync(run, ids, facts["fps"], pred, gt, facts["n_frames"])}
+    return against_real(run, val, range(facts["val_start"], facts["n_frames"]), f"{name} (held out)")
 
 
 def trained(run: Path, video: Path, name: str) -> dict:
     """The mouth metrics of a ``train-<first>-<last>.mp4`` (renders of training frames ``first`` to ``last``
     beside the real ones, :func:`benchmarks.common.render_training_stretch`) of an avatar of ``run``: as
     :func:`held_out`, its pause metrics over the clip's pauses within those frames."""
+    first, last = (int(x) for x in video.stem.split("-")[1:3])
+    return against_real(run, video, range(first, last + 1), f"{name} (training frames {first}-{last})")
+
+
+def against_real(run: Path, video: Path, frames: range, what: str) -> dict:
+    """The trainer's mouth metrics (``lip_sync``) of a video of renders beside the real frames ``frames`` of
+    ``run``."""
     from being_trainer_gaussian_avatar.evaluate import lip_sync
 
     facts = json.loads((run / "being.json").read_text())["dataset"]
-    first, last = (int(x) for x in video.stem.split("-")[1:3])
-    pred, gt = render_and_real(video, last - first + 1)
-    return {"what": f"{name} (training frames {first}-{last})",
-            **lip_sync(run, list(range(first, last + 1)), facts["fps"], pred, gt, facts["n_frames"])}
+    pred, gt = render_and_real(video, len(frames))
+    return {"what": what, **lip_sync(run, list(frames), facts["fps"], pred, gt, facts["n_frames"])}
 
 
 def says(video: Path, speech: Path, name: str) -> dict:
