@@ -562,6 +562,7 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
             check.write_text("")
         labels = spec.labels()
         lines: list[str] = []
+        replaced = _image_id(c, spec.tag)
         buildargs = {"BASE": base, "DEVEL_BASE": devel_base or base, "VARIANT": spec.variant}
         with progress.task(f"building {spec.tag}", unit="step") as task:
             try:
@@ -582,7 +583,31 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
             except Exception as exc:  # docker.errors.APIError and friends
                 raise BeingError(f"building {spec.tag} failed: {_short(exc)}") from None
     log.info("built %s in %.0f s", spec.tag, time.monotonic() - started)
+    if replaced is not None and replaced != _image_id(c, spec.tag):
+        _remove_replaced(c, replaced, spec.tag)
     return spec.tag
+
+
+def _image_id(c, tag: str) -> str | None:
+    import docker.errors
+
+    try:
+        return c.images.get(tag).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _remove_replaced(c, image_id: str, tag: str) -> None:
+    """Remove the image a rebuild took ``tag`` from, so that rebuilding does not pile up untagged gigabytes;
+    one that still has another tag or runs in a container is kept."""
+    try:
+        image = c.images.get(image_id)
+        if image.tags:
+            return
+        c.images.remove(image_id, force=False)
+        log.info("removed the image %s replaced (%s)", tag, image.short_id)
+    except Exception as exc:  # docker.errors.APIError: in use by a container, or gone already
+        log.warning("kept the image %s replaced (%s): %s", tag, image_id[7:19], _short(exc))
 
 
 def _installed_name(pin: str, local: dict[str, Path]) -> str | None:
@@ -651,7 +676,7 @@ def prune(c, registry: Registry, everything: bool = False) -> list[str]:
                 removed.append(target)
             except Exception as exc:  # an image still used by a container is kept
                 log.warning("kept %s: %s", target, _short(exc))
-    c.images.prune(filters={"dangling": True})
+    c.images.prune(filters={"dangling": True, "label": LABEL})  # only Being's: other dangling images are not ours
     return removed
 
 

@@ -65,7 +65,8 @@ def probe_image(docker_client, built, tmp_path_factory):
         "RUN /opt/being/bin/pip install --no-index --no-deps --no-cache-dir /tmp/*.whl && rm /tmp/*.whl\n"
         "USER being\n")
     docker_client.images.build(path=str(ctx), tag=PROBE_IMAGE, network_mode="none", rm=True)
-    return PROBE_IMAGE
+    yield PROBE_IMAGE
+    docker_client.images.remove(PROBE_IMAGE, force=True)  # a test image: half a gigabyte per CI run otherwise
 
 
 class Events(Reporter):
@@ -474,3 +475,31 @@ def test_runner_options_variant_picks_the_cuda_image_and_says_how_to_build_it(do
         DockerRunner().check(impl, DockerOptions(variant="cuda"))
     assert str(err.value) == (f"face_tracker 'mediapipe' runs in Docker, but the image {tag} is not built; "
                               "run `being images build face-mediapipe --variant cuda`")
+
+
+def test_a_rebuild_removes_the_image_it_replaced_unless_it_is_still_tagged(built, docker_client, tmp_path):
+    """Rebuilding an image (new code, new lock) must not leave the old gigabytes behind untagged; an old image
+    that still carries another tag is somebody's and stays."""
+    base = load_registry().get(StageKind.AU_EXTRACTOR, "landmarks").image()
+    tag, keep = "being-test/rebuilt:0.1.0", "being-test/kept:0.1.0"
+
+    def image(n: int) -> str:
+        (tmp_path / "Dockerfile").write_text(f"FROM {base}\nLABEL being.test.build={n}\n")
+        return docker_client.images.build(path=str(tmp_path), tag=tag, network_mode="none", rm=True)[0].id
+
+    try:
+        first = image(1)
+        second = image(2)
+        images._remove_replaced(docker_client, first, tag)
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(first)
+        docker_client.images.get(second).tag(keep)
+        image(3)
+        images._remove_replaced(docker_client, second, tag)
+        assert docker_client.images.get(second).tags == [keep]
+    finally:
+        for name in (tag, keep):
+            try:
+                docker_client.images.remove(name, force=True)
+            except docker.errors.ImageNotFound:
+                pass
