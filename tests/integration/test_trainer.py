@@ -488,6 +488,40 @@ def test_without_the_camera_token_the_deformer_never_sees_the_pose(data):
     assert seen["camera"].abs().sum() == 0
 
 
+def test_pose_noise_jitters_the_training_poses_only(prepared_copy, being_run_stage, monkeypatch):
+    """``pose_noise``: in the fine stage each training frame's pose input gets Gaussian noise of that size (the
+    render and the expression loss of a step the same noisy pose); the coarse stage has no deformer to give it
+    to, and the held-out frames are rendered at their own poses."""
+    from being_trainer_gaussian_avatar import avatar as avatar_module
+
+    renders, motions = [], []
+    real_render, real_motion = avatar_module.Avatar.render, avatar_module.Avatar.motion
+
+    def render(self, ids, bg, deform, **given):
+        renders.append((deform, ids.cpu().clone(), given.get("camera")))
+        return real_render(self, ids, bg, deform, **given)
+
+    def motion(self, ids, vertices, camera=None):
+        motions.append(camera)
+        return real_motion(self, ids, vertices, camera)
+
+    monkeypatch.setattr(avatar_module.Avatar, "render", render)
+    monkeypatch.setattr(avatar_module.Avatar, "motion", motion)
+    being_run_stage(prepared_copy, "trainer", "gaussian-avatar", {**TINY, "pose_noise": 0.5})
+    manifest = json.loads((prepared_copy / "being.json").read_text())
+    features = AudioFeatures.from_info(manifest["stages"]["audio_encoder"]["info"])
+    data = RunData(prepared_copy, DatasetFacts.model_validate(manifest["dataset"]), features, TINY["resolution"])
+    coarse, fine = TINY["coarse_iterations"], TINY["fine_iterations"]
+    assert all(not deform and cam is None for deform, _, cam in renders[:coarse])
+    steps = renders[coarse:coarse + fine]
+    assert all(deform and cam is not None for deform, _, cam in steps) and len(motions) == fine
+    noise = torch.cat([cam - data.camera[ids] for _, ids, cam in steps])
+    assert 0.25 < float(noise.std()) < 0.9 and abs(float(noise.mean())) < 0.3, noise  # 72 draws of N(0, 0.5)
+    assert all(torch.equal(m, cam) for m, (_, _, cam) in zip(motions, steps))  # one pose per frame in a step
+    held_out = [(ids, cam) for _, ids, cam in renders[coarse + fine:]]
+    assert held_out and all(cam is None or torch.equal(cam, data.camera[ids]) for ids, cam in held_out)
+
+
 def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
     import logging
 

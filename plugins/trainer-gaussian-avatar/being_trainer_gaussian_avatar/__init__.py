@@ -42,6 +42,10 @@ class AvatarConfig(StageConfig):
     camera_token: bool = Field(True, description="Give the deformation transformer the frame's head pose; off, "
                                "it cannot tell training frames apart by their pose and must read the mouth from "
                                "the audio.")
+    pose_noise: float = Field(0.0, ge=0, le=10, description="Fine stage: Gaussian noise of this standard deviation "
+                              "(in units of the clip's own spread of each pose number) added to the deformer's pose "
+                              "input of each training frame, so that it cannot tell a frame by its exact pose and "
+                              "must read the mouth from the audio; 0: off (docs/benchmarks.md).")
     silence: Literal["model", "close", "close-audio", "close-mouth"] = Field(
         "close", description="In the pauses of new speech (render): 'model' lets the deformer read the silence "
         "like any audio; 'close' gives it, there, the audio window and head pose input of a training frame whose "

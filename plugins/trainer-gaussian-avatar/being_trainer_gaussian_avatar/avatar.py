@@ -58,11 +58,12 @@ class Avatar:
             camera = torch.zeros_like(camera)
         return audio, eye, camera
 
-    def motion(self, ids: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
-        """How the deformation of frames ``ids`` moves the head model's mean ``vertices`` (indices): ``[B, S, 3]``
-        in head units, to compare with ``data.expression`` (the expression loss)."""
+    def motion(self, ids: torch.Tensor, vertices: torch.Tensor, camera=None) -> torch.Tensor:
+        """How the deformation of frames ``ids`` (``camera``: their pose inputs, if not their own) moves the head
+        model's mean ``vertices`` (indices): ``[B, S, 3]`` in head units, to compare with ``data.expression`` (the
+        expression loss)."""
         points = self.data.points[vertices].to(self.device)
-        return self.deformer(points, *self._inputs(ids.cpu()))[..., :3] * OFFSET_SCALE
+        return self.deformer(points, *self._inputs(ids.cpu(), camera=camera))[..., :3] * OFFSET_SCALE
 
     def optimizer(self, fine: bool) -> torch.optim.Optimizer:
         c, g = self.cfg, self.gauss

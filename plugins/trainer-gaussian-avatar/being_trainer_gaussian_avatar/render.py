@@ -234,7 +234,9 @@ def blend_pauses(data: RunData, ref: int, audio: torch.Tensor, camera: torch.Ten
     shut = camera * (1 - w[:, None]) + data.camera[ref][None] * w[:, None]
     if silence == "close":
         return DeformInputs(audio, shut)
-    if silence == "close-mouth" and weight is not None:
+    if silence == "close-mouth":
+        if weight is None:
+            raise ValueError("silence: close-mouth needs the mouth weight of each Gaussian (mouth_weight)")
         return DeformInputs(audio, camera, (shut, weight))
     return DeformInputs(audio, camera)
 

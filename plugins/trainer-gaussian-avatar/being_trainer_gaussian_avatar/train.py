@@ -71,6 +71,7 @@ def _train(ctx, cfg, device: torch.device, entered: float) -> dict:
     workers = cfg.num_workers if cfg.num_workers >= 0 else min(8, max(0, (os.cpu_count() or 2) // 2))
     gen = torch.Generator().manual_seed(cfg.seed + step)
     expr_gen = torch.Generator().manual_seed(cfg.seed + step + 7919)  # its own: the frame order stays the same
+    pose_gen = torch.Generator().manual_seed(cfg.seed + step + 104729)  # likewise
 
     cache = frame_cache(data, cfg, device, workers, ctx)
 
@@ -109,13 +110,14 @@ def _train(ctx, cfg, device: torch.device, entered: float) -> dict:
                 mask = mask.to(device, non_blocking=True).float()
                 if cfg.target == "composite":
                     image = composite(image, mask, bg)
-                rgb, alpha, means2d = av.render(ids, bg, deform=fine)
+                camera = noisy_pose(data, ids, cfg.pose_noise, pose_gen) if fine and cfg.pose_noise > 0 else None
+                rgb, alpha, means2d = av.render(ids, bg, deform=fine, camera=camera)
                 loss, parts = losses(rgb, alpha, image, mask, data.lips[ids].to(device, non_blocking=True), cfg, fine,
                                      perceptual)
                 if fine and cfg.lambda_expr > 0:
                     vertices = torch.randint(len(data.points), (cfg.expr_points,), generator=expr_gen)
                     target = data.expression[ids.cpu()][:, vertices].to(device, non_blocking=True).float()
-                    l_expr = (av.motion(ids, vertices) - target).abs().mean()
+                    l_expr = (av.motion(ids, vertices, camera) - target).abs().mean()
                     loss = loss + cfg.lambda_expr * l_expr
                     parts["expr"] = l_expr.detach()
                 opt.zero_grad(set_to_none=True)
@@ -172,6 +174,14 @@ def _train(ctx, cfg, device: torch.device, entered: float) -> dict:
     if writer:
         writer.close()
     return metrics
+
+
+def noisy_pose(data: RunData, ids: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+    """The deformer's pose inputs of frames ``ids`` with Gaussian noise of ``std`` added (the inputs are already in
+    units of the clip's spread of each number): a short clip's frames each have a pose of their own, and a deformer
+    given exact poses can learn every training frame's mouth from its pose instead of from its audio."""
+    camera = data.camera[ids.cpu()]
+    return camera + std * torch.randn(camera.shape, generator=gen)
 
 
 def frame_cache(data: RunData, cfg, device: torch.device, workers: int, ctx) -> FrameCache | None:
