@@ -74,6 +74,8 @@ def main() -> None:
                     f"{PAUSE_S} s into the packed run's speech/ (wav + mel features) for gpu_quality --speech")
     ap.add_argument("--more", type=Path, nargs="+", default=[], help="without --cli: more prepared runs, packed "
                     "beside the first (pack-<name>/) for one gpu_quality over all of them")
+    ap.add_argument("--variants", nargs="+", help="without --cli: benchmarks.gpu_quality's NAME:key=value,... "
+                    "variants (default: seed 0 for --folds, seeds 0-2 otherwise)")
     ap.add_argument("--folds", action="store_true", help="without --cli: train every fold view of each run "
                     "(benchmarks.folds; one training per stretch of the clip) instead of three seeds of the run, and "
                     "bring the held-out videos back as results.tar.* for `benchmarks.folds score` here")
@@ -129,6 +131,9 @@ def main() -> None:
             variants, score = "base-s0:seed=0", "python -m benchmarks.folds score RUN RESULTS"
         else:
             what, variants = runs, "base-s0:seed=0 base-s1:seed=1 base-s2:seed=2"
+        if args.variants:
+            variants = " ".join(args.variants)
+        if not args.folds:
             variants += " --speech speech" if args.speech else ""
             score = "python -m benchmarks.lipsync returned RUN SPEECH.wav RESULTS/*-stage"
         # what comes back: a call returns 8 files of 16 MiB, 64 MiB in all: the videos re-encoded (x264 crf 26,
