@@ -21,6 +21,9 @@ setting), for ``benchmarks.lipsync`` to score here (a GPU box has no mediapipe);
 frames around the shut frame the pauses borrow (``avatar/train-<first>-<last>.mp4``,
 :func:`benchmarks.common.render_training_stretch`): whether it renders a shut mouth where it was trained on one.
 
+Each trained avatar's ``deformer_inputs`` (:mod:`benchmarks.deformer_inputs`): how much its mouth follows the
+audio, the pose and the eye inputs.
+
 Each trained avatar's held-out frames are also evaluated with the other ``silence`` settings (the trainer's
 own uses its config's, ``close`` by default: the clip's pauses take a shut frame's inputs), into
 ``OUT/<NAME>-stage/silence-<other>/avatar/val.mp4`` and the result's ``held_out_silence_<other>``: the same model
@@ -41,7 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import evaluate_saved, render_training_stretch, trainer_context
+from benchmarks.common import evaluate_saved, load_saved, render_training_stretch, trainer_context
+from benchmarks.deformer_inputs import input_shares
 
 #: every ``silence`` setting, each avatar's held-out frames and speech rendered with each
 SILENCE = ("model", "close", "close-audio", "close-mouth")
@@ -81,6 +85,9 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
         metrics.pop("history", None)
         result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", **metrics}
+        av, data, _ = load_saved(ctx, ctx.out / "avatar" / "model.pt")
+        result["deformer_inputs"] = input_shares(av, data)  # does its mouth follow the audio or the pose?
+        del av, data
         for other in SILENCE:
             if other != cfg.silence:
                 again = trainer_context(run, ctx.out / f"silence-{other}", cfg, Path(state))

@@ -522,6 +522,38 @@ def test_pose_noise_jitters_the_training_poses_only(prepared_copy, being_run_sta
     assert held_out and all(cam is None or torch.equal(cam, data.camera[ids]) for ids, cam in held_out)
 
 
+def test_the_input_shares_tell_which_input_the_mouth_follows(data):
+    """``benchmarks.deformer_inputs``: a deformer whose offsets follow only the pose input gives the pose a share
+    of 1 and the audio and the eyes 0; one that follows only the audio, the other way round; one that adds both,
+    a share to each. Without the camera token the pose cannot count."""
+    from benchmarks.deformer_inputs import input_shares
+
+    av = Avatar(data, AvatarConfig(**TINY), torch.device("cpu"))
+
+    level = data.audio.flatten(1).mean(1)
+
+    def follows(pose: float, audio: float):  # the first pose number, and the audio's level (both standardised)
+        def forward(means, audio_in, eye, camera):
+            out = torch.zeros(len(audio_in), len(means), 14)
+            loud = (audio_in.flatten(1).mean(1) - level.mean()) / level.std()
+            out[..., 0], out[..., 1] = pose * camera[:, :1], audio * loud[:, None]
+            return out
+        return forward
+
+    av.deformer.forward = follows(1.0, 0.0)
+    shares = input_shares(av, data)
+    assert (shares["pose"], shares["audio"], shares["eye"]) == (1.0, 0.0, 0.0) and shares["mouth_gaussians"] > 0
+    av.deformer.forward = follows(0.0, 1.0)
+    shares = input_shares(av, data)
+    assert (shares["pose"], shares["audio"], shares["eye"]) == (0.0, 1.0, 0.0)
+    av.deformer.forward = follows(1.0, 1.0)
+    shares = input_shares(av, data)
+    assert 0.2 < shares["pose"] < 1 and 0.2 < shares["audio"] < 1 and shares["eye"] == 0, shares
+    blind = Avatar(data, AvatarConfig(**{**TINY, "camera_token": False}), torch.device("cpu"))
+    blind.deformer.forward = follows(1.0, 1.0)
+    assert input_shares(blind, data)["pose"] == 0.0
+
+
 def test_silence_close_gives_the_pauses_a_shut_training_frame(data, caplog):
     import logging
 

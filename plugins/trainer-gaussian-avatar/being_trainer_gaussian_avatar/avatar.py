@@ -35,10 +35,10 @@ class Avatar:
         ids_cpu = ids.cpu()
         offsets = None
         if deform:
-            audio, eye, own = self._inputs(ids_cpu, audio, eye, camera)
+            audio, eye, own = self.deformer_inputs(ids_cpu, audio, eye, camera)
             offsets = self.deformer(self.gauss.means, audio, eye, own)
             if mouth is not None:
-                other = self.deformer(self.gauss.means, audio, eye, self._inputs(ids_cpu, camera=mouth[0])[2])
+                other = self.deformer(self.gauss.means, audio, eye, self.deformer_inputs(ids_cpu, camera=mouth[0])[2])
                 offsets = offsets + mouth[1].to(self.device)[None, :, None] * (other - offsets)
         means, quats, scales, opac, colours = deformed(self.gauss, offsets, len(ids_cpu))
         view = d.viewmats[ids_cpu] if viewmats is None else viewmats
@@ -48,7 +48,7 @@ class Avatar:
             rgb = rgb + (1 - alpha) * backgrounds
         return rgb, alpha, means2d
 
-    def _inputs(self, ids_cpu: torch.Tensor, audio=None, eye=None, camera=None) -> tuple[torch.Tensor, ...]:
+    def deformer_inputs(self, ids_cpu: torch.Tensor, audio=None, eye=None, camera=None) -> tuple[torch.Tensor, ...]:
         """The deformer's audio, eye and pose inputs for frames ``ids_cpu`` (or those given), on the device."""
         d = self.data
         audio = (d.audio[ids_cpu] if audio is None else audio).to(self.device)
@@ -63,7 +63,7 @@ class Avatar:
         model's mean ``vertices`` (indices): ``[B, S, 3]`` in head units, to compare with ``data.expression`` (the
         expression loss)."""
         points = self.data.points[vertices].to(self.device)
-        return self.deformer(points, *self._inputs(ids.cpu(), camera=camera))[..., :3] * OFFSET_SCALE
+        return self.deformer(points, *self.deformer_inputs(ids.cpu(), camera=camera))[..., :3] * OFFSET_SCALE
 
     def optimizer(self, fine: bool) -> torch.optim.Optimizer:
         c, g = self.cfg, self.gauss
