@@ -563,6 +563,7 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
         labels = spec.labels()
         lines: list[str] = []
         replaced = _image_id(c, spec.tag)
+        steps: set[str] = set()  # its steps' images: a multi-stage build leaves its first stages' untagged
         buildargs = {"BASE": base, "DEVEL_BASE": devel_base or base, "VARIANT": spec.variant}
         with progress.task(f"building {spec.tag}", unit="step") as task:
             try:
@@ -572,6 +573,9 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
                         raise BeingError(f"building {spec.tag} failed: {chunk['error'].strip()}\n"
                                          + "\n".join(lines[-15:]))
                     text = (chunk.get("stream") or "").rstrip()
+                    made = _step_image(text)
+                    if made:
+                        steps.add(made)
                     if text:
                         lines.append(text)
                         log.debug("%s", text)
@@ -585,7 +589,26 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
     log.info("built %s in %.0f s", spec.tag, time.monotonic() - started)
     if replaced is not None and replaced != _image_id(c, spec.tag):
         _remove_replaced(c, replaced, spec.tag)
+    _remove_stages(c, steps)
     return spec.tag
+
+
+def _step_image(line: str) -> str | None:
+    """The image id a build step's output line ``' ---> 1b637f4d24d7'`` names, else None."""
+    m = re.fullmatch(r"\s*---> ([0-9a-f]{12})", line)
+    return m.group(1) if m else None
+
+
+def _remove_stages(c, steps: set[str]) -> None:
+    """Remove the untagged images that a build's earlier stages left (a CUDA image's compiler stage: 8 GB), of the
+    build's own ``steps`` only; an image something still uses is kept."""
+    for image in c.images.list(filters={"dangling": True}):
+        if image.id.split(":")[-1][:12] in steps:
+            try:
+                c.images.remove(image.id, force=False)
+                log.info("removed the build stage image %s", image.short_id)
+            except Exception as exc:  # docker.errors.APIError: in use
+                log.warning("kept the build stage image %s: %s", image.short_id, _short(exc))
 
 
 def _image_id(c, tag: str) -> str | None:

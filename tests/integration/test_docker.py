@@ -503,3 +503,27 @@ def test_a_rebuild_removes_the_image_it_replaced_unless_it_is_still_tagged(built
                 docker_client.images.remove(name, force=True)
             except docker.errors.ImageNotFound:
                 pass
+
+
+def test_a_multi_stage_build_leaves_no_untagged_stage_behind(built, docker_client, tmp_path):
+    """A CUDA image compiles in a first stage (8 GB) and copies the result into the last: the first stage's image,
+    untagged once the build is done, goes with it; the image built stays."""
+    base = load_registry().get(StageKind.AU_EXTRACTOR, "landmarks").image()
+    tag = "being-test/stages:0.1.0"
+    (tmp_path / "Dockerfile").write_text(f"FROM {base} AS compile\nUSER root\nRUN echo {tmp_path.name} > /made\n"
+                                         f"FROM {base}\nCOPY --from=compile /made /made\n")
+    steps = set()
+    try:
+        for chunk in docker_client.api.build(path=str(tmp_path), tag=tag, network_mode="none", rm=True, decode=True):
+            made = images._step_image((chunk.get("stream") or "").rstrip())
+            if made:
+                steps.add(made)
+        left = [i.id for i in docker_client.images.list(filters={"dangling": True}) if i.id[7:19] in steps]
+        assert left, "the compile stage's image is left untagged"
+        images._remove_stages(docker_client, steps)
+        for image_id in left:
+            with pytest.raises(docker.errors.ImageNotFound):
+                docker_client.images.get(image_id)
+        assert docker_client.images.get(tag).tags == [tag]
+    finally:
+        docker_client.images.remove(tag, force=True)
