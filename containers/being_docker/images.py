@@ -587,9 +587,9 @@ def build(c, spec: ImageSpec, base: str, progress: Reporter, force: bool = False
             except Exception as exc:  # docker.errors.APIError and friends
                 raise BeingError(f"building {spec.tag} failed: {_short(exc)}") from None
     log.info("built %s in %.0f s", spec.tag, time.monotonic() - started)
-    if replaced is not None and replaced != _image_id(c, spec.tag):
-        _remove_replaced(c, replaced, spec.tag)
-    _remove_stages(c, steps)
+    if replaced is not None:  # untagged now, unless the build made the same image or it has another tag
+        steps.add(replaced.split(":")[-1][:12])
+    _remove_untagged(c, steps)
     return spec.tag
 
 
@@ -599,16 +599,17 @@ def _step_image(line: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _remove_stages(c, steps: set[str]) -> None:
-    """Remove the untagged images that a build's earlier stages left (a CUDA image's compiler stage: 8 GB), of the
-    build's own ``steps`` only; an image something still uses is kept."""
+def _remove_untagged(c, ids: set[str]) -> None:
+    """Remove the untagged images among ``ids`` (12-digit ids): the image a rebuild took its tag from, and those a
+    multi-stage build's earlier stages leave (a CUDA image's compiler stage: 8 GB), so that rebuilding does not
+    pile up gigabytes. An image with another tag is not untagged; one a container uses is kept."""
     for image in c.images.list(filters={"dangling": True}):
-        if image.id.split(":")[-1][:12] in steps:
+        if image.id.split(":")[-1][:12] in ids:
             try:
                 c.images.remove(image.id, force=False)
-                log.info("removed the build stage image %s", image.short_id)
+                log.info("removed the untagged image %s", image.short_id)
             except Exception as exc:  # docker.errors.APIError: in use
-                log.warning("kept the build stage image %s: %s", image.short_id, _short(exc))
+                log.warning("kept the untagged image %s: %s", image.short_id, _short(exc))
 
 
 def _image_id(c, tag: str) -> str | None:
@@ -618,19 +619,6 @@ def _image_id(c, tag: str) -> str | None:
         return c.images.get(tag).id
     except docker.errors.ImageNotFound:
         return None
-
-
-def _remove_replaced(c, image_id: str, tag: str) -> None:
-    """Remove the image a rebuild took ``tag`` from, so that rebuilding does not pile up untagged gigabytes;
-    one that still has another tag or runs in a container is kept."""
-    try:
-        image = c.images.get(image_id)
-        if image.tags:
-            return
-        c.images.remove(image_id, force=False)
-        log.info("removed the image %s replaced (%s)", tag, image.short_id)
-    except Exception as exc:  # docker.errors.APIError: in use by a container, or gone already
-        log.warning("kept the image %s replaced (%s): %s", tag, image_id[7:19], _short(exc))
 
 
 def _installed_name(pin: str, local: dict[str, Path]) -> str | None:

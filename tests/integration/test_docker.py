@@ -490,12 +490,12 @@ def test_a_rebuild_removes_the_image_it_replaced_unless_it_is_still_tagged(built
     try:
         first = image(1)
         second = image(2)
-        images._remove_replaced(docker_client, first, tag)
+        images._remove_untagged(docker_client, {first[7:19]})
         with pytest.raises(docker.errors.ImageNotFound):
             docker_client.images.get(first)
         docker_client.images.get(second).tag(keep)
         image(3)
-        images._remove_replaced(docker_client, second, tag)
+        images._remove_untagged(docker_client, {second[7:19]})
         assert docker_client.images.get(second).tags == [keep]
     finally:
         for name in (tag, keep):
@@ -520,7 +520,7 @@ def test_a_multi_stage_build_leaves_no_untagged_stage_behind(built, docker_clien
                 steps.add(made)
         left = [i.id for i in docker_client.images.list(filters={"dangling": True}) if i.id[7:19] in steps]
         assert left, "the compile stage's image is left untagged"
-        images._remove_stages(docker_client, steps)
+        images._remove_untagged(docker_client, steps)
         for image_id in left:
             with pytest.raises(docker.errors.ImageNotFound):
                 docker_client.images.get(image_id)

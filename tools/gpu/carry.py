@@ -131,11 +131,10 @@ def main() -> None:
             variants, score = "base-s0:seed=0", "python -m benchmarks.folds score RUN RESULTS"
         else:
             what, variants = runs, "base-s0:seed=0 base-s1:seed=1 base-s2:seed=2"
-        if args.variants:
-            variants = " ".join(args.variants)
-        if not args.folds:
-            variants += " --speech speech" if args.speech else ""
             score = "python -m benchmarks.lipsync returned RUN SPEECH.wav RESULTS/*-stage"
+        variants = " ".join(args.variants) if args.variants else variants
+        if args.speech and not args.folds:
+            variants += " --speech speech"
         # what comes back: a call returns 8 files of 16 MiB, 64 MiB in all: the videos re-encoded (x264 crf 26,
         # a third of their size; FaceMesh reads the mouth the same), then tarred and cut in parts
         bench = (f"python3 -P -m benchmarks.gpu_quality {what} /tmp/results {variants} --slim > $OUT/log.txt 2>&1; "
