@@ -78,33 +78,46 @@ def load_saved(ctx: StageContext, model_path: Path, **settings: Any) -> tuple[An
 def evaluate_saved(ctx: StageContext, model_path: Path, **settings: Any) -> dict:
     """The trainer's own held-out evaluation (``evaluate``) of the avatar saved at ``model_path`` (its val.mp4
     into ``ctx.out``; :func:`load_saved`)."""
+    av, data, cfg = load_saved(ctx, model_path, **settings)
+    return evaluate_loaded(ctx, av, data, cfg.silence)
+
+
+def evaluate_loaded(ctx: StageContext, av: Any, data: Any, silence: str) -> dict:
+    """:func:`evaluate_saved` of an avatar already loaded, its pauses rendered with ``silence``."""
     from being_trainer_gaussian_avatar.evaluate import evaluate
 
-    av, data, cfg = load_saved(ctx, model_path, **settings)
-    return evaluate(ctx, av, data, silence=cfg.silence) | {"backend": av.raster.__name__}
+    return evaluate(ctx, av, data, silence=silence) | {"backend": av.raster.__name__}
 
 
 #: how many training frames :func:`render_training_stretch` renders
 TRAINING_STRETCH = 250
 
 
-def render_training_stretch(ctx: StageContext, model_path: Path, frames: int = TRAINING_STRETCH) -> Path:
-    """The avatar saved at ``model_path`` rendering up to ``frames`` consecutive training frames with their own
-    inputs, around the shut frame that ``silence: close`` borrows (the middle training frame when the mouth never
-    shuts) within its stretch of consecutive training frames, beside the real frames, into
-    ``ctx.out/avatar/train-<first>-<last>.mp4``: whether the avatar renders its own training frames' mouths, the
-    shut one among them (``benchmarks.lipsync``)."""
+def shut_or_middle(data: Any) -> int:
+    """The training frame ``silence: close`` borrows for the pauses (its mouth shut in silence), or the middle
+    training frame when the clip's mouth never shuts: where the benchmarks look for the mouth."""
+    import numpy as np
+    from being_trainer_gaussian_avatar.render import shut_reference
+
+    ref = shut_reference(data)
+    train = np.asarray(data.train_ids)
+    return ref.frame if ref is not None else int(train[len(train) // 2])
+
+
+def render_training_stretch(ctx: StageContext, av: Any, data: Any, frames: int = TRAINING_STRETCH) -> Path:
+    """Avatar ``av`` (:func:`load_saved`, with its ``data``) rendering up to ``frames`` consecutive training frames
+    with their own inputs, around :func:`shut_or_middle` within its stretch of consecutive training frames, beside
+    the real frames, into ``ctx.out/avatar/train-<first>-<last>.mp4``: whether the avatar renders its own training
+    frames' mouths, the shut one among them (``benchmarks.lipsync``)."""
     import numpy as np
     import torch
     from being_trainer_gaussian_avatar.evaluate import targets
-    from being_trainer_gaussian_avatar.render import shut_reference, u8
+    from being_trainer_gaussian_avatar.render import u8
 
     from being_core.frames import VideoWriter
 
-    av, data, _ = load_saved(ctx, model_path)
     train = np.asarray(data.train_ids)
-    ref = shut_reference(data)
-    centre = ref.frame if ref is not None else int(train[len(train) // 2])
+    centre = shut_or_middle(data)
     runs = np.split(train, np.flatnonzero(np.diff(train) != 1) + 1)  # the training frames' consecutive stretches
     run = next(r for r in runs if r[0] <= centre <= r[-1])
     at = int(np.searchsorted(run, centre))

@@ -29,11 +29,12 @@ def input_shares(av: Any, data: Any, pairs: int = PAIRS, seed: int = 0) -> dict:
     import numpy as np
     import torch
     from being_trainer_gaussian_avatar.model import OFFSET_SCALE
-    from being_trainer_gaussian_avatar.render import mouth_weight, shut_reference
+    from being_trainer_gaussian_avatar.render import mouth_weight
 
-    ref = shut_reference(data)
+    from benchmarks.common import shut_or_middle
+
     train = np.asarray(data.train_ids)
-    mouth = mouth_weight(data, ref.frame if ref is not None else int(train[len(train) // 2]), av.gauss.means) > 0.5
+    mouth = mouth_weight(data, shut_or_middle(data), av.gauss.means) > 0.5
     drawn = np.random.default_rng(seed).choice(train, (pairs, 2))
     a, b = torch.as_tensor(drawn[:, 0]), torch.as_tensor(drawn[:, 1])
 

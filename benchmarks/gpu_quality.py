@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import evaluate_saved, load_saved, render_training_stretch, trainer_context
+from benchmarks.common import evaluate_loaded, load_saved, render_training_stretch, trainer_context
 from benchmarks.deformer_inputs import input_shares
 
 #: every ``silence`` setting, each avatar's held-out frames and speech rendered with each
@@ -85,17 +85,18 @@ def train_variant(run: Path, name: str, overrides: dict, out: Path, workers: int
         metrics.pop("history", None)
         result = {"variant": name, "overrides": overrides, "wall_seconds": round(time.perf_counter() - t, 1),
                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", **metrics}
-        av, data, _ = load_saved(ctx, ctx.out / "avatar" / "model.pt")
+        av, data, _ = load_saved(ctx, ctx.out / "avatar" / "model.pt")  # once, for everything below but `say`
         result["deformer_inputs"] = input_shares(av, data)  # does its mouth follow the audio or the pose?
-        del av, data
         for other in SILENCE:
             if other != cfg.silence:
                 again = trainer_context(run, ctx.out / f"silence-{other}", cfg, Path(state))
-                held = evaluate_saved(again, ctx.out / "avatar" / "model.pt", silence=other)
+                held = evaluate_loaded(again, av, data, other)
                 result[f"held_out_silence_{other}"] = {k: v for k, v in held.items() if k in HELD_OUT_KEYS}
         if speech:
+            result["training_stretch"] = render_training_stretch(ctx, av, data).name
+        del av, data
+        if speech:
             result["render"] = {mode: say(run, speech, ctx, mode) for mode in SILENCE}
-            result["training_stretch"] = render_training_stretch(ctx, ctx.out / "avatar" / "model.pt").name
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result), flush=True)
 

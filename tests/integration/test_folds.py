@@ -130,9 +130,9 @@ def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp
     for view in views:
         result = json.loads((out / f"{view.name}-tiny.json").read_text())
         again = result["held_out_silence_model"]
-        assert again["silence"] == "model" and result["silence"] == "close"
-        assert result["held_out_silence_close-audio"]["silence"] == "close-audio"
-        for other in ("model", "close-audio"):
+        assert again["silence"] == "model" and result["silence"] == "close-mouth"
+        for other in ("model", "close", "close-audio"):
+            assert result[f"held_out_silence_{other}"]["silence"] == other
             assert (out / f"{view.name}-tiny-stage" / f"silence-{other}" / "avatar" / "val.mp4").stat().st_size > 0
         quiet = clip_pauses(view, facts["n_frames"], facts["fps"], edge=0)[facts["val_start"]:]
         assert (again["psnr"] == result["psnr"]) == (not quiet.any()), (quiet, again, result["psnr"])
@@ -140,12 +140,13 @@ def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp
     from being_trainer_gaussian_avatar import AvatarConfig
     from being_trainer_gaussian_avatar.render import shut_reference
 
-    from benchmarks.common import render_training_stretch, run_data, trainer_context
+    from benchmarks.common import load_saved, render_training_stretch, run_data, trainer_context
     from benchmarks.lipsync import trained
 
     stage = out / f"{views[1].name}-tiny-stage"
     ctx = trainer_context(views[1], stage, AvatarConfig(**GaussianAvatar.test_config), tmp_path / "state")
-    video = render_training_stretch(ctx, stage / "avatar" / "model.pt", frames=30)
+    av, data, _ = load_saved(ctx, stage / "avatar" / "model.pt")
+    video = render_training_stretch(ctx, av, data, frames=30)
     first, last = (int(x) for x in video.stem.split("-")[1:])
     view = run_data(views[1], 256)
     assert last - first == 29 and set(range(first, last + 1)) <= set(view.train_ids)

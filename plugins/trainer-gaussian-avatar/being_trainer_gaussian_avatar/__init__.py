@@ -47,12 +47,13 @@ class AvatarConfig(StageConfig):
                               "input of each training frame, so that it cannot tell a frame by its exact pose and "
                               "must read the mouth from the audio; 0: off (docs/benchmarks.md).")
     silence: Literal["model", "close", "close-audio", "close-mouth"] = Field(
-        "close", description="In the pauses of new speech (render): 'model' lets the deformer read the silence "
-        "like any audio; 'close' gives it, there, the audio window and head pose input of a training frame whose "
-        "mouth is shut in silence (the most settled one; faded in and out over a few frames), so the mouth "
-        "closes, and the head moves by a pixel or two; 'close-audio' gives it only that frame's audio window "
-        "(the head keeps its own pose input, the mouth shuts less firmly); 'close-mouth' gives it the audio "
-        "window, and the pose input only around the mouth (docs/benchmarks.md).")
+        "close-mouth", description="In the pauses of new speech (render) and of the held-out frames: 'close-mouth' "
+        "gives the deformer, there, the audio window of a training frame whose mouth is shut in silence (the most "
+        "settled one; faded in and out over a few frames) and, for the Gaussians around the mouth only, that "
+        "frame's pose input, so the mouth closes while the head keeps its place; 'close' gives the whole head that "
+        "pose input (the head moves by a pixel or two, about 1 dB of held-out PSNR); 'close-audio' only the audio "
+        "window (the mouth shuts less firmly); 'model' lets the deformer read the silence like any audio "
+        "(docs/benchmarks.md).")
     width: int = Field(64, ge=8, le=1024, description="Feature width of the deformation transformer.")
     heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     plane_resolution: int = Field(64, ge=4, le=1024, description="Tri-plane resolution.")
