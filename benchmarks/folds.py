@@ -225,13 +225,13 @@ def over_folds(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
 
 def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """An avatar's held-out mouth over every fold's ``(rendered, real)`` FaceMesh mouth points: :func:`over_folds`
-    of their openings, with the trainer's bias and mouth LMD
-    (:func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over all the frames."""
+    of their openings, with the trainer's bias, mouth LMD and closures (``shut_frames``, ``shut_closed``;
+    :func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over all the frames."""
     from being_trainer_gaussian_avatar import lipsync
 
     whole = lipsync.against_real(joined([r for r, _ in folds]), joined([t for _, t in folds]))
     scores = over_folds([(lipsync.opening(r), lipsync.opening(t)) for r, t in folds])
-    return {**scores, "mouth_bias_pct": whole["mouth_bias_pct"], "lmd": whole["lmd"]}
+    return {**scores, **{k: whole[k] for k in ("mouth_bias_pct", "lmd", "shut_frames", "shut_closed")}}
 
 
 def baseline(run: Path, spans: list[tuple[int, int]], leads: tuple[int, ...] = (0,)) -> list[dict]:

@@ -51,7 +51,8 @@ def test_a_shifted_video_scores_its_shift():
         assert m["av_offset"] == shift
         assert (m["mouth_corr"] == 1.0) == (shift == 0)
     exact = lipsync.against_real(mouths(real), mouths(real))
-    assert exact == {"mouth_corr": 1.0, "mouth_bias_pct": 0.0, "lmd": 0.0, "av_offset": 0, "av_offset_frames": 0.0}
+    assert exact == {"mouth_corr": 1.0, "mouth_bias_pct": 0.0, "lmd": 0.0, "av_offset": 0, "av_offset_frames": 0.0,
+                     "shut_frames": int((real < lipsync.CLOSED).sum()), "shut_closed": 1.0}
 
 
 def test_a_video_half_a_frame_late_scores_half_a_frame():
@@ -68,6 +69,19 @@ def test_a_video_half_a_frame_late_scores_half_a_frame():
         m = lipsync.against_real(mouths(mouth_at(t - shift)), mouths(real))
         assert m["av_offset_frames"] == pytest.approx(shift, abs=0.1), (shift, m)
         assert m["av_offset"] in (int(np.floor(shift)), int(np.ceil(shift)))
+
+
+def test_lips_that_never_close_score_no_closure():
+    """``shut_closed``: of the frames whose real mouth is shut ("p", "b", "m", pauses), the share the render shuts."""
+    real = np.array([0.0, 0.02, 0.1, 0.2, 0.04, 0.15, 0.1, 0.01])  # shut in frames 0, 1, 4 and 7
+    half_open = np.maximum(real, 0.06)  # the avatar that talks with its mouth half open
+    m = lipsync.against_real(mouths(half_open), mouths(real))
+    assert m["shut_frames"] == 4 and m["shut_closed"] == 0.0
+    shuts_two = half_open.copy()
+    shuts_two[[1, 7]] = 0.03
+    assert lipsync.against_real(mouths(shuts_two), mouths(real))["shut_closed"] == 0.5
+    wide = lipsync.against_real(mouths(real + 0.1), mouths(real + 0.1))
+    assert wide["shut_frames"] == 0 and wide["shut_closed"] is None  # a real mouth that never shuts: nothing to score
 
 
 def test_a_mouth_twice_as_open_is_biased_by_100_percent():

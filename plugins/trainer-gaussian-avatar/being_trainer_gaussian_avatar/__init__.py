@@ -116,7 +116,7 @@ class GaussianAvatar(Trainer[AvatarConfig]):
     #: how to render, not what is trained: changing them never retrains
     action_settings = {"render": ("silence", "render_batch"), "replay": ("render_batch",)}
     headline_metrics = ("val_frames", "psnr", "ssim", "lpips", "lmd", "mouth_corr", "mouth_bias_pct", "av_offset",
-                        "silent_closed", "flicker")
+                        "shut_closed", "silent_closed", "flicker")
     render_headline_metrics = ("frames", "silent_frames", "silent_closed", "envelope_corr")
 
     @classmethod

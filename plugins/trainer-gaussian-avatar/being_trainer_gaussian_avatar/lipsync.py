@@ -24,7 +24,8 @@ UPPER, LOWER, LEFT, RIGHT = (MOUTH.index(k) for k in (13, 14, 61, 291))
 #: an opening (inner-lip gap / mouth width) below this is a closed mouth; speaking mouths sit around 0.07-0.12
 CLOSED = 0.05
 #: every lip-sync metric, in the order the trainer's metrics and the benchmark's tables show them
-KEYS = ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "av_offset_frames", "silent_frames", "silent_closed",
+KEYS = ("mouth_corr", "mouth_bias_pct", "lmd", "av_offset", "av_offset_frames", "shut_frames", "shut_closed",
+        "silent_frames", "silent_closed",
         "silent_closed_real", "envelope_corr", "envelope_corr_real")
 #: the audio-video offset is searched within this many frames either way
 MAX_LAG = 5
@@ -138,16 +139,21 @@ def against_real(rendered: np.ndarray, real: np.ndarray) -> dict[str, float | in
     """Mouth metrics of rendered frames against the real ones, from :func:`mouth_points` of both:
     ``mouth_corr`` (openings' r), ``mouth_bias_pct`` (mean opening, rendered minus real, in % of the real
     mean), ``lmd`` (mean mouth landmark distance in pixels), ``av_offset`` (:func:`best_lag`, whole frames) and
-    ``av_offset_frames`` (:func:`fine_lag`, to a fraction of a frame)."""
+    ``av_offset_frames`` (:func:`fine_lag`, to a fraction of a frame), ``shut_frames`` (frames whose real mouth is
+    :data:`CLOSED`: lips pressed for "p", "b", "m", or shut in a pause) and ``shut_closed`` (the share of those
+    whose rendered mouth is closed too; None without such frames)."""
     o_r, o_t = opening(rendered), opening(real)
     ok = np.isfinite(o_r) & np.isfinite(o_t)
     r = correlation(o_r, o_t)
     mean_real = float(o_t[ok].mean()) if ok.any() else 0.0
     dist = np.linalg.norm(rendered - real, axis=-1).mean(-1)
+    shut = ok & (np.where(ok, o_t, np.inf) < CLOSED)
     return {"mouth_corr": None if r is None else round(r, 3),
             "mouth_bias_pct": round(100 * (float(o_r[ok].mean()) - mean_real) / mean_real, 1) if mean_real > 0 else None,
             "lmd": round(float(dist[ok].mean()), 3) if ok.any() else None,
-            "av_offset": best_lag(o_r, o_t), "av_offset_frames": fine_lag(o_r, o_t)}
+            "av_offset": best_lag(o_r, o_t), "av_offset_frames": fine_lag(o_r, o_t),
+            "shut_frames": int(shut.sum()),
+            "shut_closed": round(float(np.mean(o_r[shut] < CLOSED)), 3) if shut.any() else None}
 
 
 def loudness(samples: np.ndarray, rate: int, n_frames: int, fps: float) -> np.ndarray:
