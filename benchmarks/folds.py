@@ -204,8 +204,9 @@ def over_folds(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """How the ``(predicted, real)`` mouth openings of every fold agree, scored over all folds at once:
     ``mouth_corr``; ``mouth_corr_90``, the 5th and 95th percentiles of it over folds drawn again with
     replacement (how far another set of stretches of such a clip could read); ``av_offset`` and
-    ``av_offset_frames``; ``lag_corr``, the correlation at each lag (how clear the offset's peak is); and
-    ``fold_corr``, each fold's own correlation."""
+    ``av_offset_frames``; ``lag_corr``, the correlation at each lag (how clear the offset's peak is);
+    ``fold_corr``, each fold's own correlation; and the closures (``shut_frames``, ``shut_closed``:
+    :func:`~being_trainer_gaussian_avatar.lipsync.closures`)."""
     from being_trainer_gaussian_avatar import lipsync
 
     predicted, real = joined([p for p, _ in folds]), joined([t for _, t in folds])
@@ -220,18 +221,18 @@ def over_folds(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
             "mouth_corr_90": [round(float(np.percentile(drawn, q)), 3) for q in (5, 95)] if drawn else None,
             "av_offset": lipsync.best_lag(predicted, real), "av_offset_frames": lipsync.fine_lag(predicted, real),
             "lag_corr": {k: round(v, 3) for k, v in lipsync.lag_scores(predicted, real).items()},
-            "fold_corr": [None if c is None else round(c, 3) for c in fold_corr]}
+            "fold_corr": [None if c is None else round(c, 3) for c in fold_corr], **lipsync.closures(predicted, real)}
 
 
 def pooled(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """An avatar's held-out mouth over every fold's ``(rendered, real)`` FaceMesh mouth points: :func:`over_folds`
-    of their openings, with the trainer's bias, mouth LMD and closures (``shut_frames``, ``shut_closed``;
-    :func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over all the frames."""
+    of their openings, with the trainer's bias and mouth LMD
+    (:func:`~being_trainer_gaussian_avatar.lipsync.against_real`) over all the frames."""
     from being_trainer_gaussian_avatar import lipsync
 
     whole = lipsync.against_real(joined([r for r, _ in folds]), joined([t for _, t in folds]))
     scores = over_folds([(lipsync.opening(r), lipsync.opening(t)) for r, t in folds])
-    return {**scores, **{k: whole[k] for k in ("mouth_bias_pct", "lmd", "shut_frames", "shut_closed")}}
+    return {**scores, "mouth_bias_pct": whole["mouth_bias_pct"], "lmd": whole["lmd"]}
 
 
 def baseline(run: Path, spans: list[tuple[int, int]], leads: tuple[int, ...] = (0,)) -> list[dict]:

@@ -98,6 +98,12 @@ def test_pooled_folds_read_a_shift_within_each_stretch_and_never_across_them():
     assert pooled([(mouths(r), mouths(r)) for r in ramp])["av_offset"] == 0
     still = pooled([(mouths(np.full(20, 0.1)), mouths(r)) for r in real])
     assert still["mouth_corr"] == 0.0  # a mouth that never moves follows nothing
+    # closures over every fold: the real mouth's closed frames, and the share the rendered one closes too
+    from being_trainer_gaussian_avatar import lipsync
+
+    closed = sum(int((np.abs(r) < lipsync.CLOSED).sum()) for r in real)
+    assert same["shut_frames"] == still["shut_frames"] == closed > 0
+    assert same["shut_closed"] == 1.0 and still["shut_closed"] == 0.0
 
 
 def test_folds_trained_and_scored_over_every_stretch_at_once(prepared_face5, tmp_path):

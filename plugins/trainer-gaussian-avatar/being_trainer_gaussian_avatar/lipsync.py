@@ -147,12 +147,18 @@ def against_real(rendered: np.ndarray, real: np.ndarray) -> dict[str, float | in
     r = correlation(o_r, o_t)
     mean_real = float(o_t[ok].mean()) if ok.any() else 0.0
     dist = np.linalg.norm(rendered - real, axis=-1).mean(-1)
-    shut = ok & (np.where(ok, o_t, np.inf) < CLOSED)
     return {"mouth_corr": None if r is None else round(r, 3),
             "mouth_bias_pct": round(100 * (float(o_r[ok].mean()) - mean_real) / mean_real, 1) if mean_real > 0 else None,
             "lmd": round(float(dist[ok].mean()), 3) if ok.any() else None,
-            "av_offset": best_lag(o_r, o_t), "av_offset_frames": fine_lag(o_r, o_t),
-            "shut_frames": int(shut.sum()),
+            "av_offset": best_lag(o_r, o_t), "av_offset_frames": fine_lag(o_r, o_t), **closures(o_r, o_t)}
+
+
+def closures(o_r: np.ndarray, o_t: np.ndarray) -> dict[str, float | int | None]:
+    """``shut_frames``: frames whose real opening ``o_t`` is :data:`CLOSED`; ``shut_closed``: the share of them
+    whose rendered (predicted) opening ``o_r`` is closed too (None without such frames; NaN frames left out)."""
+    ok = np.isfinite(o_r) & np.isfinite(o_t)
+    shut = ok & (np.where(ok, o_t, np.inf) < CLOSED)
+    return {"shut_frames": int(shut.sum()),
             "shut_closed": round(float(np.mean(o_r[shut] < CLOSED)), 3) if shut.any() else None}
 
 
