@@ -3,7 +3,8 @@
 The opening of a frame is FaceMesh's inner-lip gap (points 13 and 14) divided by the mouth's width (corners 61
 and 291), so it does not depend on the frame size or the distance to the camera. A mouth is *closed* below
 :data:`CLOSED`. Against real frames: the correlation of the openings, the mean bias (in % of the real mean),
-the mouth landmark distance and the lag that best aligns the two (the audio-video offset; 0 when in sync).
+the mouth landmark distance, the lag that best aligns the two (the audio-video offset; 0 when in sync) and the
+share of the frames with real lips closed where the rendered ones close too.
 Against speech: the share of silent frames (an energy voice-activity detector, no model) with a closed mouth,
 and the correlation of the opening with the speech envelope.
 
